@@ -1,0 +1,334 @@
+"""One Pydantic model tree for the whole Townlet configuration, loaded from YAML.
+
+Every number of the world's rules lives here, never as a literal in the engine. The defaults are tuned
+so that the scripted expert keeps a 16x16 town of 8 agents alive and solvent for a week, and so that the
+expert's per-tick reward sits well inside the clip; `docs/WORLD.md` records the reasoning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the file and field at fault."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+NEED_NAMES: tuple[str, ...] = ("hunger", "hygiene", "energy")
+
+
+class NeedsConfig(_Strict):
+    """Decay per tick of each need (1 is fully satisfied) and the faint rule.
+
+    The original's 0.010/0.005/0.008 drain hunger in 100 ticks, so a town had to eat 14 meals a day and
+    could never pay for them on one shift. These rates ask for about two meals, one shower and one sleep
+    a day, which one shift pays for several times over.
+    """
+
+    hunger_decay: float = Field(0.0006, gt=0, lt=1)
+    hygiene_decay: float = Field(0.0004, gt=0, lt=1)
+    energy_decay: float = Field(0.0005, gt=0, lt=1)
+    initial_min: float = Field(0.5, ge=0, le=1)
+    initial_max: float = Field(1.0, ge=0, le=1)
+    respawn_level: float = Field(0.8, gt=0, le=1)
+    faint_ticks: int = Field(30, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> "NeedsConfig":
+        if self.initial_min > self.initial_max:
+            raise ValueError("initial_min must not exceed initial_max")
+        return self
+
+    def decay(self) -> tuple[float, float, float]:
+        return (self.hunger_decay, self.hygiene_decay, self.energy_decay)
+
+
+class AffordanceConfig(_Strict):
+    """One object use: how long it takes, what it costs at the start, what it does on completion."""
+
+    duration: int = Field(ge=1)
+    cost: float = Field(ge=0)
+    hunger: float = 0.0
+    hygiene: float = 0.0
+    energy: float = 0.0
+
+    def effects(self) -> tuple[float, float, float]:
+        return (self.hunger, self.hygiene, self.energy)
+
+
+class AffordancesConfig(_Strict):
+    eat_meal: AffordanceConfig = AffordanceConfig(duration=15, cost=0.40, hunger=0.40, energy=0.05)
+    cook_meal: AffordanceConfig = AffordanceConfig(
+        duration=40, cost=0.15, hunger=0.10, energy=-0.05, hygiene=-0.02
+    )
+    use_shower: AffordanceConfig = AffordanceConfig(duration=30, cost=0.20, hygiene=0.45, energy=-0.03)
+    rest_sleep: AffordanceConfig = AffordanceConfig(duration=60, cost=0.0, energy=0.80)
+
+
+class JobConfig(_Strict):
+    """A job's daily shift window [shift_start, shift_end) in ticks of the day, and its wage per tick."""
+
+    name: str
+    shift_start: int = Field(ge=0)
+    shift_end: int = Field(ge=1)
+    wage: float = Field(0.02, ge=0)
+
+
+class JobsConfig(_Strict):
+    jobs: tuple[JobConfig, ...] = (
+        JobConfig(name="early", shift_start=180, shift_end=360, wage=0.02),
+        JobConfig(name="late", shift_start=400, shift_end=560, wage=0.02),
+    )
+    work_window_before: int = Field(60, ge=0, description="ticks before a shift that `work` is allowed")
+    takeover_delay: int = Field(15, ge=1, description="ticks after the start when a coworker covers")
+    takeover_ambition: float = Field(
+        0.0, ge=-1, le=1, description="a covering coworker more ambitious than this takes the shift over"
+    )
+
+
+class ObjectsConfig(_Strict):
+    """How many of each shared object a town has; every agent also has its own desk at its job site."""
+
+    fridges: int = Field(2, ge=1)
+    stoves: int = Field(2, ge=1)
+    showers: int = Field(2, ge=1)
+    beds: int = Field(4, ge=1)
+
+
+class QueueConfig(_Strict):
+    cooldown_ticks: int = Field(60, ge=0, description="fairness: wait before re-queueing the same object")
+    intensity_base: float = 1.5
+    intensity_per_waiter: float = 0.25
+    intensity_min: float = 0.1
+    intensity_max: float = 5.0
+    rivalry_per_intensity: float = Field(0.15, ge=0)
+    rival_threshold: float = Field(0.5, ge=0, le=1, description="rivalry above this makes a rival")
+    busy_penalty: float = Field(4.0, ge=0, description="targeting: path tiles one occupant is worth")
+    rival_penalty: float = Field(20.0, ge=0, description="targeting: path tiles a rival in line is worth")
+
+
+class EventDelta(_Strict):
+    trust: float = 0.0
+    familiarity: float = 0.0
+    rivalry: float = 0.0
+
+    def vector(self) -> tuple[float, float, float]:
+        return (self.trust, self.familiarity, self.rivalry)
+
+
+class RelationshipConfig(_Strict):
+    max_ties: int = Field(6, ge=1)
+    daily_decay: float = Field(0.1, ge=0, le=1, description="fraction of every tie lost each day")
+    shared_meal: EventDelta = EventDelta(trust=0.10, familiarity=0.25)
+    queued_politely: EventDelta = EventDelta(trust=0.05, familiarity=0.05, rivalry=-0.05)
+    queue_conflict: EventDelta = EventDelta(familiarity=-0.05)
+    shift_takeover: EventDelta = EventDelta(trust=-0.10, rivalry=0.30)
+    late_help: EventDelta = EventDelta(trust=0.20, familiarity=0.10, rivalry=-0.10)
+    chat_success: EventDelta = EventDelta(trust=0.05, familiarity=0.10)
+    chat_failure: EventDelta = EventDelta(familiarity=-0.05, rivalry=0.05)
+    forgiveness_min_scale: float = Field(
+        0.5, ge=0, le=1, description="harmful deltas are scaled to this at forgiveness +1"
+    )
+    ambition_rivalry_boost: float = Field(0.3, ge=0, description="extra rivalry on work events at +1")
+
+
+class ChatConfig(_Strict):
+    base_success: float = Field(0.7, ge=0, le=1)
+    trust_coef: float = 0.3
+    familiarity_coef: float = 0.2
+    cooldown_ticks: int = Field(30, ge=0)
+    quality_noise: float = Field(0.1, ge=0)
+
+
+def layout_bands(grid_size: int) -> int:
+    """Object rows a grid holds: objects stand on rows 1, 4, 7, ... with their access tiles just below."""
+    return (grid_size - 3) // 3 + 1
+
+
+def layout_band_width(grid_size: int) -> int:
+    """Objects one row holds: every other column, leaving a walkway between them."""
+    return (grid_size - 1) // 2
+
+
+def layout_groups(objects: "ObjectsConfig", agents_per_town: int, n_jobs: int) -> list[list[str]]:
+    """Object types in placement order, one list per group; each group starts on a fresh row.
+
+    Amenities (fridges, stoves, showers) share the kitchen/bathroom rows, each job's desks form its
+    workplace, and the beds form the homes. Agent i works job i % n_jobs at its own desk.
+    """
+    amenities = ["fridge"] * objects.fridges + ["stove"] * objects.stoves + ["shower"] * objects.showers
+    desks = [["desk"] * len(range(job, agents_per_town, n_jobs)) for job in range(n_jobs)]
+    return [amenities, *[group for group in desks if group], ["bed"] * objects.beds]
+
+
+def layout_bands_needed(objects: "ObjectsConfig", agents_per_town: int, n_jobs: int, grid_size: int) -> int:
+    width = layout_band_width(grid_size)
+    return sum(-(-len(group) // width) for group in layout_groups(objects, agents_per_town, n_jobs))
+
+
+class WorldConfig(_Strict):
+    grid_size: int = Field(16, ge=4, description="the town is grid_size x grid_size tiles")
+    agents_per_town: int = Field(8, ge=1, le=64)
+    day_ticks: int = Field(1440, ge=60)
+    episode_days: int = Field(7, ge=1)
+    initial_wallet: float = Field(1.0, ge=0)
+    initial_meals: int = Field(4, ge=0, description="meals in each town's pantry at reset")
+    needs: NeedsConfig = NeedsConfig()
+    affordances: AffordancesConfig = AffordancesConfig()
+    jobs: JobsConfig = JobsConfig()
+    objects: ObjectsConfig = ObjectsConfig()
+    queues: QueueConfig = QueueConfig()
+    relationships: RelationshipConfig = RelationshipConfig()
+    chat: ChatConfig = ChatConfig()
+
+    @model_validator(mode="after")
+    def _shifts_inside_day(self) -> "WorldConfig":
+        for index, job in enumerate(self.jobs.jobs):
+            if not job.shift_start < job.shift_end <= self.day_ticks:
+                raise ValueError(
+                    f"jobs.jobs.{index}.shift_start/shift_end: shift window [{job.shift_start}, "
+                    f"{job.shift_end}) must be non-empty and inside the day of {self.day_ticks} ticks"
+                )
+            if job.shift_start - self.jobs.work_window_before < 0:
+                raise ValueError(
+                    f"jobs.jobs.{index}.shift_start: {job.shift_start} leaves no room for "
+                    f"jobs.work_window_before={self.jobs.work_window_before} ticks before the shift"
+                )
+        if not self.jobs.jobs:
+            raise ValueError("jobs.jobs: a town needs at least one job")
+        needed = layout_bands_needed(self.objects, self.agents_per_town, len(self.jobs.jobs), self.grid_size)
+        if needed > layout_bands(self.grid_size):
+            raise ValueError(
+                f"grid_size: a {self.grid_size}x{self.grid_size} grid holds {layout_bands(self.grid_size)} "
+                f"object rows of {layout_band_width(self.grid_size)}, but the objects and "
+                f"{self.agents_per_town} desks need {needed} rows"
+            )
+        return self
+
+    @property
+    def episode_ticks(self) -> int:
+        return self.day_ticks * self.episode_days
+
+
+class RewardConfig(_Strict):
+    """Per-agent, per-tick reward terms.
+
+    `homeostasis_scale` keeps the needs penalty from dominating: at needs of 0.6 the expert pays about
+    0.02 a tick, wages add 0.02 while working, so its ticks sit well inside the +-0.2 clip. The faint
+    penalty is added after clipping, so a faint never looks like an ordinary bad tick.
+    """
+
+    hunger_weight: float = Field(1.0, ge=0)
+    hygiene_weight: float = Field(0.6, ge=0)
+    energy_weight: float = Field(0.8, ge=0)
+    homeostasis_scale: float = Field(0.05, ge=0)
+    wage_scale: float = Field(1.0, ge=0)
+    punctuality_bonus: float = Field(0.05, ge=0)
+    lateness_penalty: float = Field(0.10, ge=0)
+    survival: float = 0.002
+    faint_penalty: float = Field(1.0, ge=0)
+    chat_base: float = 0.01
+    chat_trust: float = 0.3
+    chat_familiarity: float = 0.2
+    clip: float = Field(0.2, gt=0)
+
+    def need_weights(self) -> tuple[float, float, float]:
+        return (self.hunger_weight, self.hygiene_weight, self.energy_weight)
+
+
+ObservationVariant = Literal["hybrid", "compact", "full"]
+
+
+class ObservationConfig(_Strict):
+    variant: ObservationVariant = "hybrid"
+    window: int = Field(11, ge=3, description="side of the hybrid egocentric map (odd)")
+    full_window: int = Field(21, ge=3, description="side of the full variant's map (odd)")
+
+    @model_validator(mode="after")
+    def _odd(self) -> "ObservationConfig":
+        for name in ("window", "full_window"):
+            if getattr(self, name) % 2 == 0:
+                raise ValueError(f"{name} must be odd so the agent sits at the centre")
+        return self
+
+
+class ExpertConfig(_Strict):
+    job_arrival_buffer: int = Field(20, ge=0)
+    hunger_threshold: float = Field(0.4, ge=0, le=1)
+    hygiene_threshold: float = Field(0.4, ge=0, le=1)
+    energy_threshold: float = Field(0.4, ge=0, le=1)
+    chat_extroversion_min: float = Field(0.2, ge=-1, le=1)
+    discount: float = Field(0.99, gt=0, le=1, description="gamma of the expert's value target")
+
+    def thresholds(self) -> tuple[float, float, float]:
+        return (self.hunger_threshold, self.hygiene_threshold, self.energy_threshold)
+
+
+class TownletConfig(_Strict):
+    """The whole configuration; later sections (bc, ppo, anneal, promotion) join this tree."""
+
+    profile: str = "default"
+    world: WorldConfig = WorldConfig()
+    rewards: RewardConfig = RewardConfig()
+    observations: ObservationConfig = ObservationConfig()
+    expert: ExpertConfig = ExpertConfig()
+
+    def world_hash(self) -> str:
+        """Identity of the rules that produce data: world, rewards and observations, not the trainer."""
+        payload = {
+            "world": self.world.model_dump(mode="json"),
+            "rewards": self.rewards.model_dump(mode="json"),
+            "observations": self.observations.model_dump(mode="json"),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+PROFILES: tuple[str, ...] = ("default", "smoke")
+
+
+def _format_error(source: str, error: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def config_from_mapping(data: dict, source: str = "<mapping>") -> TownletConfig:
+    try:
+        return TownletConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_error(source, error)) from None
+
+
+def load_config(path_or_profile: str | Path | None = None) -> TownletConfig:
+    """Load a YAML config file, or a packaged profile by name (`default`, `smoke`); None is `default`."""
+    if path_or_profile is None:
+        path_or_profile = "default"
+    if isinstance(path_or_profile, str) and path_or_profile in PROFILES:
+        text = resources.files("townlet_pipelines").joinpath(f"profiles/{path_or_profile}.yaml").read_text()
+        source = f"profile {path_or_profile}"
+    else:
+        path = Path(path_or_profile)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file (profiles: {', '.join(PROFILES)})")
+        text = path.read_text()
+        source = str(path)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    return config_from_mapping(data, source)

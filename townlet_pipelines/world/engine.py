@@ -1,0 +1,454 @@
+"""The batched Townlet simulation: one `step` advances every town by one tick.
+
+All rules of TOWNLET.md section 1 run as array operations over (towns, agents); pairwise questions
+(who is ahead in a queue, who is adjacent, who eats together) are (towns, agents, agents) comparisons,
+which for a handful of agents per town are cheaper than any sort. The step's phases, in order:
+option switch, movement, queue joins, acquisition, conflicts, use and completion, work and shifts,
+chat, needs and faints, rewards, relationships, respawn, day boundary, then masks and observations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from townlet_pipelines.config import TownletConfig
+from townlet_pipelines.world import rng
+from townlet_pipelines.world.actions import (
+    CHAT, COOK, EAT, MOVE_DELTAS, MOVE_N, NUM_ACTIONS, OBJECT_OPTIONS, OPTION_OBJECT_TYPE, SHOWER, SLEEP,
+    WAIT, WORK,
+)
+from townlet_pipelines.world.layout import Layout, build_layout
+from townlet_pipelines.world.observations import Observation, ObservationBuilder, ObservationSpec
+from townlet_pipelines.world.relationships import FAMILIARITY, RIVALRY, TRUST, EventBuffer, apply_events
+from townlet_pipelines.world.relationships import decay_daily
+from townlet_pipelines.world.state import WorldState, initial_state
+from townlet_pipelines.world.tables import rule_tables
+
+TELEMETRY_KEYS: tuple[str, ...] = (
+    "queue_conflict_events", "queue_conflict_intensity", "queued_politely_events", "shared_meal_events",
+    "late_help_events", "shift_takeover_events", "chat_success_events", "chat_failure_events",
+    "chat_quality_sum", "late_arrivals", "on_time_arrivals", "absences", "faints", "wages",
+    "meals_eaten", "meals_cooked", "showers", "sleeps", "failed_actions", "invalid_actions",
+)
+
+_IS_OBJECT_OPTION = np.zeros(NUM_ACTIONS, dtype=bool)
+_IS_OBJECT_OPTION[list(OBJECT_OPTIONS)] = True
+_OPTION_TYPE = np.array(OPTION_OBJECT_TYPE, dtype=np.int64)
+_MOVE_DY = np.array([d[0] for d in MOVE_DELTAS] + [0], dtype=np.int32)  # index 4: no move
+_MOVE_DX = np.array([d[1] for d in MOVE_DELTAS] + [0], dtype=np.int32)
+_TICKET_TICK = np.int64(1 << 36)  # ticket = tick * 2^36 + (older first) * 2^20 + seeded draw * N + agent
+
+
+@dataclass
+class ConflictEvents:
+    """This tick's queue conflicts: who was blocked, by whom, and the queue length it joined."""
+
+    town: np.ndarray
+    blocked: np.ndarray
+    blocker: np.ndarray
+    queue_length: np.ndarray
+    intensity: np.ndarray
+
+
+@dataclass
+class StepResult:
+    observation: Observation | None
+    rewards: np.ndarray  # (B, N) float32
+    dones: np.ndarray  # (B, N) bool: the agent fainted this tick (and has respawned)
+    truncated: bool  # the episode's last tick was played
+    action_mask: np.ndarray  # (B, N, A) bool for the next tick
+    telemetry: dict[str, np.ndarray] = field(default_factory=dict)  # each (B,)
+    conflicts: ConflictEvents | None = None
+
+
+def town_seeds(seed: int, towns: int) -> np.ndarray:
+    """Seeds of a batch: town k gets seed + k, so any town can be replayed alone."""
+    return np.arange(seed, seed + towns, dtype=np.uint64)
+
+
+class TownWorld:
+    """A batch of independent towns sharing one config and one static layout."""
+
+    def __init__(self, config: TownletConfig, towns: int) -> None:
+        if towns < 1:
+            raise ValueError(f"towns must be at least 1, got {towns}")
+        self.config = config
+        self.towns = towns
+        self.agents = config.world.agents_per_town
+        self.layout: Layout = build_layout(config.world)
+        self.observer = ObservationBuilder(config, self.layout)
+        self._tables()
+        self.state: WorldState | None = None
+        self.action_mask: np.ndarray | None = None
+
+    @property
+    def spec(self) -> ObservationSpec:
+        return self.observer.spec
+
+    def _tables(self) -> None:
+        world, layout = self.config.world, self.layout
+        self.rules = rule_tables(world, layout)
+        self.duration, self.cost, self.effects = self.rules.duration, self.rules.cost, self.rules.effects
+        self.shift_start, self.shift_end, self.wage = self.rules.shift_start, self.rules.shift_end, self.rules.wage
+        job = layout.job_of_agent
+        self.same_job = job[:, None] == job[None, :]
+        self.decay = np.array(world.needs.decay(), dtype=np.float32)
+        self.need_weights = np.array(self.config.rewards.need_weights(), dtype=np.float32)
+
+    # ------------------------------------------------------------------ reset
+    def reset(self, seeds: Sequence[int] | np.ndarray | int = 0) -> tuple[Observation, np.ndarray]:
+        """Start every town afresh. An int seed gives town k the seed `seed + k`."""
+        if isinstance(seeds, (int, np.integer)):
+            seeds = town_seeds(int(seeds), self.towns)
+        seeds = np.asarray(seeds, dtype=np.uint64)
+        if seeds.shape != (self.towns,):
+            raise ValueError(f"seeds: expected {self.towns} seeds, got shape {seeds.shape}")
+        self.state = initial_state(self.config.world, self.layout, seeds)
+        self.action_mask = self.observer.action_mask(self.state)
+        return self.observer.observe(self.state), self.action_mask
+
+    # ------------------------------------------------------------------ helpers
+    def _rows(self) -> np.ndarray:
+        return np.arange(self.towns)[:, None]
+
+    def _release(self, s: WorldState, who: np.ndarray) -> None:
+        """Stop the option of `who`: free a held object, leave a queue."""
+        town, agent = np.nonzero(who & s.holding)
+        s.holder[town, s.target[town, agent]] = -1
+        s.last_holder[town, s.target[town, agent]] = agent
+        s.holding[who] = False
+        s.queued[who] = False
+        s.active[who] = False
+        s.target[who] = -1
+        s.progress[who] = 0
+
+    def choose_targets(self, s: WorldState, options: np.ndarray) -> np.ndarray:
+        """Object each agent's option would walk to (-1: none eligible).
+
+        Nearest by path, where each occupant (user or waiter) counts as `busy_penalty` tiles and a rival
+        among them as `rival_penalty`; objects on the agent's fairness cooldown are excluded.
+        """
+        layout, queues = self.layout, self.config.world.queues
+        rows = self._rows()
+        otype = _OPTION_TYPE[options]
+        cand = layout.type_slots[np.maximum(otype, 0)]  # (B, N, K)
+        valid = (cand >= 0) & (otype >= 0)[..., None]
+        safe = np.maximum(cand, 0)
+        dist = layout.distance[safe, s.y[..., None], s.x[..., None]].astype(np.float32)
+        occupancy = (s.holder >= 0).astype(np.float32) + self.observer.queue_counts(s)  # (B, O)
+        rivals = s.rel[..., RIVALRY] > queues.rival_threshold  # (B, N, N)
+        present = np.where(s.holding | s.queued, s.target, -1)  # (B, N) object each agent is at
+        onehot = present[..., None] == np.arange(layout.num_objects)  # (B, N, O)
+        rival_at = np.einsum("bij,bjo->bio", rivals.astype(np.float32), onehot.astype(np.float32))
+        score = (
+            dist
+            + queues.busy_penalty * occupancy[rows[..., None], safe]
+            + queues.rival_penalty * (np.take_along_axis(rival_at, safe, axis=2) > 0)
+        )
+        cooling = np.take_along_axis(s.cooldown_until, safe, axis=2) > s.tick
+        score = np.where(valid & ~cooling, score, np.inf)
+        best = np.argmin(score, axis=2)
+        target = np.take_along_axis(cand, best[..., None], axis=2)[..., 0]
+        target = np.where(np.isfinite(np.min(score, axis=2)), target, -1)
+        return np.where(options == WORK, layout.desk_of_agent[None, :], target).astype(np.int32)
+
+    # ------------------------------------------------------------------ step
+    def step(self, actions: np.ndarray, observe: bool = True) -> StepResult:
+        if self.state is None:
+            raise RuntimeError("call reset() before step()")
+        s, world, layout = self.state, self.config.world, self.layout
+        B, N = self.towns, self.agents
+        rows = self._rows()
+        actions = np.asarray(actions)
+        if actions.shape != (B, N) or not np.issubdtype(actions.dtype, np.integer):
+            raise ValueError(f"actions: expected integer array of shape {(B, N)}, got {actions.dtype} {actions.shape}")
+        if actions.min() < 0 or actions.max() >= NUM_ACTIONS:
+            raise ValueError(f"actions: ids must lie in [0, {NUM_ACTIONS}), got {actions.min()}..{actions.max()}")
+        t = s.tick
+        tod = t % world.day_ticks
+        allowed = np.take_along_axis(self.action_mask, actions[..., None].astype(np.int64), axis=2)[..., 0]
+        actions = np.where(allowed, actions, WAIT).astype(np.int64)
+        tel = {key: np.zeros(B, dtype=np.float64) for key in TELEMETRY_KEYS}
+        tel["invalid_actions"] += (~allowed).sum(axis=1)
+        reward = np.zeros((B, N), dtype=np.float32)
+        events = EventBuffer()
+
+        # 1. Option switch: choosing the active option again continues it; anything else stops it.
+        is_object = _IS_OBJECT_OPTION[actions]
+        continuing = is_object & s.active & (s.option == actions)
+        self._release(s, s.active & ~continuing)
+        starting = is_object & ~continuing
+        s.option_age = np.where(continuing, s.option_age + 1, 0).astype(np.int32)
+        s.option = actions
+        if starting.any():
+            targets = self.choose_targets(s, actions)
+            s.target = np.where(starting, targets, s.target)
+            no_target = starting & (targets < 0)
+            tel["failed_actions"] += no_target.sum(axis=1)
+            s.active = s.active | (starting & ~no_target)
+
+        # 2. Movement: explicit moves, and one step along the shortest path for walking options.
+        safe_target = np.maximum(s.target, 0)
+        at_access = (s.y == layout.access_y[safe_target]) & (s.x == layout.access_x[safe_target])
+        walking = s.active & ~s.holding & ~s.queued & ~at_access
+        code = np.where(actions >= MOVE_N, actions - MOVE_N, 4)
+        path_code = layout.next_move[safe_target, s.y, s.x]
+        code = np.where(walking & (path_code >= 0), path_code, code)
+        ny, nx = s.y + _MOVE_DY[code], s.x + _MOVE_DX[code]
+        inside = (ny >= 0) & (ny < layout.size) & (nx >= 0) & (nx < layout.size)
+        ok = inside & layout.passable[np.clip(ny, 0, layout.size - 1), np.clip(nx, 0, layout.size - 1)]
+        s.y, s.x = np.where(ok, ny, s.y).astype(np.int32), np.where(ok, nx, s.x).astype(np.int32)
+
+        # 3. Queue joins: arrivals take a ticket; older options go first, then a seeded draw.
+        at_access = (s.y == layout.access_y[safe_target]) & (s.x == layout.access_x[safe_target])
+        arrivals = s.active & ~s.holding & ~s.queued & at_access
+        if arrivals.any():
+            draw = (rng.uniform(s.seeds, t, rng.STREAM_TIE_BREAK, (N,)) * 65535).astype(np.int64)
+            youth = (1 << 16) - 1 - np.minimum(s.option_age, (1 << 16) - 1).astype(np.int64)
+            ticket = t * _TICKET_TICK + (youth << 20) + draw * N + np.arange(N)
+            s.ticket = np.where(arrivals, ticket, s.ticket)
+            s.queued = s.queued | arrivals
+
+        # 4. Acquisition: the head of each free object's queue takes it (costs charged now).
+        if s.queued.any():
+            self._acquire(s, t, tod, rows, reward, tel, events)
+
+        # 5. Conflicts: an arrival still waiting was blocked by the holder.
+        conflicts = self._conflicts(s, arrivals & s.queued, rows, tel, events)
+
+        # 6. Use and completion of timed affordances.
+        self._use(s, t, rows, tel, events)
+
+        # 7. Work, shifts, takeovers and late help.
+        self._work(s, tod, rows, reward, tel, events)
+
+        # 8. Chat with an adjacent agent.
+        if (actions == CHAT).any():
+            self._chat(s, t, actions == CHAT, rows, reward, tel, events)
+
+        # 9. Needs decay, faints.
+        s.needs = np.clip(s.needs - self.decay, 0.0, 1.0)
+        s.starving = np.where(s.needs.min(axis=2) <= 0.0, s.starving + 1, 0).astype(np.int32)
+        fainted = s.starving >= world.needs.faint_ticks
+
+        # 10. Rewards: homeostasis, survival, then the clip; the faint penalty lands after it.
+        rewards_cfg = self.config.rewards
+        deficit = np.square(1.0 - s.needs) @ self.need_weights
+        reward += -rewards_cfg.homeostasis_scale * deficit + rewards_cfg.survival
+        reward = np.clip(reward, -rewards_cfg.clip, rewards_cfg.clip) - rewards_cfg.faint_penalty * fainted
+
+        # 11. Relationships, respawn, day boundary.
+        apply_events(s.rel, s.tie, s.personality, events, world.relationships)
+        if fainted.any():
+            tel["faints"] += fainted.sum(axis=1)
+            self._respawn(s, fainted)
+        if (t + 1) % world.day_ticks == 0:
+            decay_daily(s.rel, world.relationships)
+        s.tick = t + 1
+        self.action_mask = self.observer.action_mask(s)
+        return StepResult(
+            observation=self.observer.observe(s) if observe else None,
+            rewards=reward.astype(np.float32),
+            dones=fainted,
+            truncated=s.tick >= world.episode_ticks,
+            action_mask=self.action_mask,
+            telemetry=tel,
+            conflicts=conflicts,
+        )
+
+    # ------------------------------------------------------------------ phases
+    def _acquire(self, s, t, tod, rows, reward, tel, events) -> None:
+        world = self.config.world
+        same_object = (s.target[:, :, None] == s.target[:, None, :]) & s.queued[:, None, :]
+        ahead = same_object & (s.ticket[:, None, :] < s.ticket[:, :, None])
+        head = s.queued & ~ahead.any(axis=2)
+        safe_target = np.maximum(s.target, 0)
+        candidate = head & (s.holder[rows, safe_target] < 0)
+        if not candidate.any():
+            return
+        can_pay = s.wallet >= self.cost[s.option]
+        # Meals: of the eaters acquiring a fridge at once, only as many as the pantry holds succeed.
+        eating = candidate & can_pay & (s.option == EAT)
+        earlier = eating[:, None, :] & (s.ticket[:, None, :] < s.ticket[:, :, None])
+        stocked = earlier.sum(axis=2) < s.meals[:, None]
+        ok = candidate & can_pay & np.where(s.option == EAT, stocked, True)
+        failed = candidate & ~ok
+        if failed.any():
+            tel["failed_actions"] += failed.sum(axis=1)
+            s.queued[failed] = False
+            s.active[failed] = False
+            s.target[failed] = -1
+        if not ok.any():
+            return
+        town, agent = np.nonzero(ok)
+        obj = s.target[town, agent]
+        previous = s.last_holder[town, obj]
+        waited = (s.ticket[town, agent] // _TICKET_TICK) < t
+        polite = waited & (previous >= 0) & (previous != agent)
+        events.add(town[polite], agent[polite], previous[polite], world.relationships.queued_politely.vector())
+        tel["queued_politely_events"] += np.bincount(town[polite], minlength=self.towns)
+        s.holder[town, obj] = agent
+        s.holding[ok] = True
+        s.queued[ok] = False
+        s.progress[ok] = 0
+        s.wallet = s.wallet - np.where(ok, self.cost[s.option], 0.0).astype(np.float32)
+        s.meals = s.meals - (ok & (s.option == EAT)).sum(axis=1).astype(np.int32)
+        # Arriving at one's desk for the current shift: on time or late.
+        desk = ok & (s.option == WORK) & ~s.arrived & (tod < self.shift_end)[None, :]
+        if desk.any():
+            late = desk & (tod > self.shift_start)[None, :]
+            on_time = desk & ~late
+            rewards = self.config.rewards
+            reward += rewards.punctuality_bonus * on_time - rewards.lateness_penalty * late
+            s.arrived |= desk
+            s.late |= late
+            s.lateness = s.lateness + late
+            s.shifts_attended = s.shifts_attended + desk
+            tel["late_arrivals"] += late.sum(axis=1)
+            tel["on_time_arrivals"] += on_time.sum(axis=1)
+
+    def _conflicts(self, s, blocked_now, rows, tel, events) -> ConflictEvents:
+        queues, rel_cfg = self.config.world.queues, self.config.world.relationships
+        safe_target = np.maximum(s.target, 0)
+        blocker = s.holder[rows, safe_target]
+        blocked = blocked_now & (blocker >= 0)
+        town, agent = np.nonzero(blocked)
+        obj = s.target[town, agent]
+        length = self.observer.queue_counts(s)[town, obj]
+        intensity = np.clip(
+            queues.intensity_base + queues.intensity_per_waiter * (length - 1),
+            queues.intensity_min, queues.intensity_max,
+        ).astype(np.float32)
+        by = blocker[town, agent]
+        rivalry = queues.rivalry_per_intensity * intensity
+        own = np.asarray(rel_cfg.queue_conflict.vector(), dtype=np.float32)[None, :].repeat(len(town), 0)
+        own[:, RIVALRY] += rivalry
+        other = np.zeros_like(own)
+        other[:, RIVALRY] = rivalry
+        events.add(town, agent, by, own)
+        events.add(town, by, agent, other)
+        tel["queue_conflict_events"] += np.bincount(town, minlength=self.towns)
+        tel["queue_conflict_intensity"] += np.bincount(town, weights=intensity, minlength=self.towns)
+        return ConflictEvents(town=town, blocked=agent, blocker=by, queue_length=length, intensity=intensity)
+
+    def _use(self, s, t, rows, tel, events) -> None:
+        timed = s.holding & (s.option != WORK)
+        if not timed.any():
+            return
+        s.progress = s.progress + timed
+        done = timed & (s.progress >= self.duration[s.option])
+        if not done.any():
+            return
+        s.needs = np.clip(s.needs + np.where(done[..., None], self.effects[s.option], 0.0), 0.0, 1.0)
+        eat_done = done & (s.option == EAT)
+        if eat_done.any():
+            # A shared meal: an eater finishing while another eats (pairs finishing together count once).
+            eating = s.holding & (s.option == EAT)
+            pair = eat_done[:, :, None] & eating[:, None, :]
+            both_done = eat_done[:, :, None] & eat_done[:, None, :]
+            upper = np.triu(np.ones((self.agents, self.agents), dtype=bool), 1)
+            pair &= ~both_done | upper
+            pair &= ~np.eye(self.agents, dtype=bool)
+            town, i, j = np.nonzero(pair)
+            meal = self.config.world.relationships.shared_meal.vector()
+            events.add(np.concatenate([town, town]), np.concatenate([i, j]), np.concatenate([j, i]), meal)
+            tel["shared_meal_events"] += np.bincount(town, minlength=self.towns)
+        tel["meals_eaten"] += eat_done.sum(axis=1)
+        cooked = (done & (s.option == COOK)).sum(axis=1)
+        tel["meals_cooked"] += cooked
+        s.meals = s.meals + cooked.astype(np.int32)
+        tel["showers"] += (done & (s.option == SHOWER)).sum(axis=1)
+        tel["sleeps"] += (done & (s.option == SLEEP)).sum(axis=1)
+        town, agent = np.nonzero(done)
+        s.cooldown_until[town, agent, s.target[town, agent]] = t + 1 + self.config.world.queues.cooldown_ticks
+        self._release(s, done)
+
+    def _work(self, s, tod, rows, reward, tel, events) -> None:
+        world = self.config.world
+        on_shift = (tod >= self.shift_start) & (tod < self.shift_end)  # (N,)
+        working = s.holding & (s.option == WORK) & on_shift[None, :]
+        wages = np.where(working, self.wage[None, :], 0.0).astype(np.float32)
+        s.wallet = s.wallet + wages
+        reward += self.config.rewards.wage_scale * wages
+        tel["wages"] += wages.sum(axis=1)
+
+        cover_tick = tod == self.shift_start + world.jobs.takeover_delay  # (N,)
+        if cover_tick.any():
+            late = cover_tick[None, :] & ~s.arrived
+            helper = s.arrived & ~s.late & s.holding & (s.option == WORK)
+            pairs = late[:, :, None] & helper[:, None, :] & self.same_job[None]
+            if pairs.any():
+                ambition = s.personality[..., 2]
+                score = np.where(pairs, ambition[:, None, :], -np.inf)
+                cover = np.argmax(score, axis=2)
+                covered = pairs.any(axis=2)
+                takes = covered & (np.take_along_axis(ambition, cover, axis=1) > world.jobs.takeover_ambition)
+                helps = covered & ~takes
+                rel = world.relationships
+                for mask, delta, key in ((takes, rel.shift_takeover, "shift_takeover_events"),
+                                         (helps, rel.late_help, "late_help_events")):
+                    town, agent = np.nonzero(mask)
+                    events.add(town, agent, cover[town, agent], delta.vector(), work_event=True)
+                    tel[key] += mask.sum(axis=1)
+                # The taker is paid for the slot it took over.
+                town, agent = np.nonzero(takes)
+                bonus = self.wage[agent] * world.jobs.takeover_delay
+                np.add.at(s.wallet, (town, cover[town, agent]), bonus.astype(np.float32))
+
+        shift_over = tod + 1 == self.shift_end  # (N,): this was the shift's last tick
+        if shift_over.any():
+            ending = shift_over[None, :] & np.ones((self.towns, 1), dtype=bool)
+            tel["absences"] += (ending & ~s.arrived).sum(axis=1)
+            s.shifts_elapsed = s.shifts_elapsed + ending
+            self._release(s, ending & s.active & (s.option == WORK))
+            s.arrived &= ~ending
+            s.late &= ~ending
+
+    def _chat(self, s, t, chatting, rows, reward, tel, events) -> None:
+        world, rewards = self.config.world, self.config.rewards
+        adjacent = (np.abs(s.y[:, :, None] - s.y[:, None, :]) + np.abs(s.x[:, :, None] - s.x[:, None, :])) <= 1
+        adjacent &= ~np.eye(self.agents, dtype=bool)
+        familiarity = s.rel[..., FAMILIARITY]
+        partner = np.argmax(np.where(adjacent, familiarity, -np.inf), axis=2)
+        chatting = chatting & adjacent.any(axis=2)
+        trust_ij = np.take_along_axis(s.rel[..., TRUST], partner[..., None], axis=2)[..., 0]
+        fam_ij = np.take_along_axis(familiarity, partner[..., None], axis=2)[..., 0]
+        chat = world.chat
+        p = np.clip(chat.base_success * (1 + chat.trust_coef * trust_ij) * (1 + chat.familiarity_coef * fam_ij), 0, 1)
+        success = chatting & (rng.uniform(s.seeds, t, rng.STREAM_CHAT_SUCCESS, (self.agents,)) < p)
+        failure = chatting & ~success
+        extroversion = s.personality[..., 0]
+        ext_j = np.take_along_axis(extroversion, partner, axis=1)
+        noise = chat.quality_noise * (2 * rng.uniform(s.seeds, t, rng.STREAM_CHAT_QUALITY, (self.agents,)) - 1)
+        quality = np.clip(0.5 + 0.25 * fam_ij + 0.125 * (extroversion + ext_j) + noise, 0.0, 1.0)
+        rel = world.relationships
+        town, agent = np.nonzero(success)
+        other = partner[town, agent]
+        q = quality[town, agent][:, None].astype(np.float32)
+        delta = np.asarray(rel.chat_success.vector(), dtype=np.float32)[None, :] * q
+        events.add(np.concatenate([town, town]), np.concatenate([agent, other]),
+                   np.concatenate([other, agent]), np.concatenate([delta, delta]))
+        town_f, agent_f = np.nonzero(failure)
+        other_f = partner[town_f, agent_f]
+        events.add(np.concatenate([town_f, town_f]), np.concatenate([agent_f, other_f]),
+                   np.concatenate([other_f, agent_f]), rel.chat_failure.vector())
+        reward += np.where(
+            success, rewards.chat_base + rewards.chat_trust * trust_ij + rewards.chat_familiarity * fam_ij, 0.0
+        ).astype(np.float32)
+        s.chat_ready_at = np.where(chatting, t + 1 + chat.cooldown_ticks, s.chat_ready_at).astype(np.int32)
+        tel["chat_success_events"] += success.sum(axis=1)
+        tel["chat_failure_events"] += failure.sum(axis=1)
+        tel["chat_quality_sum"] += np.where(success, quality, 0.0).sum(axis=1)
+
+    def _respawn(self, s, fainted) -> None:
+        """A fainted agent wakes at home with fresh needs; the rest of the town goes on."""
+        self._release(s, fainted)
+        home = np.broadcast_to(self.layout.home_bed[None, :], fainted.shape)
+        s.y = np.where(fainted, self.layout.access_y[home], s.y).astype(np.int32)
+        s.x = np.where(fainted, self.layout.access_x[home], s.x).astype(np.int32)
+        s.needs = np.where(fainted[..., None], np.float32(self.config.world.needs.respawn_level), s.needs)
+        s.starving[fainted] = 0
+        s.option[fainted] = WAIT
