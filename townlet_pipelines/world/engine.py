@@ -107,8 +107,8 @@ class TownWorld:
         if seeds.shape != (self.towns,):
             raise ValueError(f"seeds: expected {self.towns} seeds, got shape {seeds.shape}")
         self.state = initial_state(self.config.world, self.layout, seeds)
-        self.action_mask = self.observer.action_mask(self.state)
-        return self.observer.observe(self.state), self.action_mask
+        self.action_mask, observation = self.observer.mask_and_observe(self.state)
+        return observation, self.action_mask
 
     # ------------------------------------------------------------------ helpers
     def _rows(self) -> np.ndarray:
@@ -125,35 +125,27 @@ class TownWorld:
         s.target[who] = -1
         s.progress[who] = 0
 
-    def choose_targets(self, s: WorldState, options: np.ndarray) -> np.ndarray:
-        """Object each agent's option would walk to (-1: none eligible).
+    def choose_targets(self, s: WorldState, town: np.ndarray, agent: np.ndarray, options: np.ndarray) -> np.ndarray:
+        """Object each (town, agent)'s option would walk to (-1: none eligible); only starters pay for this.
 
         Nearest by path, where each occupant (user or waiter) counts as `busy_penalty` tiles and a rival
         among them as `rival_penalty`; objects on the agent's fairness cooldown are excluded.
         """
         layout, queues = self.layout, self.config.world.queues
-        rows = self._rows()
         otype = _OPTION_TYPE[options]
-        cand = layout.type_slots[np.maximum(otype, 0)]  # (B, N, K)
-        valid = (cand >= 0) & (otype >= 0)[..., None]
+        cand = layout.type_slots[np.maximum(otype, 0)]  # (M, K)
         safe = np.maximum(cand, 0)
-        dist = layout.distance[safe, s.y[..., None], s.x[..., None]].astype(np.float32)
-        occupancy = (s.holder >= 0).astype(np.float32) + self.observer.queue_counts(s)  # (B, O)
-        rivals = s.rel[..., RIVALRY] > queues.rival_threshold  # (B, N, N)
-        present = np.where(s.holding | s.queued, s.target, -1)  # (B, N) object each agent is at
-        onehot = present[..., None] == np.arange(layout.num_objects)  # (B, N, O)
-        rival_at = np.einsum("bij,bjo->bio", rivals.astype(np.float32), onehot.astype(np.float32))
-        score = (
-            dist
-            + queues.busy_penalty * occupancy[rows[..., None], safe]
-            + queues.rival_penalty * (np.take_along_axis(rival_at, safe, axis=2) > 0)
-        )
-        cooling = np.take_along_axis(s.cooldown_until, safe, axis=2) > s.tick
-        score = np.where(valid & ~cooling, score, np.inf)
-        best = np.argmin(score, axis=2)
-        target = np.take_along_axis(cand, best[..., None], axis=2)[..., 0]
-        target = np.where(np.isfinite(np.min(score, axis=2)), target, -1)
-        return np.where(options == WORK, layout.desk_of_agent[None, :], target).astype(np.int32)
+        dist = layout.distance[safe, s.y[town, agent][:, None], s.x[town, agent][:, None]].astype(np.float32)
+        occupancy = (s.holder >= 0) + self.observer.queue_counts(s)  # (B, O)
+        rivals = s.rel[town, agent, :, RIVALRY] > queues.rival_threshold  # (M, N)
+        present = np.where(s.holding | s.queued, s.target, -1)[town]  # (M, N) object each other agent is at
+        rival_at = (rivals[:, :, None] & (present[:, :, None] == cand[:, None, :])).any(axis=1)  # (M, K)
+        score = dist + queues.busy_penalty * occupancy[town[:, None], safe] + queues.rival_penalty * rival_at
+        cooling = s.cooldown_until[town[:, None], agent[:, None], safe] > s.tick
+        score = np.where((cand >= 0) & (otype >= 0)[:, None] & ~cooling, score, np.inf)
+        best = np.argmin(score, axis=1)
+        target = np.where(np.isfinite(score[np.arange(len(best)), best]), cand[np.arange(len(best)), best], -1)
+        return np.where(options == WORK, layout.desk_of_agent[agent], target).astype(np.int32)
 
     # ------------------------------------------------------------------ step
     def step(self, actions: np.ndarray, observe: bool = True) -> StepResult:
@@ -184,11 +176,11 @@ class TownWorld:
         s.option_age = np.where(continuing, s.option_age + 1, 0).astype(np.int32)
         s.option = actions
         if starting.any():
-            targets = self.choose_targets(s, actions)
-            s.target = np.where(starting, targets, s.target)
-            no_target = starting & (targets < 0)
-            tel["failed_actions"] += no_target.sum(axis=1)
-            s.active = s.active | (starting & ~no_target)
+            town, agent = np.nonzero(starting)
+            targets = self.choose_targets(s, town, agent, actions[town, agent])
+            s.target[town, agent] = targets
+            s.active[town[targets >= 0], agent[targets >= 0]] = True
+            tel["failed_actions"] += np.bincount(town[targets < 0], minlength=B)
 
         # 2. Movement: explicit moves, and one step along the shortest path for walking options.
         safe_target = np.maximum(s.target, 0)
@@ -248,9 +240,9 @@ class TownWorld:
         if (t + 1) % world.day_ticks == 0:
             decay_daily(s.rel, world.relationships)
         s.tick = t + 1
-        self.action_mask = self.observer.action_mask(s)
+        self.action_mask, observation = self.observer.mask_and_observe(s, observe)
         return StepResult(
-            observation=self.observer.observe(s) if observe else None,
+            observation=observation,
             rewards=reward.astype(np.float32),
             dones=fainted,
             truncated=s.tick >= world.episode_ticks,
@@ -381,9 +373,9 @@ class TownWorld:
             helper = s.arrived & ~s.late & s.holding & (s.option == WORK)
             pairs = late[:, :, None] & helper[:, None, :] & self.same_job[None]
             if pairs.any():
+                # The coworker who has been at their desk longest covers; its ambition decides how.
                 ambition = s.personality[..., 2]
-                score = np.where(pairs, ambition[:, None, :], -np.inf)
-                cover = np.argmax(score, axis=2)
+                cover = np.argmin(np.where(pairs, s.ticket[:, None, :], np.iinfo(np.int64).max), axis=2)
                 covered = pairs.any(axis=2)
                 takes = covered & (np.take_along_axis(ambition, cover, axis=1) > world.jobs.takeover_ambition)
                 helps = covered & ~takes
@@ -409,8 +401,7 @@ class TownWorld:
 
     def _chat(self, s, t, chatting, rows, reward, tel, events) -> None:
         world, rewards = self.config.world, self.config.rewards
-        adjacent = (np.abs(s.y[:, :, None] - s.y[:, None, :]) + np.abs(s.x[:, :, None] - s.x[:, None, :])) <= 1
-        adjacent &= ~np.eye(self.agents, dtype=bool)
+        adjacent = self.observer.adjacency(s)
         familiarity = s.rel[..., FAMILIARITY]
         partner = np.argmax(np.where(adjacent, familiarity, -np.inf), axis=2)
         chatting = chatting & adjacent.any(axis=2)

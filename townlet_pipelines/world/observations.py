@@ -103,16 +103,20 @@ class ObservationBuilder:
         padded = size + 2 * r
         self.obj_tile_y, self.obj_tile_x = layout.object_y + r, layout.object_x + r
         if self.variant == "hybrid":
-            grid = np.full((padded, padded), OUT_OF_BOUNDS, dtype=np.uint8)
-            grid[r : r + size, r : r + size] = 0
-            grid[self.obj_tile_y, self.obj_tile_x] = layout.object_type + 1
-            self.static = grid[..., None]  # the objects channel
+            grid = np.zeros((padded, padded, len(HYBRID_CHANNELS)), dtype=np.uint8)
+            grid[..., 2] = OUT_OF_BOUNDS
+            grid[r : r + size, r : r + size, 2] = 0
+            grid[self.obj_tile_y, self.obj_tile_x, 2] = layout.object_type + 1
+            self.queue_channel = 3
         elif self.variant == "full":
-            grid = np.zeros((padded, padded, 1 + len(OBJECT_TYPES)), dtype=np.uint8)
-            grid[..., 0] = 1
-            grid[r : r + size, r : r + size, 0] = 0
-            grid[self.obj_tile_y, self.obj_tile_x, 1 + layout.object_type] = 1
-            self.static = grid  # out_of_bounds and one channel per object type
+            grid = np.zeros((padded, padded, len(FULL_CHANNELS)), dtype=np.uint8)
+            grid[..., 3] = 1
+            grid[r : r + size, r : r + size, 3] = 0
+            grid[self.obj_tile_y, self.obj_tile_x, 4 + layout.object_type] = 1
+            self.queue_channel = 2
+        else:
+            return
+        self.template = grid  # static channels filled; self, agents and queues start at 0
 
     def _nearest(self) -> None:
         """Per object type and tile: the nearest object by path (desks are per agent instead)."""
@@ -122,10 +126,10 @@ class ObservationBuilder:
         for kind in range(types):
             ids = layout.type_slots[kind][layout.type_slots[kind] >= 0]
             self.nearest[kind] = ids[np.argmin(layout.distance[ids], axis=0)]
-        self.type_start = np.searchsorted(layout.object_type, np.arange(types))
+        self.type_onehot = (layout.object_type[:, None] == np.arange(types)[None, :]).astype(np.float32)
 
     # ------------------------------------------------------------------ mask
-    def action_mask(self, s: WorldState) -> np.ndarray:
+    def action_mask(self, s: WorldState, neighbour: np.ndarray | None = None) -> np.ndarray:
         world, layout = self.config.world, self.layout
         B, N = s.y.shape
         tod = s.tick % world.day_ticks
@@ -137,7 +141,7 @@ class ObservationBuilder:
             clipped = layout.passable[np.clip(ny, 0, layout.size - 1), np.clip(nx, 0, layout.size - 1)]
             mask[..., MOVE_N + offset] = inside & clipped
         free_of_cooldown = s.cooldown_until <= s.tick  # (B, N, O)
-        eligible = np.logical_or.reduceat(free_of_cooldown, self.type_start, axis=2)  # (B, N, T)
+        eligible = (free_of_cooldown.astype(np.float32) @ self.type_onehot) > 0  # (B, N, T)
         for option in OBJECT_OPTIONS:
             if option == WORK:
                 continue
@@ -153,37 +157,39 @@ class ObservationBuilder:
         continuing[rows, np.arange(N)[None, :], s.option] = s.active
         mask |= continuing
         ready = s.chat_ready_at <= s.tick
-        mask[..., CHAT] = ready & self._adjacent(s).any(axis=2)
+        mask[..., CHAT] = ready & (self.has_neighbour(s) if neighbour is None else neighbour)
         return mask
 
     @staticmethod
-    def _adjacent(s: WorldState) -> np.ndarray:
+    def adjacency(s: WorldState) -> np.ndarray:
+        """(B, N, N): j stands on i's tile or next to it."""
         near = (np.abs(s.y[:, :, None] - s.y[:, None, :]) + np.abs(s.x[:, :, None] - s.x[:, None, :])) <= 1
         return near & ~np.eye(s.y.shape[1], dtype=bool)
 
+    def has_neighbour(self, s: WorldState) -> np.ndarray:
+        return self.adjacency(s).any(axis=2)
+
+    def mask_and_observe(self, s: WorldState, observe: bool = True) -> tuple[np.ndarray, Observation | None]:
+        """The step's epilogue: both share the neighbour test, computed once."""
+        neighbour = self.has_neighbour(s)
+        mask = self.action_mask(s, neighbour)
+        return mask, (self.observe(s, neighbour) if observe else None)
+
     # ------------------------------------------------------------------ observations
-    def observe(self, s: WorldState) -> Observation:
-        features = self.features(s)
+    def observe(self, s: WorldState, neighbour: np.ndarray | None = None) -> Observation:
+        features = self.features(s, neighbour)
         return Observation(map=None if self.variant == "compact" else self.maps(s), features=features)
 
     def maps(self, s: WorldState) -> np.ndarray:
-        layout, r = self.layout, self.pad
-        B, N = s.y.shape
-        padded = layout.size + 2 * r
-        py, px = s.y + r, s.x + r
-        agents = np.bincount(
-            (np.arange(B)[:, None] * padded * padded + py * padded + px).ravel(), minlength=B * padded * padded
-        ).reshape(B, padded, padded)
+        r, padded = self.pad, self.layout.size + 2 * self.pad
+        B = s.y.shape[0]
+        grid = np.broadcast_to(self.template, (B, *self.template.shape)).copy()  # (B, P, P, C)
+        flat = grid.reshape(B * padded * padded, -1)
+        cells = (np.arange(B)[:, None] * (padded * padded) + (s.y + r) * padded + (s.x + r)).ravel()
+        agents = np.bincount(cells, minlength=B * padded * padded)
+        flat[cells, 1] = np.minimum(agents[cells], 255)  # agents sharing a tile write the same count
         occupancy = (s.holder >= 0) + self.queue_counts(s)  # (B, O)
-        channels = len(self.spec.map_channels)
-        grid = np.zeros((B, padded, padded, channels), dtype=np.uint8)
-        grid[..., 1] = np.minimum(agents, 255)
-        if self.variant == "hybrid":
-            grid[..., 2] = self.static[..., 0]
-            grid[:, self.obj_tile_y, self.obj_tile_x, 3] = occupancy
-        else:
-            grid[:, self.obj_tile_y, self.obj_tile_x, 2] = occupancy
-            grid[..., 3:] = self.static
+        grid[:, self.obj_tile_y, self.obj_tile_x, self.queue_channel] = np.minimum(occupancy, 255)
         w = self.window
         view = sliding_window_view(grid, (w, w), axis=(1, 2))  # (B, size, size, C, w, w)
         out = view[np.arange(B)[:, None], s.y, s.x]  # (B, N, C, w, w)
@@ -197,21 +203,25 @@ class ObservationBuilder:
         flat = (np.arange(B)[:, None] * objects + s.target)[s.queued]
         return np.bincount(flat, minlength=B * objects).reshape(B, objects)
 
-    def features(self, s: WorldState) -> np.ndarray:
+    def features(self, s: WorldState, neighbour: np.ndarray | None = None) -> np.ndarray:
         world, layout = self.config.world, self.layout
         B, N = s.y.shape
         size = float(layout.size)
         day = world.day_ticks
         tod = s.tick % day
         rows = np.arange(B)[:, None]
-        f = np.zeros((B, N, len(FEATURE_NAMES)), dtype=np.float32)
+        f = np.empty((len(FEATURE_NAMES), B, N), dtype=np.float32)  # feature-major: contiguous rows
         col = 0
 
         def put(values) -> None:
             nonlocal col
-            values = np.asarray(values, dtype=np.float32)
-            width = 1 if values.ndim < 3 else values.shape[2]
-            f[..., col : col + width] = values if values.ndim == 3 else values[..., None]
+            values = np.asarray(values)
+            if values.ndim == 3:  # (B, N, k): k features at once
+                width = values.shape[2]
+                f[col : col + width] = np.moveaxis(values, 2, 0)
+            else:
+                width = 1
+                f[col] = values
             col += width
 
         put(s.needs)
@@ -243,23 +253,21 @@ class ObservationBuilder:
             put(occupancy[rows, nearest[kind]])
         put(np.broadcast_to(s.meals[:, None] / 10.0, (B, N)))
 
-        rel = np.where(s.tie[..., None], s.rel, 0.0)
+        # Ties only hold values where `tie` is set (eviction zeroes them), and never toward oneself.
         others = s.tie & ~np.eye(N, dtype=bool)
-        friend_score = np.where(others, rel[..., TRUST] + rel[..., FAMILIARITY], -np.inf)
-        rival_score = np.where(others, rel[..., RIVALRY], -np.inf)
-        for score in (friend_score, rival_score):
-            order = np.argsort(-score, axis=2, kind="stable")[..., :2]  # (B, N, 2)
+        count = others.sum(axis=2)
+        for score in (s.rel[..., TRUST] + s.rel[..., FAMILIARITY], s.rel[..., RIVALRY]):
+            score = np.where(others, score, -np.inf)
             for rank in range(2):
-                j = order[..., rank]
-                exists = np.take_along_axis(score, j[..., None], axis=2)[..., 0] > -np.inf
-                tie = np.take_along_axis(rel, j[..., None, None], axis=2)[:, :, 0, :]
-                put(np.where(exists[..., None], tie, 0.0))
-        rivalry = np.where(others, rel[..., RIVALRY], 0.0)
-        put(rivalry.max(axis=2, initial=0.0))
+                best = np.argmax(score, axis=2)
+                put(np.where((count > rank)[..., None], s.rel[rows, np.arange(N)[None, :], best], 0.0))
+                score[rows, np.arange(N)[None, :], best] = -np.inf
+        rivalry = s.rel[..., RIVALRY]
+        put(np.maximum(rivalry.max(axis=2), 0.0))
         rivals = rivalry > world.queues.rival_threshold
         put((rivals & (s.holding | s.queued)[:, None, :]).sum(axis=2))
         put(s.chat_ready_at <= s.tick)
-        put(self._adjacent(s).any(axis=2))
+        put(self.has_neighbour(s) if neighbour is None else neighbour)
         put(s.personality)
         option = np.zeros((B, N, NUM_ACTIONS), dtype=np.float32)
         option[rows, np.arange(N)[None, :], s.option] = s.active
@@ -269,5 +277,5 @@ class ObservationBuilder:
         put(s.queued)
         put(s.holding)
         put(np.broadcast_to(np.float32(s.tick / world.episode_ticks), (B, N)))
-        assert col == f.shape[2], (col, f.shape)
-        return f
+        assert col == f.shape[0], (col, f.shape)
+        return np.ascontiguousarray(np.moveaxis(f, 0, 2))
