@@ -150,3 +150,23 @@ def test_random_policy_does_measurably_worse_than_the_expert():
     assert expert.faints == 0 and random.faints >= 4 * config.world.agents_per_town
     assert random.wages_per_agent_day < 0.25 * expert.wages_per_agent_day
     assert random.reward_per_agent_day < expert.reward_per_agent_day
+
+
+def test_incremental_tie_features_equal_a_fresh_computation():
+    """The observer recomputes tie features only for changed rows; a fresh observer computes them all."""
+    from townlet_pipelines.world.observations import ObservationBuilder
+
+    config = TownletConfig()
+    world = TownWorld(config, 4)
+    world.reset(2)
+    expert = ScriptedExpert(config.expert)
+    for tick in range(600):
+        result = world.step(expert.act(world))
+        if tick % 150 == 149:
+            fresh = ObservationBuilder(config, world.layout).features(world.state)
+            assert np.array_equal(result.observation.features, fresh)
+    assert world.state.tie.any()  # the run did build relationships
+    world.state.rel[0, 0, 1] = [0.9, 0.9, 0.9]  # a hand edit is picked up as well
+    world.state.tie[0, 0, 1] = True
+    np.testing.assert_array_equal(world.observer.features(world.state),
+                                  ObservationBuilder(config, world.layout).features(world.state))

@@ -14,9 +14,11 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from townlet_pipelines.world.memory import retain_freed_memory
     from townlet_pipelines.world.render import render_town
     from townlet_pipelines.world.simulate import make_policy, simulate
 
+    retain_freed_memory()
     config = load_config(args.config)
     if args.variant:
         config = config.model_copy(

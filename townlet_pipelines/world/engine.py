@@ -253,54 +253,55 @@ class TownWorld:
 
     # ------------------------------------------------------------------ phases
     def _acquire(self, s, t, tod, rows, reward, tel, events) -> None:
+        """Queued agents with nobody ahead of them take their free object; only queued agents are examined."""
         world = self.config.world
-        same_object = (s.target[:, :, None] == s.target[:, None, :]) & s.queued[:, None, :]
-        ahead = same_object & (s.ticket[:, None, :] < s.ticket[:, :, None])
-        head = s.queued & ~ahead.any(axis=2)
-        safe_target = np.maximum(s.target, 0)
-        candidate = head & (s.holder[rows, safe_target] < 0)
-        if not candidate.any():
-            return
-        can_pay = s.wallet >= self.cost[s.option]
-        # Meals: of the eaters acquiring a fridge at once, only as many as the pantry holds succeed.
-        eating = candidate & can_pay & (s.option == EAT)
-        earlier = eating[:, None, :] & (s.ticket[:, None, :] < s.ticket[:, :, None])
-        stocked = earlier.sum(axis=2) < s.meals[:, None]
-        ok = candidate & can_pay & np.where(s.option == EAT, stocked, True)
-        failed = candidate & ~ok
-        if failed.any():
-            tel["failed_actions"] += failed.sum(axis=1)
-            s.queued[failed] = False
-            s.active[failed] = False
-            s.target[failed] = -1
-        if not ok.any():
-            return
-        town, agent = np.nonzero(ok)
+        town, agent = np.nonzero(s.queued)
         obj = s.target[town, agent]
+        same = (s.target[town] == obj[:, None]) & s.queued[town]  # (M, N) others queued for the same object
+        head = ~(same & (s.ticket[town] < s.ticket[town, agent][:, None])).any(axis=1)
+        keep = head & (s.holder[town, obj] < 0)
+        town, agent, obj = town[keep], agent[keep], obj[keep]
+        if len(town) == 0:
+            return
+        option = s.option[town, agent]
+        ticket = s.ticket[town, agent]
+        ok = s.wallet[town, agent] >= self.cost[option]
+        # Meals: of the eaters taking a fridge at once, only as many as the pantry holds succeed.
+        eater = ok & (option == EAT)
+        earlier = (eater[None, :] & (town[None, :] == town[:, None]) & (ticket[None, :] < ticket[:, None])).sum(axis=1)
+        ok &= (option != EAT) | (earlier < s.meals[town])
+        if not ok.all():
+            bad_town, bad_agent = town[~ok], agent[~ok]
+            tel["failed_actions"] += np.bincount(bad_town, minlength=self.towns)
+            s.queued[bad_town, bad_agent] = False
+            s.active[bad_town, bad_agent] = False
+            s.target[bad_town, bad_agent] = -1
+            town, agent, obj, option, ticket = town[ok], agent[ok], obj[ok], option[ok], ticket[ok]
+        if len(town) == 0:
+            return
         previous = s.last_holder[town, obj]
-        waited = (s.ticket[town, agent] // _TICKET_TICK) < t
-        polite = waited & (previous >= 0) & (previous != agent)
+        polite = (ticket // _TICKET_TICK < t) & (previous >= 0) & (previous != agent)
         events.add(town[polite], agent[polite], previous[polite], world.relationships.queued_politely.vector())
         tel["queued_politely_events"] += np.bincount(town[polite], minlength=self.towns)
         s.holder[town, obj] = agent
-        s.holding[ok] = True
-        s.queued[ok] = False
-        s.progress[ok] = 0
-        s.wallet = s.wallet - np.where(ok, self.cost[s.option], 0.0).astype(np.float32)
-        s.meals = s.meals - (ok & (s.option == EAT)).sum(axis=1).astype(np.int32)
+        s.holding[town, agent] = True
+        s.queued[town, agent] = False
+        s.progress[town, agent] = 0
+        s.wallet[town, agent] -= self.cost[option]
+        s.meals -= np.bincount(town[option == EAT], minlength=self.towns).astype(np.int32)
         # Arriving at one's desk for the current shift: on time or late.
-        desk = ok & (s.option == WORK) & ~s.arrived & (tod < self.shift_end)[None, :]
+        desk = (option == WORK) & ~s.arrived[town, agent] & (tod < self.shift_end[agent])
         if desk.any():
-            late = desk & (tod > self.shift_start)[None, :]
-            on_time = desk & ~late
+            town, agent = town[desk], agent[desk]
+            late = tod > self.shift_start[agent]
             rewards = self.config.rewards
-            reward += rewards.punctuality_bonus * on_time - rewards.lateness_penalty * late
-            s.arrived |= desk
-            s.late |= late
-            s.lateness = s.lateness + late
-            s.shifts_attended = s.shifts_attended + desk
-            tel["late_arrivals"] += late.sum(axis=1)
-            tel["on_time_arrivals"] += on_time.sum(axis=1)
+            reward[town, agent] += np.where(late, -rewards.lateness_penalty, rewards.punctuality_bonus)
+            s.arrived[town, agent] = True
+            s.late[town, agent] = late
+            s.lateness[town, agent] += late
+            s.shifts_attended[town, agent] += 1
+            tel["late_arrivals"] += np.bincount(town[late], minlength=self.towns)
+            tel["on_time_arrivals"] += np.bincount(town[~late], minlength=self.towns)
 
     def _conflicts(self, s, blocked_now, rows, tel, events) -> ConflictEvents:
         queues, rel_cfg = self.config.world.queues, self.config.world.relationships
@@ -328,34 +329,33 @@ class TownWorld:
 
     def _use(self, s, t, rows, tel, events) -> None:
         timed = s.holding & (s.option != WORK)
-        if not timed.any():
+        s.progress += timed
+        town, agent = np.nonzero(timed & (s.progress >= self.duration[s.option]))
+        if len(town) == 0:
             return
-        s.progress = s.progress + timed
-        done = timed & (s.progress >= self.duration[s.option])
-        if not done.any():
-            return
-        s.needs = np.clip(s.needs + np.where(done[..., None], self.effects[s.option], 0.0), 0.0, 1.0)
-        eat_done = done & (s.option == EAT)
-        if eat_done.any():
+        option, obj = s.option[town, agent], s.target[town, agent]
+        s.needs[town, agent] = np.clip(s.needs[town, agent] + self.effects[option], 0.0, 1.0)
+        eaten = option == EAT
+        if eaten.any():
             # A shared meal: an eater finishing while another eats (pairs finishing together count once).
-            eating = s.holding & (s.option == EAT)
-            pair = eat_done[:, :, None] & eating[:, None, :]
-            both_done = eat_done[:, :, None] & eat_done[:, None, :]
-            upper = np.triu(np.ones((self.agents, self.agents), dtype=bool), 1)
-            pair &= ~both_done | upper
-            pair &= ~np.eye(self.agents, dtype=bool)
-            town, i, j = np.nonzero(pair)
+            eat_town, eat_agent = town[eaten], agent[eaten]
+            eating = s.holding[eat_town] & (s.option[eat_town] == EAT)  # (M, N)
+            finishing = np.zeros_like(eating)
+            same_town = eat_town[:, None] == eat_town[None, :]
+            finishing[np.nonzero(same_town)[0], eat_agent[np.nonzero(same_town)[1]]] = True
+            others = np.arange(self.agents)[None, :]
+            pair = eating & (others != eat_agent[:, None]) & (~finishing | (others > eat_agent[:, None]))
+            which, j = np.nonzero(pair)
+            i, pair_town = eat_agent[which], eat_town[which]
             meal = self.config.world.relationships.shared_meal.vector()
-            events.add(np.concatenate([town, town]), np.concatenate([i, j]), np.concatenate([j, i]), meal)
-            tel["shared_meal_events"] += np.bincount(town, minlength=self.towns)
-        tel["meals_eaten"] += eat_done.sum(axis=1)
-        cooked = (done & (s.option == COOK)).sum(axis=1)
-        tel["meals_cooked"] += cooked
-        s.meals = s.meals + cooked.astype(np.int32)
-        tel["showers"] += (done & (s.option == SHOWER)).sum(axis=1)
-        tel["sleeps"] += (done & (s.option == SLEEP)).sum(axis=1)
-        town, agent = np.nonzero(done)
-        s.cooldown_until[town, agent, s.target[town, agent]] = t + 1 + self.config.world.queues.cooldown_ticks
+            events.add(np.concatenate([pair_town, pair_town]), np.concatenate([i, j]), np.concatenate([j, i]), meal)
+            tel["shared_meal_events"] += np.bincount(pair_town, minlength=self.towns)
+        for key, done_option in (("meals_eaten", EAT), ("meals_cooked", COOK), ("showers", SHOWER), ("sleeps", SLEEP)):
+            tel[key] += np.bincount(town[option == done_option], minlength=self.towns)
+        s.meals += np.bincount(town[option == COOK], minlength=self.towns).astype(np.int32)
+        s.cooldown_until[town, agent, obj] = t + 1 + self.config.world.queues.cooldown_ticks
+        done = np.zeros_like(timed)
+        done[town, agent] = True
         self._release(s, done)
 
     def _work(self, s, tod, rows, reward, tel, events) -> None:
@@ -400,39 +400,35 @@ class TownWorld:
             s.late &= ~ending
 
     def _chat(self, s, t, chatting, rows, reward, tel, events) -> None:
-        world, rewards = self.config.world, self.config.rewards
-        adjacent = self.observer.adjacency(s)
-        familiarity = s.rel[..., FAMILIARITY]
-        partner = np.argmax(np.where(adjacent, familiarity, -np.inf), axis=2)
-        chatting = chatting & adjacent.any(axis=2)
-        trust_ij = np.take_along_axis(s.rel[..., TRUST], partner[..., None], axis=2)[..., 0]
-        fam_ij = np.take_along_axis(familiarity, partner[..., None], axis=2)[..., 0]
-        chat = world.chat
-        p = np.clip(chat.base_success * (1 + chat.trust_coef * trust_ij) * (1 + chat.familiarity_coef * fam_ij), 0, 1)
-        success = chatting & (rng.uniform(s.seeds, t, rng.STREAM_CHAT_SUCCESS, (self.agents,)) < p)
-        failure = chatting & ~success
-        extroversion = s.personality[..., 0]
-        ext_j = np.take_along_axis(extroversion, partner, axis=1)
-        noise = chat.quality_noise * (2 * rng.uniform(s.seeds, t, rng.STREAM_CHAT_QUALITY, (self.agents,)) - 1)
-        quality = np.clip(0.5 + 0.25 * fam_ij + 0.125 * (extroversion + ext_j) + noise, 0.0, 1.0)
+        """Each chatting agent talks to its most familiar neighbour; only chatting agents are examined."""
+        world, rewards, chat = self.config.world, self.config.rewards, self.config.world.chat
+        town, agent = np.nonzero(chatting)
+        adjacent = (np.abs(s.y[town] - s.y[town, agent][:, None]) + np.abs(s.x[town] - s.x[town, agent][:, None])) <= 1
+        adjacent &= np.arange(self.agents)[None, :] != agent[:, None]  # (M, N)
+        has_partner = adjacent.any(axis=1)
+        town, agent, adjacent = town[has_partner], agent[has_partner], adjacent[has_partner]
+        familiarity = s.rel[town, agent, :, FAMILIARITY]  # (M, N)
+        other = np.argmax(np.where(adjacent, familiarity, -np.inf), axis=1)
+        trust, fam = s.rel[town, agent, other, TRUST], s.rel[town, agent, other, FAMILIARITY]
+        p = np.clip(chat.base_success * (1 + chat.trust_coef * trust) * (1 + chat.familiarity_coef * fam), 0, 1)
+        draws = rng.uniform(s.seeds[town], t, rng.STREAM_CHAT_SUCCESS, (self.agents,))[np.arange(len(town)), agent]
+        success = draws < p
+        noise = rng.uniform(s.seeds[town], t, rng.STREAM_CHAT_QUALITY, (self.agents,))[np.arange(len(town)), agent]
+        extroversion = s.personality[town, agent, 0] + s.personality[town, other, 0]
+        quality = np.clip(0.5 + 0.25 * fam + 0.125 * extroversion + chat.quality_noise * (2 * noise - 1), 0.0, 1.0)
         rel = world.relationships
-        town, agent = np.nonzero(success)
-        other = partner[town, agent]
-        q = quality[town, agent][:, None].astype(np.float32)
-        delta = np.asarray(rel.chat_success.vector(), dtype=np.float32)[None, :] * q
-        events.add(np.concatenate([town, town]), np.concatenate([agent, other]),
-                   np.concatenate([other, agent]), np.concatenate([delta, delta]))
-        town_f, agent_f = np.nonzero(failure)
-        other_f = partner[town_f, agent_f]
-        events.add(np.concatenate([town_f, town_f]), np.concatenate([agent_f, other_f]),
-                   np.concatenate([other_f, agent_f]), rel.chat_failure.vector())
-        reward += np.where(
-            success, rewards.chat_base + rewards.chat_trust * trust_ij + rewards.chat_familiarity * fam_ij, 0.0
-        ).astype(np.float32)
-        s.chat_ready_at = np.where(chatting, t + 1 + chat.cooldown_ticks, s.chat_ready_at).astype(np.int32)
-        tel["chat_success_events"] += success.sum(axis=1)
-        tel["chat_failure_events"] += failure.sum(axis=1)
-        tel["chat_quality_sum"] += np.where(success, quality, 0.0).sum(axis=1)
+        for mask, delta in ((success, np.asarray(rel.chat_success.vector())[None, :] * quality[:, None]),
+                            (~success, np.asarray(rel.chat_failure.vector())[None, :])):
+            delta = np.broadcast_to(delta, (len(town), 3))[mask]
+            both = np.concatenate
+            events.add(both([town[mask]] * 2), both([agent[mask], other[mask]]), both([other[mask], agent[mask]]),
+                       both([delta, delta]))
+        bonus = rewards.chat_base + rewards.chat_trust * trust + rewards.chat_familiarity * fam
+        reward[town[success], agent[success]] += bonus[success].astype(np.float32)
+        s.chat_ready_at[town, agent] = t + 1 + chat.cooldown_ticks
+        tel["chat_success_events"] += np.bincount(town[success], minlength=self.towns)
+        tel["chat_failure_events"] += np.bincount(town[~success], minlength=self.towns)
+        tel["chat_quality_sum"] += np.bincount(town[success], weights=quality[success], minlength=self.towns)
 
     def _respawn(self, s, fainted) -> None:
         """A fainted agent wakes at home with fresh needs; the rest of the town goes on."""

@@ -91,6 +91,7 @@ class ObservationBuilder:
                 map_channels=channels, feature_names=FEATURE_NAMES,
             )
         self._static_grid()
+        self._tie_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.rules = rule_tables(world, layout)
         self.shift_start, self.shift_end = self.rules.shift_start, self.rules.shift_end
         self._nearest()
@@ -203,6 +204,39 @@ class ObservationBuilder:
         flat = (np.arange(B)[:, None] * objects + s.target)[s.queued]
         return np.bincount(flat, minlength=B * objects).reshape(B, objects)
 
+    def _tie_features(self, s: WorldState) -> np.ndarray:
+        """(B, N, 13): top-2 friends and rivals (trust, familiarity, rivalry) and the max rivalry.
+
+        Ties change for a few agents a tick, so rows are recomputed only where `rel` or `tie` differ from
+        the last call's snapshot; comparing against a snapshot (not a dirty flag) can never go stale.
+        """
+        B, N = s.tie.shape[:2]
+        flat_rel, flat_tie = s.rel.reshape(B * N, N, 3), s.tie.reshape(B * N, N)
+        cache = self._tie_cache
+        if cache is not None and cache[0].shape == flat_rel.shape:
+            old_rel, old_tie, values = cache
+            changed = (flat_rel != old_rel).reshape(B * N, -1).any(axis=1) | (flat_tie != old_tie).any(axis=1)
+            rows = np.flatnonzero(changed)
+        else:
+            values = np.zeros((B * N, 13), dtype=np.float32)
+            rows = np.arange(B * N)
+        if len(rows):
+            rel = flat_rel[rows]  # (M, N, 3)
+            # Ties hold values only where `tie` is set (eviction zeroes them), never toward oneself.
+            others = flat_tie[rows] & (np.arange(N)[None, :] != (rows % N)[:, None])
+            count = others.sum(axis=1)
+            picked = []
+            for score in (rel[..., TRUST] + rel[..., FAMILIARITY], rel[..., RIVALRY]):
+                score = np.where(others, score, -np.inf)
+                for rank in range(2):
+                    best = np.argmax(score, axis=1)
+                    picked.append(np.where((count > rank)[:, None], rel[np.arange(len(rows)), best], 0.0))
+                    score[np.arange(len(rows)), best] = -np.inf
+            picked.append(np.maximum(rel[..., RIVALRY].max(axis=1), 0.0)[:, None])
+            values[rows] = np.concatenate(picked, axis=1)
+        self._tie_cache = (flat_rel.copy(), flat_tie.copy(), values)
+        return values.reshape(B, N, 13)
+
     def features(self, s: WorldState, neighbour: np.ndarray | None = None) -> np.ndarray:
         world, layout = self.config.world, self.layout
         B, N = s.y.shape
@@ -210,18 +244,14 @@ class ObservationBuilder:
         day = world.day_ticks
         tod = s.tick % day
         rows = np.arange(B)[:, None]
-        f = np.empty((len(FEATURE_NAMES), B, N), dtype=np.float32)  # feature-major: contiguous rows
+        f = np.empty((B, N, len(FEATURE_NAMES)), dtype=np.float32)
         col = 0
 
         def put(values) -> None:
             nonlocal col
             values = np.asarray(values)
-            if values.ndim == 3:  # (B, N, k): k features at once
-                width = values.shape[2]
-                f[col : col + width] = np.moveaxis(values, 2, 0)
-            else:
-                width = 1
-                f[col] = values
+            width = values.shape[2] if values.ndim == 3 else 1
+            f[..., col : col + width] = values.reshape(*values.shape[:2], width) if values.ndim >= 2 else values
             col += width
 
         put(s.needs)
@@ -253,17 +283,8 @@ class ObservationBuilder:
             put(occupancy[rows, nearest[kind]])
         put(np.broadcast_to(s.meals[:, None] / 10.0, (B, N)))
 
-        # Ties only hold values where `tie` is set (eviction zeroes them), and never toward oneself.
-        others = s.tie & ~np.eye(N, dtype=bool)
-        count = others.sum(axis=2)
-        for score in (s.rel[..., TRUST] + s.rel[..., FAMILIARITY], s.rel[..., RIVALRY]):
-            score = np.where(others, score, -np.inf)
-            for rank in range(2):
-                best = np.argmax(score, axis=2)
-                put(np.where((count > rank)[..., None], s.rel[rows, np.arange(N)[None, :], best], 0.0))
-                score[rows, np.arange(N)[None, :], best] = -np.inf
+        put(self._tie_features(s))
         rivalry = s.rel[..., RIVALRY]
-        put(np.maximum(rivalry.max(axis=2), 0.0))
         rivals = rivalry > world.queues.rival_threshold
         put((rivals & (s.holding | s.queued)[:, None, :]).sum(axis=2))
         put(s.chat_ready_at <= s.tick)
@@ -277,5 +298,5 @@ class ObservationBuilder:
         put(s.queued)
         put(s.holding)
         put(np.broadcast_to(np.float32(s.tick / world.episode_ticks), (B, N)))
-        assert col == f.shape[0], (col, f.shape)
-        return np.ascontiguousarray(np.moveaxis(f, 0, 2))
+        assert col == f.shape[2], (col, f.shape)
+        return f

@@ -1,0 +1,35 @@
+"""`python -m townlet_pipelines.bench world` prints the world's throughput figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m townlet_pipelines.bench")
+    commands = parser.add_subparsers(dest="command", required=True)
+    world = commands.add_parser("world", help="agent-ticks/s and peak memory at several batch sizes")
+    world.add_argument("--towns", type=lambda text: [int(v) for v in text.split(",")], default=[1, 64, 1024])
+    world.add_argument("--ticks", type=int, default=300)
+    world.add_argument("--warmup", type=int, default=200)
+    world.add_argument("--variant", choices=("hybrid", "compact", "full"), default="hybrid")
+    world.add_argument("--json", action="store_true")
+    world.add_argument("--no-retain", action="store_true", help="leave glibc's malloc thresholds alone")
+    one = commands.add_parser("world-one", help=argparse.SUPPRESS)
+    one.add_argument("--towns", type=int, required=True)
+    one.add_argument("--ticks", type=int, required=True)
+    one.add_argument("--warmup", type=int, required=True)
+    one.add_argument("--variant", default="hybrid")
+    one.add_argument("--no-retain", action="store_true")
+    args = parser.parse_args(argv)
+    from townlet_pipelines.bench import world as world_bench
+
+    if args.command == "world":
+        world_bench.main(args)
+    else:
+        print(json.dumps(world_bench.measure(args.towns, args.ticks, args.warmup, args.variant, not args.no_retain)))
+
+
+if __name__ == "__main__":
+    main()
