@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     world.add_argument("--ticks", type=int, default=300)
     world.add_argument("--warmup", type=int, default=200)
     world.add_argument("--variant", choices=("hybrid", "compact", "full"), default="hybrid")
+    world.add_argument("--repeat", type=int, default=3, help="runs per batch size; the median is shown")
     world.add_argument("--json", action="store_true")
     world.add_argument("--no-retain", action="store_true", help="leave glibc's malloc thresholds alone")
     one = commands.add_parser("world-one", help=argparse.SUPPRESS)

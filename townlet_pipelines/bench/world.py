@@ -73,15 +73,25 @@ def main(args) -> None:
             command.append("--no-retain")
         if hasattr(os, "sched_setaffinity"):
             command = ["taskset", "-c", "0", *command] if _has_taskset() else command
-        output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(output.strip().splitlines()[-1]))
+        runs = []
+        for _ in range(args.repeat):
+            output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+            runs.append(json.loads(output.strip().splitlines()[-1]))
+        runs.sort(key=lambda run: run["agent_ticks_per_sec"])
+        row = runs[len(runs) // 2]  # the median run, with the spread across repeats
+        row["agent_ticks_per_sec_range"] = [runs[0]["agent_ticks_per_sec"], runs[-1]["agent_ticks_per_sec"]]
+        rows.append(row)
     retain = "default glibc malloc" if args.no_retain else "retain_freed_memory()"
     print(f"world benchmark: scripted expert, {args.variant} observations, one core, {retain}")
-    print(f"{'towns':>6} {'agents':>7} {'agent-ticks/s':>14} {'ms/tick':>8} {'peak RSS MiB':>13}  phases ms/tick")
+    print(f"median of {args.repeat} runs of {args.ticks} ticks after {args.warmup} warm-up ticks")
+    print(f"{'towns':>6} {'agents':>7} {'agent-ticks/s':>14} {'(min-max)':>21} {'ms/tick':>8} {'peak RSS MiB':>13}"
+          "  phases ms/tick")
     for row in rows:
         phases = "  ".join(f"{k} {v:.2f}" for k, v in row["phase_ms_per_tick"].items())
-        print(f"{row['towns']:>6} {row['agents']:>7} {row['agent_ticks_per_sec']:>14,.0f} {row['ms_per_tick']:>8.2f} "
-              f"{row['peak_rss_mib']:>13.0f}  {phases}")
+        low, high = row["agent_ticks_per_sec_range"]
+        spread = f"({low:,.0f}-{high:,.0f})"
+        print(f"{row['towns']:>6} {row['agents']:>7} {row['agent_ticks_per_sec']:>14,.0f} {spread:>21} "
+              f"{row['ms_per_tick']:>8.2f} {row['peak_rss_mib']:>13.0f}  {phases}")
     if args.json:
         print(json.dumps(rows, indent=2))
 
