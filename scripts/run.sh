@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/townlet simulate --towns 16 --days 7 --policy scripted "$@"
+exec .venv/bin/townlet simulate --towns 10 --days 7 --policy scripted "$@"
