@@ -64,6 +64,56 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _capture(args: argparse.Namespace) -> int:
+    from townlet_pipelines.data.capture import acting_policy, capture
+    from townlet_pipelines.world.memory import retain_freed_memory
+
+    retain_freed_memory()
+    config = load_config(args.config)
+    ticks = args.ticks if args.ticks is not None else args.days * config.world.day_ticks
+    result = capture(config, acting_policy(args.policy, config, args.seed), args.towns, ticks, args.seed, args.out,
+                     shard_rows=args.shard_rows)
+    if args.json:
+        print(json.dumps({"path": str(result.path), "identity": result.identity, "rows": result.manifest.rows,
+                          "seconds": result.seconds, "agent_ticks_per_sec": result.agent_ticks_per_sec}))
+    else:
+        print(f"captured {result.manifest.rows:,} agent-ticks into {result.path} "
+              f"({len(result.manifest.shards)} shards, {result.agent_ticks_per_sec:,.0f} agent-ticks/s)")
+        print(f"identity {result.identity}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from townlet_pipelines.data.replay import ReplayDataset
+
+    dataset = ReplayDataset.open(args.path, verify="files" if args.quick else "full")
+    manifest = dataset.manifest
+    if args.json:
+        print(json.dumps({"identity": dataset.identity, "verified": "files" if args.quick else "full",
+                          "manifest": manifest.model_dump(mode="json")}, indent=2))
+        return 0
+    metrics = manifest.metrics
+    spec = manifest.observation
+    print(f"dataset {dataset.directory}")
+    print(f"  identity        {dataset.identity}")
+    print(f"  verified        {'paths, sizes, sha256, headers' if args.quick else 'paths, sizes, sha256, headers, every row'}")
+    print(f"  generator       {manifest.generator.kind}"
+          + (f" ({manifest.generator.checkpoint_id})" if manifest.generator.checkpoint_id else ""))
+    print(f"  observation     {spec.variant} map {spec.map_shape} features {spec.feature_dim}; "
+          f"{len(spec.action_names)} actions (schema v{spec.action_schema_version})")
+    print(f"  world config    {manifest.world_config_hash[:16]}...  seed {manifest.seed}  "
+          f"{manifest.towns} towns x {manifest.agents_per_town} agents x {manifest.ticks} ticks")
+    print(f"  rows            {manifest.rows:,} in {len(manifest.shards)} shards, {manifest.episodes} episodes")
+    print(f"  reward          mean {metrics.reward_mean:+.4f}  sum {metrics.reward_sum:+.1f}  "
+          f"values: {manifest.value_source}")
+    per_day = max(metrics.agent_days, 1e-9)
+    print(f"  per agent-day   faints {metrics.faints / per_day:.3f}  conflicts {metrics.queue_conflict_events / per_day:.3f}"
+          f"  intensity {metrics.queue_conflict_intensity / per_day:.3f}  chats {metrics.chat_success_events / per_day:.2f}"
+          f"  shared meals {metrics.shared_meal_events / per_day:.3f}")
+    print("  actions         " + "  ".join(f"{name} {count}" for name, count in metrics.action_counts.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="townlet", description="Townlet Pipelines: simulate, capture, train.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--render-every", type=int, default=60, help="ticks between rendered frames")
     sim.add_argument("--json", action="store_true", help="print the report as JSON")
     sim.set_defaults(handler=_simulate)
+
+    cap = commands.add_parser("capture", help="record a policy's rollouts as a replay dataset")
+    _add_config(cap)
+    cap.add_argument("--policy", choices=("scripted", "random"), default="scripted")
+    cap.add_argument("--towns", type=int, default=16)
+    cap_length = cap.add_mutually_exclusive_group()
+    cap_length.add_argument("--ticks", type=int, default=None)
+    cap_length.add_argument("--days", type=int, default=1)
+    cap.add_argument("--seed", type=int, default=0)
+    cap.add_argument("--out", required=True, help="new directory for the dataset (must not exist)")
+    cap.add_argument("--shard-rows", type=int, default=16384, help="agent-ticks per shard (about)")
+    cap.add_argument("--json", action="store_true")
+    cap.set_defaults(handler=_capture)
+
+    dataset = commands.add_parser("dataset", help="work with replay datasets")
+    dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True)
+    inspect = dataset_commands.add_parser("inspect", help="verify a dataset and print its manifest summary")
+    inspect.add_argument("path", help="dataset directory or its manifest.json")
+    inspect.add_argument("--quick", action="store_true", help="check files and headers, not every row")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(handler=_inspect)
     return parser
 
 
@@ -89,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, ValueError) as error:
+    except (ConfigError, ValueError, FileExistsError) as error:
         print(f"townlet: error: {error}", file=sys.stderr)
         return 2
 
