@@ -275,14 +275,128 @@ class ExpertConfig(_Strict):
         return (self.hunger_threshold, self.hygiene_threshold, self.energy_threshold)
 
 
+class ModelConfig(_Strict):
+    """The policy network: a small CNN over the map, an MLP over the features, policy and value heads."""
+
+    conv_channels: tuple[int, ...] = (16, 32)
+    hidden: int = Field(128, ge=8)
+
+
+class BCConfig(_Strict):
+    learning_rate: float = Field(3e-4, gt=0)
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(5, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    value_coef: float = Field(0.5, ge=0, description="lambda: weight of the value MSE against the return")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="share of episodes held out for validation")
+    seed: int = 0
+
+
+class PPOConfig(_Strict):
+    """CleanRL's PPO, every hyperparameter named."""
+
+    learning_rate: float = Field(3e-4, gt=0)
+    gamma: float = Field(0.99, gt=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    clip_coef: float = Field(0.2, gt=0)
+    value_clip_coef: float = Field(0.2, gt=0)
+    entropy_coef: float = Field(0.01, ge=0)
+    value_coef: float = Field(0.5, ge=0)
+    max_grad_norm: float = Field(0.5, gt=0)
+    minibatches: int = Field(4, ge=1)
+    update_epochs: int = Field(4, ge=1)
+    updates: int = Field(8, ge=1, description="rollout-then-update iterations per PPO stage")
+    rollout_towns: int = Field(8, ge=1)
+    rollout_ticks: int = Field(128, ge=2)
+    data_mode: Literal["rollout", "replay", "mixed"] = "rollout"
+    mixed_replay_fraction: float = Field(0.5, ge=0, le=1, description="share of replay rows in `mixed`")
+    seed: int = 0
+
+
+class AnnealStage(_Strict):
+    """One stage; stages run in cycle order (their order within a cycle is kept).
+
+    `bc_weight` weighs the behaviour-cloning loss: a BC stage scales its loss by it (0 is refused), a PPO
+    stage adds `bc_weight x cross-entropy` on expert replay rows to each update, anchoring fine-tuning
+    to the demonstrations (0 is pure PPO).
+    """
+
+    cycle: int = Field(ge=0)
+    mode: Literal["bc", "ppo"]
+    epochs: int = Field(1, ge=1, description="BC epochs, or PPO updates, for this stage")
+    bc_weight: float = Field(1.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _weight(self) -> "AnnealStage":
+        if self.mode == "bc" and self.bc_weight == 0:
+            raise ValueError("bc_weight: a BC stage with weight 0 would learn nothing")
+        return self
+
+
+class AnnealConfig(_Strict):
+    schedule: tuple[AnnealStage, ...] = (
+        AnnealStage(cycle=0, mode="bc", epochs=3, bc_weight=1.0),
+        AnnealStage(cycle=0, mode="ppo", epochs=4, bc_weight=0.1),
+        AnnealStage(cycle=1, mode="bc", epochs=1, bc_weight=1.0),
+        AnnealStage(cycle=1, mode="ppo", epochs=4, bc_weight=0.1),
+    )
+    bc_accuracy_threshold: float = Field(0.9, ge=0)
+    loss_tolerance: float = Field(0.10, ge=0)
+    queue_tolerance: float = Field(0.15, ge=0)
+    intensity_tolerance: float = Field(0.15, ge=0)
+    dataset_label: str = "expert"
+
+    @model_validator(mode="after")
+    def _schedule(self) -> "AnnealConfig":
+        if not self.schedule:
+            raise ValueError("schedule: an anneal needs at least one stage")
+        return self
+
+
+class PromotionConfig(_Strict):
+    required_passes: int = Field(2, ge=1)
+
+
+class RolloutConfig(_Strict):
+    """The expert capture that feeds BC (and replay PPO)."""
+
+    towns: int = Field(16, ge=1)
+    ticks: int = Field(1440, ge=1)
+    seed: int = 0
+    shard_rows: int = Field(16384, ge=1)
+
+
+class EvaluationConfig(_Strict):
+    """Fixed seeds on which every policy is scored, so scores compare across runs."""
+
+    seeds: tuple[int, ...] = (1000, 1001, 1002, 1003)
+    ticks: int = Field(1440, ge=1)
+    greedy: bool = True
+
+
+class RuntimeConfig(_Strict):
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    amp: bool = True
+    log_rotate_entries: int = Field(1000, ge=1)
+    tensorboard: bool = False
+
+
 class TownletConfig(_Strict):
-    """The whole configuration; later sections (bc, ppo, anneal, promotion) join this tree."""
+    """The whole configuration: the world that makes data, and the trainers that learn from it."""
 
     profile: str = "default"
     world: WorldConfig = WorldConfig()
     rewards: RewardConfig = RewardConfig()
     observations: ObservationConfig = ObservationConfig()
     expert: ExpertConfig = ExpertConfig()
+    model: ModelConfig = ModelConfig()
+    bc: BCConfig = BCConfig()
+    ppo: PPOConfig = PPOConfig()
+    anneal: AnnealConfig = AnnealConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     def world_hash(self) -> str:
         """Identity of the rules that produce data: world, rewards and observations, not the trainer."""

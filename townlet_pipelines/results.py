@@ -40,3 +40,119 @@ class SimulationReport(_Record):
     chat_quality_mean: float
     reward_per_agent_day: float
     reward_percentiles: dict[str, float]
+
+
+class BCTrainingResult(_Record):
+    accuracy: float  # over every training row of the last epoch, not one mini-batch
+    loss: float
+    val_accuracy: float  # on held-out episodes
+    val_loss: float
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    weight_decay: float
+    device: str
+    manifest: str  # the dataset's manifest path
+    dataset_identity: str
+    duration_sec: float
+    samples_per_sec: float
+    train_rows: int
+    val_rows: int
+    seed: int
+    checkpoint_id: str | None = None
+    checkpoint_path: str | None = None
+
+
+class PPOTrainingResult(_Record):
+    epoch: int
+    updates: int
+    transitions: int
+    steps: int
+    loss_policy: float
+    loss_value: float
+    loss_entropy: float
+    loss_total: float
+    loss_bc: float
+    clip_fraction: float
+    clip_fraction_max: float
+    adv_mean: float
+    adv_std: float
+    adv_min_std: float
+    adv_zero_std_batches: int
+    clip_triggered_minibatches: int
+    grad_norm: float
+    grad_norm_max: float
+    kl_divergence: float
+    kl_divergence_max: float
+    lr: float
+    batch_entropy_mean: float
+    batch_entropy_std: float
+    reward_advantage_corr: float
+    data_mode: str
+    cycle_id: int
+    rollout_ticks: int
+    epoch_duration_sec: float
+    env_steps_per_sec: float
+    device: str
+    # The world's telemetry over this stage's rollouts (TOWNLET.md section 1).
+    queue_conflict_events: int
+    queue_conflict_intensity: float
+    shared_meal_events: int
+    late_help_events: int
+    shift_takeover_events: int
+    chat_success_events: int
+    chat_failure_events: int
+    chat_quality: float
+    # Anneal fields.
+    anneal_cycle: int | None = None
+    anneal_stage: int | None = None
+    dataset_label: str | None = None
+    bc_accuracy: float | None = None
+    bc_threshold: float | None = None
+    baseline_loss: float | None = None
+    baseline_queue_events: float | None = None
+    baseline_queue_intensity: float | None = None
+    loss_flag: bool = False
+    queue_flag: bool = False
+    intensity_flag: bool = False
+    baseline_dataset_metrics: dict[str, float] = {}
+    evaluation: dict[str, float] = {}
+    checkpoint_id: str | None = None
+    checkpoint_path: str | None = None
+    parent_checkpoint_id: str | None = None
+
+
+class AnnealStageResult(_Record):
+    cycle: int
+    mode: str
+    accuracy: float | None = None
+    loss: float | None = None
+    threshold: float | None = None
+    passed: bool
+    bc_weight: float
+    rolled_back: bool = False
+    loss_policy: float | None = None
+    loss_value: float | None = None
+    loss_entropy: float | None = None
+    loss_total: float | None = None
+    queue_conflict_events: float | None = None  # per agent-day on the evaluation seeds
+    queue_conflict_intensity: float | None = None
+    loss_flag: bool = False
+    queue_flag: bool = False
+    intensity_flag: bool = False
+    checkpoint_id: str | None = None
+
+
+class AnnealSummary(_Record):
+    stages: list[AnnealStageResult]
+    status: str  # PASS, FAIL or HOLD
+    dataset_label: str
+    dataset_identity: str
+    baselines: dict[str, float | None]
+    promotion_pass_streak: int
+    promotion_candidate_ready: bool
+    candidate_id: str
+    final_checkpoint_id: str | None
+    final_checkpoint_path: str | None
+    evaluation: dict[str, float] = {}
+    duration_sec: float

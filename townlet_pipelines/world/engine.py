@@ -83,6 +83,7 @@ class TownWorld:
         self._tables()
         self.state: WorldState | None = None
         self.action_mask: np.ndarray | None = None
+        self.observation: Observation | None = None  # the latest observation (None after observe=False)
 
     @property
     def spec(self) -> ObservationSpec:
@@ -107,8 +108,8 @@ class TownWorld:
         if seeds.shape != (self.towns,):
             raise ValueError(f"seeds: expected {self.towns} seeds, got shape {seeds.shape}")
         self.state = initial_state(self.config.world, self.layout, seeds)
-        self.action_mask, observation = self.observer.mask_and_observe(self.state)
-        return observation, self.action_mask
+        self.action_mask, self.observation = self.observer.mask_and_observe(self.state)
+        return self.observation, self.action_mask
 
     # ------------------------------------------------------------------ helpers
     def _rows(self) -> np.ndarray:
@@ -240,9 +241,9 @@ class TownWorld:
         if (t + 1) % world.day_ticks == 0:
             decay_daily(s.rel, world.relationships)
         s.tick = t + 1
-        self.action_mask, observation = self.observer.mask_and_observe(s, observe)
+        self.action_mask, self.observation = self.observer.mask_and_observe(s, observe)
         return StepResult(
-            observation=observation,
+            observation=self.observation,
             rewards=reward.astype(np.float32),
             dones=fainted,
             truncated=s.tick >= world.episode_ticks,

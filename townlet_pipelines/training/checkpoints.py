@@ -1,0 +1,142 @@
+"""Checkpoints: weights in safetensors (never pickle) plus a JSON record, written as one atomic directory.
+
+A checkpoint's id is the sha256 of its weights file (first 16 hex digits). The record carries the config,
+the observation spec, the dataset identity, the parent checkpoint, metrics and the code version, so a
+checkpoint explains itself in the lineage; loading refuses a model for another observation spec.
+Optimizer moments are saved beside the weights so training can resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from townlet_pipelines.config import ModelConfig
+from townlet_pipelines.data.files import atomic_directory, sha256_file
+from townlet_pipelines.training.torch_support import TrainingError, require_torch
+from townlet_pipelines.world.observations import ObservationSpec
+
+CHECKPOINT_SCHEMA_VERSION = 1
+WEIGHTS, OPTIMIZER, RECORD = "weights.safetensors", "optimizer.safetensors", "checkpoint.json"
+
+
+class CheckpointRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = CHECKPOINT_SCHEMA_VERSION
+    checkpoint_id: str
+    kind: str  # bc or ppo
+    created_at: str
+    observation: ObservationSpec
+    model: ModelConfig
+    config: dict
+    dataset_identity: str | None
+    parent_checkpoint_id: str | None
+    metrics: dict[str, float]
+    progress: dict[str, int] = {}  # epochs/updates done, for resuming
+    weights_sha256: str
+    code_version: str
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    try:
+        version = metadata.version("townlet-pipelines")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{version}+{commit}" if commit else version
+
+
+def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
+    state = optimizer.state_dict()
+    tensors, layout = {}, {"param_groups": state["param_groups"], "state": {}}
+    for index, values in state["state"].items():
+        layout["state"][str(index)] = {}
+        for name, value in values.items():
+            if hasattr(value, "detach"):
+                tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
+                layout["state"][str(index)][name] = "tensor"
+            else:
+                layout["state"][str(index)][name] = value
+    return tensors, layout
+
+
+def save_checkpoint(
+    directory: str | Path, model, kind: str, config: dict, dataset_identity: str | None,
+    parent_checkpoint_id: str | None, metrics: dict[str, float], optimizer=None, progress: dict[str, int] | None = None,
+) -> CheckpointRecord:
+    from safetensors.torch import save_file
+
+    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    with atomic_directory(directory) as temporary:
+        save_file(weights, str(temporary / WEIGHTS))
+        digest = sha256_file(temporary / WEIGHTS)
+        layout = None
+        if optimizer is not None:
+            tensors, layout = _optimizer_tensors(optimizer)
+            save_file(tensors, str(temporary / OPTIMIZER), metadata={"layout": json.dumps(layout)})
+        record = CheckpointRecord(
+            checkpoint_id=digest[:16], kind=kind, created_at=datetime.now(timezone.utc).isoformat(),
+            observation=model.spec, model=model.model_config, config=config, dataset_identity=dataset_identity,
+            parent_checkpoint_id=parent_checkpoint_id, metrics={k: float(v) for k, v in metrics.items()},
+            progress=progress or {}, weights_sha256=digest, code_version=code_version(),
+        )
+        (temporary / RECORD).write_text(record.model_dump_json(indent=2))
+    return record
+
+
+def read_record(directory: str | Path) -> CheckpointRecord:
+    path = Path(directory) / RECORD
+    if not path.is_file():
+        raise TrainingError(f"{directory}: not a checkpoint (no {RECORD})")
+    try:
+        return CheckpointRecord.model_validate_json(path.read_text())
+    except ValueError as error:
+        raise TrainingError(f"{path}: invalid checkpoint record: {error}") from None
+
+
+def load_checkpoint(directory: str | Path, expected_spec: ObservationSpec | None = None, device="cpu", optimizer=None):
+    """(model, record); refuses a checkpoint whose spec differs from `expected_spec` or whose weights changed."""
+    torch = require_torch()
+    from safetensors.torch import load_file
+
+    from townlet_pipelines.training.model import PolicyNetwork
+
+    directory = Path(directory)
+    record = read_record(directory)
+    if record.schema_version != CHECKPOINT_SCHEMA_VERSION:
+        raise TrainingError(f"{directory / RECORD}: schema_version {record.schema_version} is not supported")
+    if expected_spec is not None and record.observation != expected_spec:
+        raise TrainingError(
+            f"{directory}: checkpoint observation spec ({record.observation.variant}, map "
+            f"{record.observation.map_shape}, {record.observation.feature_dim} features) does not match the data "
+            f"({expected_spec.variant}, map {expected_spec.map_shape}, {expected_spec.feature_dim} features)"
+        )
+    if sha256_file(directory / WEIGHTS) != record.weights_sha256:
+        raise TrainingError(f"{directory / WEIGHTS}: sha256 does not match the checkpoint record")
+    model = PolicyNetwork(record.observation, record.model)
+    model.load_state_dict(load_file(str(directory / WEIGHTS)))
+    model.to(device)
+    if optimizer is not None and (directory / OPTIMIZER).is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(directory / OPTIMIZER), framework="pt") as handle:
+            layout = json.loads(handle.metadata()["layout"])
+            state = {}
+            for index, values in layout["state"].items():
+                state[int(index)] = {
+                    name: (handle.get_tensor(f"state.{index}.{name}").to(device) if value == "tensor" else value)
+                    for name, value in values.items()
+                }
+        optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+    return model, record

@@ -1,0 +1,52 @@
+"""What a strategy runs with: the config, the device, where to write, and the services it may use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from pydantic import BaseModel
+
+from townlet_pipelines.config import TownletConfig
+from townlet_pipelines.training.logs import JsonlLog
+
+if TYPE_CHECKING:
+    from townlet_pipelines.data.baselines import BaselineStore
+    from townlet_pipelines.data.promotion import PromotionStore
+    from townlet_pipelines.training.device import DeviceContext
+
+
+@dataclass
+class TrainingContext:
+    config: TownletConfig
+    artifacts: Path  # this run's own folder; strategies write checkpoints and logs below it
+    device: "DeviceContext"
+    promotion: "PromotionStore | None" = None
+    baselines: "BaselineStore | None" = None
+    progress: bool = False  # show progress bars on long loops
+
+    def log(self, name: str) -> JsonlLog:
+        return JsonlLog(self.artifacts / "logs", name, self.config.runtime.log_rotate_entries)
+
+
+@dataclass
+class AnnealContext:
+    """Where a stage sits in the anneal, and what it is judged against."""
+
+    cycle: int
+    stage: int
+    dataset_label: str
+    baselines: dict[str, float | None] = field(default_factory=dict)  # loss, queue_events, queue_intensity
+    bc_threshold: float = 0.9
+    loss_tolerance: float = 0.10
+    queue_tolerance: float = 0.15
+    intensity_tolerance: float = 0.15
+
+
+class TrainingStrategy(Protocol):
+    """BC, PPO and Anneal all run this way and return a typed, frozen result record."""
+
+    name: str
+
+    def run(self, context: TrainingContext) -> BaseModel: ...

@@ -1,0 +1,56 @@
+"""Device choice and the GPU-only paths (AMP, pinned memory), decided in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from townlet_pipelines.training.torch_support import TrainingError, require_torch
+
+
+@dataclass(frozen=True)
+class DeviceContext:
+    device: "object"  # torch.device
+    amp: bool  # float16 autocast + gradient scaling: CUDA only
+    pin_memory: bool  # page-locked host batches, copied without blocking: CUDA only
+
+    @property
+    def name(self) -> str:
+        return str(self.device)
+
+
+def select_device(spec: str = "auto"):
+    """`auto`: the CUDA device with the most free memory, else the CPU. `cpu` / `cuda:N` force one."""
+    torch = require_torch()
+    if spec == "cpu":
+        return torch.device("cpu")
+    available = torch.cuda.is_available()
+    count = torch.cuda.device_count() if available else 0
+    if spec == "auto":
+        if count == 0:
+            return torch.device("cpu")
+        free = [torch.cuda.mem_get_info(index)[0] for index in range(count)]
+        return torch.device(f"cuda:{max(range(count), key=lambda index: free[index])}")
+    index = int(spec.split(":")[1]) if ":" in spec else 0
+    if index >= count:
+        raise TrainingError(f"runtime.device: {spec} requested but torch reports {count} CUDA device(s)")
+    return torch.device(f"cuda:{index}")
+
+
+def device_context(spec: str = "auto", amp: bool = True) -> DeviceContext:
+    device = select_device(spec)
+    on_cuda = device.type == "cuda"
+    return DeviceContext(device=device, amp=amp and on_cuda, pin_memory=on_cuda)
+
+
+def to_tensors(batch: dict, context: DeviceContext, keys) -> dict:
+    """Numpy batch -> tensors on the device (pinned and non-blocking on CUDA)."""
+    torch = require_torch()
+    out = {}
+    for key in keys:
+        if key not in batch:
+            continue
+        tensor = torch.from_numpy(batch[key])
+        if context.pin_memory:
+            tensor = tensor.pin_memory()
+        out[key] = tensor.to(context.device, non_blocking=context.pin_memory)
+    return out

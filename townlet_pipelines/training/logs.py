@@ -1,0 +1,40 @@
+"""JSONL training logs that rotate after a fixed number of entries.
+
+The file index continues from the highest one already on disk, so a new run never overwrites (or
+restarts the numbering of) an earlier run's logs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+
+class JsonlLog:
+    def __init__(self, directory: str | Path, name: str, rotate_entries: int = 1000) -> None:
+        if rotate_entries < 1:
+            raise ValueError(f"rotate_entries must be positive, got {rotate_entries}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.name, self.rotate_entries = name, rotate_entries
+        pattern = re.compile(rf"^{re.escape(name)}\.(\d+)\.jsonl$")
+        indices = [int(m.group(1)) for p in self.directory.iterdir() if (m := pattern.match(p.name))]
+        self.index = max(indices, default=0)
+        self.entries = self._count(self.path) if indices else 0
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"{self.name}.{self.index:04d}.jsonl"
+
+    @staticmethod
+    def _count(path: Path) -> int:
+        return sum(1 for _ in path.open()) if path.exists() else 0
+
+    def write(self, entry: dict) -> None:
+        if self.entries >= self.rotate_entries:
+            self.index += 1
+            self.entries = 0
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(entry, sort_keys=True, default=float) + "\n")
+        self.entries += 1

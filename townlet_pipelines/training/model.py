@@ -1,0 +1,63 @@
+"""The policy network: a small CNN over the egocentric map, an MLP over the features, two heads.
+
+Built from an `ObservationSpec`, which it keeps: a checkpoint refuses data of another shape. Masked
+actions get no probability: their logits are set to the dtype's minimum before the softmax.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from townlet_pipelines.config import ModelConfig
+from townlet_pipelines.training.torch_support import require_torch
+from townlet_pipelines.world.observations import ObservationSpec
+
+torch = require_torch()
+nn = torch.nn
+
+MAP_SCALE = 8.0  # map cells are small counts and codes (0..6): scale to about [0, 1]
+
+
+def _layer(layer, std: float = float(np.sqrt(2)), bias: float = 0.0):
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+class PolicyNetwork(nn.Module):
+    def __init__(self, spec: ObservationSpec, config: ModelConfig = ModelConfig()) -> None:
+        super().__init__()
+        self.spec = spec
+        self.model_config = config
+        hidden = config.hidden
+        self.encoder = None
+        trunk_in = hidden
+        if spec.map_shape is not None:
+            channels, window, _ = spec.map_shape
+            layers, size, previous = [], window, channels
+            for index, out in enumerate(config.conv_channels):
+                stride = 1 if index == 0 else 2
+                layers += [_layer(nn.Conv2d(previous, out, 3, stride=stride, padding=1)), nn.ReLU()]
+                size = (size + 2 - 3) // stride + 1
+                previous = out
+            self.encoder = nn.Sequential(*layers, nn.Flatten(), _layer(nn.Linear(previous * size * size, hidden)),
+                                         nn.ReLU())
+            trunk_in = 2 * hidden
+        self.features = nn.Sequential(_layer(nn.Linear(spec.feature_dim, hidden)), nn.ReLU())
+        self.trunk = nn.Sequential(_layer(nn.Linear(trunk_in, hidden)), nn.ReLU())
+        self.policy_head = _layer(nn.Linear(hidden, len(spec.action_names)), std=0.01)
+        self.value_head = _layer(nn.Linear(hidden, 1), std=1.0)
+
+    def forward(self, features, action_mask, map=None):
+        """Masked logits (float32) and values for a batch."""
+        parts = [self.features(features)]
+        if self.encoder is not None:
+            parts.insert(0, self.encoder(map.float() / MAP_SCALE))
+        hidden = self.trunk(torch.cat(parts, dim=1))
+        logits = self.policy_head(hidden).float()
+        logits = logits.masked_fill(~action_mask, torch.finfo(logits.dtype).min)
+        return logits, self.value_head(hidden).float().squeeze(-1)
+
+    def distribution(self, features, action_mask, map=None):
+        logits, value = self(features, action_mask, map)
+        return torch.distributions.Categorical(logits=logits), value

@@ -1,0 +1,52 @@
+"""A trained network acting in the batched world: the checkpoint case of capture's `ActingPolicy`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from townlet_pipelines.data.capture import PolicyOutput
+from townlet_pipelines.data.manifest import Generator
+from townlet_pipelines.training.device import DeviceContext, to_tensors
+from townlet_pipelines.training.torch_support import require_torch
+from townlet_pipelines.world.engine import TownWorld
+
+
+def observation_batch(world: TownWorld) -> dict[str, np.ndarray]:
+    """The world's latest observation and mask, flattened to rows of agents."""
+    observation = world.observation
+    if observation is None:
+        raise RuntimeError("the world's last step ran with observe=False; a network policy needs observations")
+    rows = world.towns * world.agents
+    batch = {"features": observation.features.reshape(rows, -1), "action_mask": world.action_mask.reshape(rows, -1)}
+    if observation.map is not None:
+        batch["map"] = observation.map.reshape(rows, *observation.map.shape[2:])
+    return batch
+
+
+class TorchPolicy:
+    """Samples (or, greedy, takes the most likely) legal action; reports log-probs and values."""
+
+    def __init__(self, model, device: DeviceContext, greedy: bool = False, checkpoint_id: str | None = None) -> None:
+        self.model, self.device, self.greedy = model, device, greedy
+        self.generator = Generator(kind="checkpoint", checkpoint_id=checkpoint_id)
+
+    def _forward(self, world: TownWorld):
+        batch = to_tensors(observation_batch(world), self.device, ("map", "features", "action_mask"))
+        return self.model.distribution(batch["features"], batch["action_mask"], batch.get("map"))
+
+    def act(self, world: TownWorld) -> PolicyOutput:
+        torch = require_torch()
+        self.model.eval()
+        with torch.no_grad():
+            distribution, values = self._forward(world)
+            actions = distribution.probs.argmax(dim=1) if self.greedy else distribution.sample()
+            log_probs = distribution.log_prob(actions)
+        shape = (world.towns, world.agents)
+        return PolicyOutput(actions.cpu().numpy().reshape(shape), log_probs.cpu().numpy().reshape(shape).astype(np.float32),
+                            values.cpu().numpy().reshape(shape).astype(np.float32))
+
+    def bootstrap_values(self, world: TownWorld) -> np.ndarray:
+        torch = require_torch()
+        with torch.no_grad():
+            _, values = self._forward(world)
+        return values.cpu().numpy().reshape(world.towns, world.agents).astype(np.float32)
