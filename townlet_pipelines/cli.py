@@ -114,6 +114,142 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_record(record, as_json: bool, keys: tuple[str, ...]) -> None:
+    if as_json:
+        print(record.model_dump_json(indent=2))
+        return
+    data = record.model_dump()
+    width = max(len(key) for key in keys)
+    for key in keys:
+        value = data.get(key)
+        print(f"  {key:<{width}}  {value:.4f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
+
+
+def _training_context(args: argparse.Namespace):
+    from townlet_pipelines.training.orchestrator import make_context, new_run_dir
+
+    config = load_config(args.config)
+    run_dir = new_run_dir(args.artifacts)
+    return config, make_context(config, run_dir, args.artifacts, progress=not args.json)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from townlet_pipelines.training import orchestrator
+
+    config, context = _training_context(args)
+    if not args.json:
+        print(f"run folder {context.artifacts}  (device {context.device.name})", file=sys.stderr)
+    dataset = args.dataset
+    if dataset is None and (args.kind in ("bc", "anneal") or getattr(args, "mode", None) in ("replay", "mixed")):
+        dataset = orchestrator.capture_expert(config, context.artifacts / "expert").path
+    if args.kind == "bc":
+        result = orchestrator.run_bc(context, dataset, args.init)
+        _print_record(result, args.json, ("accuracy", "val_accuracy", "loss", "val_loss", "samples_per_sec",
+                                          "device", "checkpoint_id", "checkpoint_path"))
+    elif args.kind == "ppo":
+        result = orchestrator.run_ppo(context, args.init, dataset, args.mode)
+        _print_record(result, args.json, ("data_mode", "updates", "loss_total", "loss_policy", "loss_value",
+                                          "kl_divergence", "clip_fraction", "env_steps_per_sec", "checkpoint_id",
+                                          "checkpoint_path"))
+    else:
+        summary = orchestrator.run_anneal(context, dataset)
+        outcome = orchestrator.apply_promotion(context.promotion, summary) if not args.no_promote else None
+        if args.json:
+            print(summary.model_dump_json(indent=2))
+        else:
+            print(f"anneal {summary.status}  ({summary.duration_sec:.0f}s, dataset {summary.dataset_label})")
+            for stage in summary.stages:
+                flags = [name for name in ("loss_flag", "queue_flag", "intensity_flag") if getattr(stage, name)]
+                detail = (f"val accuracy {stage.accuracy:.3f} (threshold {stage.threshold})" if stage.mode == "bc"
+                          else f"loss {stage.loss_total:.4f}  conflicts/agent-day {stage.queue_conflict_events:.3f}")
+                print(f"  cycle {stage.cycle} {stage.mode:<3} {'pass' if stage.passed else 'FAIL'}  {detail}"
+                      f"{'  flags: ' + ', '.join(flags) if flags else ''}")
+            print(f"  pass streak {summary.promotion_pass_streak}, candidate ready: {summary.promotion_candidate_ready}")
+            if outcome is not None:
+                print(f"  promotion: {'promoted' if outcome.promoted else 'not promoted'} ({outcome.reason}); "
+                      f"current release {outcome.release_id}")
+            print(f"  final checkpoint {summary.final_checkpoint_path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from townlet_pipelines.training.checkpoints import load_checkpoint
+    from townlet_pipelines.training.device import device_context
+    from townlet_pipelines.training.evaluation import evaluate
+    from townlet_pipelines.training.policy import TorchPolicy
+    from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
+
+    config = load_config(args.config)
+    device = device_context(config.runtime.device, config.runtime.amp)
+    model, record = load_checkpoint(args.checkpoint, device=device.device)
+    if record.observation.variant != config.observations.variant:
+        config = config.model_copy(update={"observations": config.observations.model_copy(
+            update={"variant": record.observation.variant})})
+    rows = {
+        f"checkpoint {record.checkpoint_id}": evaluate(config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act),
+        "scripted expert": evaluate(config, ScriptedExpert(config.expert).act),
+        "random": evaluate(config, RandomPolicy(0).act),
+    }
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    keys = ("reward_per_agent_day", "faints_per_agent_day", "late_arrivals_per_agent_day",
+            "queue_conflict_events_per_agent_day", "queue_conflict_intensity_per_agent_day",
+            "chat_success_events_per_agent_day", "shared_meal_events_per_agent_day", "wages_per_agent_day")
+    print(f"evaluation seeds {list(config.evaluation.seeds)}, {config.evaluation.ticks} ticks")
+    print(f"  {'policy':<28}" + "".join(f"{key.removesuffix('_per_agent_day')[:14]:>16}" for key in keys))
+    for name, report in rows.items():
+        print(f"  {name:<28}" + "".join(f"{report[key]:>16.3f}" for key in keys))
+    return 0
+
+
+def _promotion(args: argparse.Namespace) -> int:
+    from townlet_pipelines.data.promotion import PromotionStore
+    from townlet_pipelines.training.orchestrator import state_dir
+
+    config = load_config(args.config)
+    store = PromotionStore(state_dir(args.artifacts), required_passes=config.promotion.required_passes)
+    if args.action == "rollback":
+        if not args.release:
+            raise ValueError("promotion rollback: --release RELEASE_ID is required")
+        store.rollback(args.release)
+    elif args.action == "promote":
+        if not (args.candidate and args.checkpoint_id):
+            raise ValueError("promotion promote: --candidate and --checkpoint-id are required")
+        store.promote(args.candidate, args.checkpoint_id, {"checkpoint_id": args.checkpoint_id}, {})
+    status = store.status()
+    if args.json:
+        print(status.model_dump_json(indent=2))
+        return 0
+    current = status.current_release
+    print(f"state {status.state}  candidate {status.candidate_id}  pass streak {status.pass_streak}/"
+          f"{status.required_passes}")
+    print(f"current release {current.release_id if current else None}"
+          + (f" (checkpoint {current.checkpoint_id})" if current else ""))
+    print(f"releases {status.releases}")
+    return 0
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from townlet_pipelines.training import orchestrator
+    from townlet_pipelines.training.ppo import PPOStrategy
+
+    config, context = _training_context(args)
+    dataset = args.dataset or orchestrator.capture_expert(config, context.artifacts / "expert").path
+    checkpoint = args.init
+    print(f"{'cycle':>5} {'mode':>7} {'loss':>9} {'kl':>8} {'clip':>6} {'entropy':>8} {'conflicts/ad':>13} "
+          f"{'reward/ad':>10}")
+    for cycle in range(args.cycles):
+        mode = "replay" if cycle % 2 == 0 else "rollout"
+        result = PPOStrategy(init_checkpoint=checkpoint, replay_dataset=dataset, data_mode=mode, cycle=cycle,
+                             out=context.artifacts / f"soak-{cycle}", name=f"soak-{cycle}").run(context)
+        checkpoint = result.checkpoint_path
+        print(f"{cycle:>5} {mode:>7} {result.loss_total:>9.4f} {result.kl_divergence:>8.4f} {result.clip_fraction:>6.3f} "
+              f"{result.batch_entropy_mean:>8.3f} {result.evaluation['queue_conflict_events_per_agent_day']:>13.3f} "
+              f"{result.evaluation['reward_per_agent_day']:>10.3f}", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="townlet", description="Townlet Pipelines: simulate, capture, train.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +289,50 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--quick", action="store_true", help="check files and headers, not every row")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(handler=_inspect)
+
+    train = commands.add_parser("train", help="train a policy: bc, ppo or anneal")
+    train_kinds = train.add_subparsers(dest="kind", required=True)
+    for kind, text in (("bc", "behaviour cloning on expert demonstrations"),
+                       ("ppo", "PPO fine-tuning (from --init when given)"),
+                       ("anneal", "the BC/PPO schedule with guardrails, then the promotion rule")):
+        sub = train_kinds.add_parser(kind, help=text)
+        _add_config(sub)
+        sub.add_argument("--dataset", default=None, help="replay dataset (default: capture the expert per config)")
+        sub.add_argument("--artifacts", default=None, help="artifacts root (default $TOWNLET_ARTIFACTS or "
+                                                           "dagster_home/artifacts)")
+        sub.add_argument("--json", action="store_true", help="print the result record as JSON")
+        if kind != "anneal":
+            sub.add_argument("--init", default=None, help="checkpoint to start from")
+        if kind == "ppo":
+            sub.add_argument("--mode", choices=("rollout", "replay", "mixed"), default=None)
+        if kind == "anneal":
+            sub.add_argument("--no-promote", action="store_true", help="judge and record, but never promote")
+        sub.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a checkpoint on the evaluation seeds")
+    _add_config(evaluate)
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(handler=_evaluate)
+
+    promotion = commands.add_parser("promotion", help="the promotion state: status, promote, rollback")
+    _add_config(promotion)
+    promotion.add_argument("action", choices=("status", "promote", "rollback"))
+    promotion.add_argument("--release", default=None, help="release id to roll back to")
+    promotion.add_argument("--candidate", default=None)
+    promotion.add_argument("--checkpoint-id", default=None)
+    promotion.add_argument("--artifacts", default=None)
+    promotion.add_argument("--json", action="store_true")
+    promotion.set_defaults(handler=_promotion)
+
+    soak = commands.add_parser("soak", help="alternate replay and rollout PPO for N cycles, printing each")
+    _add_config(soak)
+    soak.add_argument("--cycles", type=int, default=4)
+    soak.add_argument("--dataset", default=None)
+    soak.add_argument("--init", default=None)
+    soak.add_argument("--artifacts", default=None)
+    soak.add_argument("--json", action="store_true")
+    soak.set_defaults(handler=_soak)
     return parser
 
 

@@ -335,10 +335,9 @@ class AnnealStage(_Strict):
 
 class AnnealConfig(_Strict):
     schedule: tuple[AnnealStage, ...] = (
-        AnnealStage(cycle=0, mode="bc", epochs=3, bc_weight=1.0),
-        AnnealStage(cycle=0, mode="ppo", epochs=4, bc_weight=0.1),
-        AnnealStage(cycle=1, mode="bc", epochs=1, bc_weight=1.0),
+        AnnealStage(cycle=0, mode="bc", epochs=5, bc_weight=1.0),
         AnnealStage(cycle=1, mode="ppo", epochs=4, bc_weight=0.1),
+        AnnealStage(cycle=2, mode="ppo", epochs=4, bc_weight=0.1),
     )
     bc_accuracy_threshold: float = Field(0.9, ge=0)
     loss_tolerance: float = Field(0.10, ge=0)
@@ -348,9 +347,22 @@ class AnnealConfig(_Strict):
 
     @model_validator(mode="after")
     def _schedule(self) -> "AnnealConfig":
+        """Stages run in cycle order; BC stages must come before PPO stages in that order.
+
+        The nightly graph runs the BC stages in one asset and the PPO stages (from the BC weights) in the
+        next, and `townlet train anneal` runs the very same code, so a BC stage after a PPO stage could not
+        be honoured by both; it is refused rather than silently reordered.
+        """
         if not self.schedule:
             raise ValueError("schedule: an anneal needs at least one stage")
+        ordered = sorted(self.schedule, key=lambda stage: stage.cycle)
+        modes = [stage.mode for stage in ordered]
+        if "ppo" in modes and "bc" in modes[modes.index("ppo"):]:
+            raise ValueError("schedule: a BC stage may not follow a PPO stage in cycle order")
         return self
+
+    def ordered(self) -> list[AnnealStage]:
+        return sorted(self.schedule, key=lambda stage: stage.cycle)
 
 
 class PromotionConfig(_Strict):

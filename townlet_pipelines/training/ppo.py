@@ -133,8 +133,9 @@ class PPOStrategy:
     init_checkpoint: str | Path | None = None
     updates: int | None = None  # default: config.ppo.updates
     data_mode: str | None = None  # default: config.ppo.data_mode
-    replay_dataset: str | Path | None = None  # needed for replay, mixed, and a bc_weight anchor
+    replay_dataset: str | Path | None = None  # stored rows for `replay` and `mixed`
     bc_weight: float = 0.0
+    anchor_dataset: str | Path | None = None  # expert rows for the bc_weight anchor; default: replay_dataset
     cycle: int = 0
     anneal: AnnealContext | None = None
     out: str | Path | None = None  # checkpoint directory; default <artifacts>/ppo
@@ -152,8 +153,12 @@ class PPOStrategy:
         mode = self.data_mode or ppo.data_mode
         updates = self.updates or ppo.updates
         dataset = ReplayDataset.open(self.replay_dataset) if self.replay_dataset is not None else None
-        if dataset is None and (mode != "rollout" or self.bc_weight > 0):
-            raise TrainingError(f"ppo: data_mode={mode} with bc_weight={self.bc_weight} needs a replay dataset")
+        anchor = (ReplayDataset.open(self.anchor_dataset) if self.anchor_dataset is not None
+                  else dataset) if self.bc_weight > 0 else None
+        if dataset is None and mode != "rollout":
+            raise TrainingError(f"ppo: data_mode={mode} needs a replay dataset")
+        if anchor is None and self.bc_weight > 0:
+            raise TrainingError(f"ppo: bc_weight={self.bc_weight} needs expert rows (anchor_dataset)")
         seed = ppo.seed + 7919 * self.cycle  # a new seed per cycle: successive cycles never replay one world
         torch.manual_seed(seed)
         world = TownWorld(config, ppo.rollout_towns)
@@ -170,15 +175,16 @@ class PPOStrategy:
             parent = record.checkpoint_id
         else:
             model = PolicyNetwork(world.spec, config.model).to(device.device)
-        if dataset is not None and dataset.spec != world.spec:
-            raise TrainingError(f"ppo: replay dataset {dataset.directory} has another observation spec than the world")
+        for source in (dataset, anchor):
+            if source is not None and source.spec != world.spec:
+                raise TrainingError(f"ppo: dataset {source.directory} has another observation spec than the world")
         optimizer = torch.optim.Adam(model.parameters(), lr=ppo.learning_rate, eps=1e-5)
         scaler = torch.amp.GradScaler("cuda", enabled=device.amp)
         replay_stream = replay_rows(dataset, ppo.gamma, ppo.gae_lambda, seed) if dataset is not None else None
         anchor_stream = None
-        if self.bc_weight > 0:
+        if anchor is not None:
             anchor_stream = (batch for epoch in range(10**9)
-                             for batch in dataset.iter_batches(256, seed=seed + epoch))
+                             for batch in anchor.iter_batches(256, seed=seed + epoch))
         pending: list = []
         log = context.log(self.name)
         stats: dict[str, list[float]] = {key: [] for key in (
@@ -277,8 +283,9 @@ class PPOStrategy:
         metrics = {**{f"eval_{k}": v for k, v in evaluation.items()}, "loss_total": last["loss_total"],
                    "kl": last["kl"], "clip_fraction": last["clip_fraction"]}
         out = Path(self.out) if self.out is not None else context.artifacts / "ppo"
+        source = dataset or anchor
         record = save_checkpoint(out, model, "ppo", config.model_dump(mode="json"),
-                                 dataset.identity if dataset is not None else None, parent, metrics, optimizer,
+                                 source.identity if source is not None else None, parent, metrics, optimizer,
                                  progress={"updates": updates, "cycle": self.cycle})
         entropy_all = np.concatenate(entropies) if entropies else np.zeros(1)
         anneal = self.anneal
@@ -312,7 +319,7 @@ class PPOStrategy:
             baseline_loss=baselines.get("loss"), baseline_queue_events=baselines.get("queue_events"),
             baseline_queue_intensity=baselines.get("queue_intensity"),
             loss_flag=flags["loss_flag"], queue_flag=flags["queue_flag"], intensity_flag=flags["intensity_flag"],
-            baseline_dataset_metrics=_dataset_metrics(dataset), evaluation=evaluation,
+            baseline_dataset_metrics=_dataset_metrics(source), evaluation=evaluation,
             checkpoint_id=record.checkpoint_id, checkpoint_path=str(out), parent_checkpoint_id=parent,
         )
 

@@ -1,0 +1,144 @@
+"""BC, PPO and Anneal on tiny configs: real learning, typed results, guardrails that fire on demand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from townlet_pipelines.config import config_from_mapping  # noqa: E402
+from townlet_pipelines.data.replay import ReplayDataset  # noqa: E402
+from townlet_pipelines.results import AnnealSummary, BCTrainingResult, PPOTrainingResult  # noqa: E402
+from townlet_pipelines.training import orchestrator  # noqa: E402
+from townlet_pipelines.training.checkpoints import load_checkpoint, read_record  # noqa: E402
+from townlet_pipelines.training.ppo import gae  # noqa: E402
+from townlet_pipelines.training.torch_support import TrainingError  # noqa: E402
+
+TINY = {
+    "world": {"agents_per_town": 4, "day_ticks": 360, "episode_days": 1,
+              "jobs": {"work_window_before": 30, "jobs": [
+                  {"name": "early", "shift_start": 90, "shift_end": 180},
+                  {"name": "late", "shift_start": 200, "shift_end": 290}]}},
+    "model": {"conv_channels": [8, 16], "hidden": 64},
+    "rollout": {"towns": 4, "ticks": 360, "shard_rows": 2048},
+    "bc": {"epochs": 4, "batch_size": 128, "learning_rate": 0.002},
+    "ppo": {"rollout_towns": 2, "rollout_ticks": 32, "updates": 2, "minibatches": 2, "update_epochs": 2},
+    "evaluation": {"seeds": [1000, 1001], "ticks": 120},
+    "runtime": {"device": "cpu"},
+    "anneal": {"schedule": [{"cycle": 0, "mode": "bc", "epochs": 4},
+                            {"cycle": 1, "mode": "ppo", "epochs": 2, "bc_weight": 0.1},
+                            {"cycle": 2, "mode": "ppo", "epochs": 2, "bc_weight": 0.1}],
+               "loss_tolerance": 100.0, "queue_tolerance": 100.0, "intensity_tolerance": 100.0},
+}
+
+
+def tiny(**overrides):
+    data = json.loads(json.dumps(TINY))
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    return config_from_mapping(data, "tiny")
+
+
+@pytest.fixture(scope="module")
+def expert_dataset(tmp_path_factory) -> Path:
+    return orchestrator.capture_expert(tiny(), tmp_path_factory.mktemp("expert") / "data").path
+
+
+@pytest.fixture(scope="module")
+def bc_run(tmp_path_factory, expert_dataset):
+    root = tmp_path_factory.mktemp("bc-root")
+    context = orchestrator.make_context(tiny(), orchestrator.new_run_dir(root), root)
+    return context, orchestrator.run_bc(context, expert_dataset)
+
+
+def test_bc_learns_the_expert_far_above_chance(bc_run, expert_dataset):
+    context, result = bc_run
+    assert isinstance(result, BCTrainingResult)
+    assert BCTrainingResult.model_validate_json(result.model_dump_json()) == result
+    counts = ReplayDataset.open(expert_dataset, verify="none").manifest.metrics.action_counts
+    majority = max(counts.values()) / sum(counts.values())
+    assert result.val_accuracy >= 0.9 and result.val_accuracy > majority + 0.05
+    assert result.val_rows > 0 and result.train_rows > 0 and result.device == "cpu"
+    logs = sorted((context.artifacts / "logs").glob("bc.*.jsonl"))
+    entries = [json.loads(line) for path in logs for line in path.read_text().splitlines()]
+    assert [entry["epoch"] for entry in entries] == [0, 1, 2, 3]
+
+
+def test_checkpoint_round_trip_and_spec_refusal(bc_run, tmp_path):
+    _, result = bc_run
+    record = read_record(result.checkpoint_path)
+    assert record.checkpoint_id == result.checkpoint_id and record.kind == "bc"
+    assert not list(Path(result.checkpoint_path).glob("*.pt")) and not list(Path(result.checkpoint_path).glob("*.pkl"))
+    model, _ = load_checkpoint(result.checkpoint_path, record.observation)
+    again, _ = load_checkpoint(result.checkpoint_path)
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    other = record.observation.model_copy(update={"variant": "compact", "map_shape": None})
+    with pytest.raises(TrainingError, match="does not match"):
+        load_checkpoint(result.checkpoint_path, other)
+
+
+def test_ppo_from_bc_has_finite_losses_and_moving_ratios(bc_run, expert_dataset):
+    context, bc = bc_run
+    result = orchestrator.run_ppo(context, bc.checkpoint_path, expert_dataset, "mixed")
+    assert isinstance(result, PPOTrainingResult)
+    assert PPOTrainingResult.model_validate_json(result.model_dump_json()) == result
+    for name in ("loss_policy", "loss_value", "loss_entropy", "loss_total", "grad_norm", "kl_divergence"):
+        assert np.isfinite(getattr(result, name)), name
+    assert result.clip_fraction_max > 0 and result.kl_divergence_max > 0
+    assert result.parent_checkpoint_id == bc.checkpoint_id
+    assert result.transitions > result.steps * 2 * 4  # mixed mode added replay rows to the rollout rows
+    assert result.env_steps_per_sec > 0 and result.evaluation["agent_days"] > 0
+
+
+def test_gae_bootstraps_from_the_state_after_the_last_step_and_stops_at_dones():
+    rewards = np.array([[1.0], [0.0], [2.0]], dtype=np.float32)
+    values = np.array([[0.5], [0.2], [0.1]], dtype=np.float32)
+    dones = np.array([[False], [True], [False]])
+    advantages, returns = gae(rewards, values, dones, np.array([3.0]), gamma=0.9, lam=0.8)
+    last = 2.0 + 0.9 * 3.0 - 0.1
+    middle = 0.0 - 0.2  # done: no bootstrap, no trace
+    first = (1.0 + 0.9 * 0.2 - 0.5) + 0.9 * 0.8 * middle
+    np.testing.assert_allclose(advantages[:, 0], [first, middle, last], rtol=1e-6)
+    np.testing.assert_allclose(returns, advantages + values)
+
+
+def _anneal(tmp_path: Path, dataset: Path, **overrides) -> tuple[AnnealSummary, object]:
+    config = tiny(**overrides)
+    context = orchestrator.make_context(config, orchestrator.new_run_dir(tmp_path), tmp_path)
+    summary = orchestrator.run_anneal(context, dataset)
+    return summary, context
+
+
+def test_anneal_pass_then_promotion_ready_after_two_passes(tmp_path, expert_dataset):
+    summary, context = _anneal(tmp_path, expert_dataset)
+    assert summary.status == "PASS" and [s.mode for s in summary.stages] == ["bc", "ppo", "ppo"]
+    assert AnnealSummary.model_validate_json(summary.model_dump_json()) == summary
+    assert summary.promotion_pass_streak == 1 and not summary.promotion_candidate_ready
+    first = orchestrator.apply_promotion(context.promotion, summary)
+    assert first.promoted and first.checkpoint_id == summary.final_checkpoint_id  # the first release
+    second, context = _anneal(tmp_path, expert_dataset)
+    assert second.status == "PASS" and second.promotion_pass_streak == 2 and second.promotion_candidate_ready
+    assert orchestrator.apply_promotion(context.promotion, second).promoted
+    assert context.baselines.get("expert") is not None  # a PASS became the baseline for the next run
+
+
+def test_anneal_fails_when_bc_misses_the_threshold(tmp_path, expert_dataset):
+    summary, context = _anneal(tmp_path, expert_dataset, anneal={"bc_accuracy_threshold": 1.01})
+    assert summary.status == "FAIL"
+    assert [stage.mode for stage in summary.stages] == ["bc"]  # a failed BC stage stops the schedule
+    assert summary.stages[0].rolled_back and not summary.stages[0].passed
+    outcome = orchestrator.apply_promotion(context.promotion, summary)
+    assert not outcome.promoted and outcome.release_id is None
+
+
+def test_anneal_holds_when_a_tolerance_is_zero(tmp_path, expert_dataset):
+    summary, context = _anneal(tmp_path, expert_dataset, anneal={"loss_tolerance": 0.0})
+    assert summary.status == "HOLD"
+    assert summary.stages[2].loss_flag  # the second PPO stage's loss differs from the first's at all
+    assert summary.promotion_pass_streak == 0
+    assert not orchestrator.apply_promotion(context.promotion, summary).promoted

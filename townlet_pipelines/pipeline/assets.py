@@ -1,0 +1,379 @@
+"""Software-defined assets of the nightly anneal, each with the checks that guard it.
+
+Assets write their own files under the run's folder and return metadata (paths, hashes, row counts,
+metrics); a downstream asset opens the files its upstream's latest materialization points to. Nothing
+large is pickled between steps. Torch is imported only inside asset bodies, so loading the code location
+stays fast and works without it.
+"""
+
+
+import json
+from pathlib import Path
+
+from dagster import (
+    AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, AssetKey, DataVersion, Failure, MaterializeResult,
+    MetadataValue, asset, asset_check,
+)
+
+from townlet_pipelines.pipeline.resources import TownletResource
+
+GROUP = "townlet"
+CODE_VERSION = "1"
+# Training steps take the GPU when there is one: a Kubernetes run launcher reads this to request it, and
+# the `gpu` pool (dagster_home/dagster.yaml: one slot) keeps two training steps off one device.
+GPU_OP_TAGS = {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}}
+GPU_POOL = "gpu"
+
+
+def latest_metadata(context, key: str) -> dict:
+    """Metadata of the latest materialization of `key` (this run's, when this run made one)."""
+    event = context.instance.get_latest_materialization_event(AssetKey(key))
+    if event is None or event.asset_materialization is None:
+        raise Failure(f"{key} has never been materialized; materialize it first")
+    return {name: value.value for name, value in event.asset_materialization.metadata.items()}
+
+
+def _fresh(run_dir: Path, name: str) -> Path:
+    path = run_dir / name
+    if path.exists():
+        raise Failure(f"{path} already exists: a run folder is never overwritten (re-execute as a new run)")
+    return path
+
+
+def dataset_metadata(dataset) -> dict:
+    manifest = dataset.manifest
+    metrics = manifest.metrics
+    days = max(metrics.agent_days, 1e-9)
+    manifest_path = dataset.directory / "manifest.json"
+    from townlet_pipelines.data.files import sha256_file
+
+    return {
+        "path": MetadataValue.path(str(dataset.directory)),
+        "manifest": MetadataValue.path(str(manifest_path)),
+        "dataset_identity": dataset.identity,
+        "manifest_sha256": sha256_file(manifest_path),
+        "generator": manifest.generator.kind + (f" {manifest.generator.checkpoint_id}" if manifest.generator.checkpoint_id else ""),
+        "rows": MetadataValue.int(manifest.rows),
+        "shards": MetadataValue.int(len(manifest.shards)),
+        "episodes": MetadataValue.int(manifest.episodes),
+        "reward_mean": MetadataValue.float(metrics.reward_mean),
+        "faints_per_agent_day": MetadataValue.float(metrics.faints / days),
+        "queue_conflicts_per_agent_day": MetadataValue.float(metrics.queue_conflict_events / days),
+        "queue_intensity_per_agent_day": MetadataValue.float(metrics.queue_conflict_intensity / days),
+        "chat_successes_per_agent_day": MetadataValue.float(metrics.chat_success_events / days),
+        "action_counts": MetadataValue.json(metrics.action_counts),
+        "observation": f"{manifest.observation.variant} map {manifest.observation.map_shape} "
+                       f"features {manifest.observation.feature_dim}",
+    }
+
+
+# ---------------------------------------------------------------------------- datasets
+@asset(group_name=GROUP, code_version=CODE_VERSION, kinds={"numpy"},
+       description="Expert demonstrations captured from the scripted policy, verified against their manifest.")
+def replay_manifest(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
+    from townlet_pipelines.data.replay import ReplayDataset
+    from townlet_pipelines.training.orchestrator import capture_expert
+
+    config = townlet.load_config()
+    result = capture_expert(config, _fresh(townlet.run_dir(context.run.run_id), "replay_manifest"))
+    dataset = ReplayDataset.open(result.path)
+    metadata = dataset_metadata(dataset)
+    metadata["capture_agent_ticks_per_sec"] = MetadataValue.float(result.agent_ticks_per_sec)
+    return MaterializeResult(metadata=metadata, data_version=DataVersion(dataset.identity))
+
+
+@asset(group_name=GROUP, code_version=CODE_VERSION, kinds={"numpy"},
+       description="Rollouts of the current promoted policy (the expert while nothing is promoted).")
+def rollout_dataset(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
+    from townlet_pipelines.data.capture import acting_policy, capture
+    from townlet_pipelines.data.replay import ReplayDataset
+    from townlet_pipelines.training.orchestrator import make_context
+
+    config = townlet.load_config()
+    out = _fresh(townlet.run_dir(context.run.run_id), "rollout_dataset")
+    training = make_context(config, out.parent, townlet.root())
+    release = training.promotion.status().current_release
+    rollout = config.rollout
+    if release is None:
+        policy = acting_policy("scripted", config)
+    else:
+        from townlet_pipelines.training.checkpoints import load_checkpoint
+        from townlet_pipelines.training.policy import TorchPolicy
+
+        model, record = load_checkpoint(release.path, device=training.device.device)
+        policy = TorchPolicy(model, training.device, checkpoint_id=record.checkpoint_id)
+    towns = max(1, rollout.towns // 2)
+    result = capture(config, policy, towns, rollout.ticks, rollout.seed + 1, out, shard_rows=rollout.shard_rows)
+    dataset = ReplayDataset.open(result.path)
+    metadata = dataset_metadata(dataset)
+    metadata["release"] = release.release_id if release else "none (expert)"
+    return MaterializeResult(metadata=metadata, data_version=DataVersion(dataset.identity))
+
+
+def _dataset_checks(asset_name: str):
+    """Data-quality checks shared by both datasets: verified, finite, a sane action distribution."""
+
+    @asset_check(asset=asset_name, name="manifest_verified", blocking=True,
+                 description="Paths, sizes, sha256, array headers and every row agree with the manifest.")
+    def manifest_verified(context) -> AssetCheckResult:
+        from townlet_pipelines.data.manifest import DatasetError
+        from townlet_pipelines.data.replay import ReplayDataset
+
+        path = latest_metadata(context, asset_name)["path"]
+        try:
+            dataset = ReplayDataset.open(path, verify="full")
+        except DatasetError as error:
+            return AssetCheckResult(passed=False, metadata={"error": str(error), "path": path})
+        return AssetCheckResult(passed=True, metadata={"rows": dataset.rows, "dataset_identity": dataset.identity})
+
+    @asset_check(asset=asset_name, name="no_nan", blocking=True,
+                 description="Rewards, values, log-probs and features are finite in every shard.")
+    def no_nan(context) -> AssetCheckResult:
+        import numpy as np
+
+        from townlet_pipelines.data.replay import ReplayDataset
+
+        dataset = ReplayDataset.open(latest_metadata(context, asset_name)["path"], verify="none")
+        bad = {}
+        for index, entry in enumerate(dataset.manifest.shards):
+            with np.load(dataset.directory / entry.path) as archive:
+                for name in ("rewards", "value_preds", "old_log_probs", "features"):
+                    count = int((~np.isfinite(archive[name])).sum())
+                    if count:
+                        bad[f"{entry.path}:{name}"] = count
+        return AssetCheckResult(passed=not bad, metadata={"non_finite": MetadataValue.json(bad)})
+
+    @asset_check(asset=asset_name, name="action_distribution_sane",
+                 description="More than one action is used and none is nearly everything (a warning).")
+    def action_distribution_sane(context) -> AssetCheckResult:
+        counts = latest_metadata(context, asset_name)["action_counts"]
+        total = max(sum(counts.values()), 1)
+        top = max(counts.values()) / total
+        used = sum(1 for value in counts.values() if value)
+        return AssetCheckResult(passed=used >= 2 and top < 0.98, severity=AssetCheckSeverity.WARN,
+                                metadata={"top_action_share": top, "actions_used": used})
+
+    return [manifest_verified, no_nan, action_distribution_sane]
+
+
+# ---------------------------------------------------------------------------- training
+def _stage_table(stages) -> str:
+    lines = ["| cycle | mode | passed | accuracy | threshold | loss | conflicts/agent-day | flags |",
+             "|---|---|---|---|---|---|---|---|"]
+    for stage in stages:
+        flags = ", ".join(name for name in ("loss_flag", "queue_flag", "intensity_flag") if getattr(stage, name)) or "-"
+        cell = lambda value: "-" if value is None else f"{value:.4f}"  # noqa: E731
+        lines.append(f"| {stage.cycle} | {stage.mode} | {'yes' if stage.passed else 'NO'} | {cell(stage.accuracy)} | "
+                     f"{cell(stage.threshold)} | {cell(stage.loss)} | {cell(stage.queue_conflict_events)} | {flags} |")
+    return "\n".join(lines)
+
+
+def _curve(log_dir: Path, prefix: str, keys: tuple[str, ...]) -> str:
+    """A Markdown table of the JSONL training log: the training curve in the UI."""
+    rows = [json.loads(line) for path in sorted(log_dir.glob(f"{prefix}*.jsonl")) for line in path.read_text().splitlines()]
+    lines = ["| step | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for step, row in enumerate(rows):
+        lines.append(f"| {step} | " + " | ".join(f"{row.get(key, float('nan')):.4f}" for key in keys) + " |")
+    return "\n".join(lines)
+
+
+def _summarize_and_store(strategy, training, bc, ppo, out: Path):
+    summary = strategy.summarize(training, bc, ppo, sum(r.duration_sec if hasattr(r, "duration_sec")
+                                                        else r.epoch_duration_sec * r.updates
+                                                        for r in bc.results + ppo.results))
+    from townlet_pipelines.data.files import atomic_write_text
+
+    atomic_write_text(out, summary.model_dump_json(indent=2))
+    return summary
+
+
+@asset(group_name=GROUP, code_version=CODE_VERSION, deps=[replay_manifest], kinds={"pytorch"},
+       op_tags=GPU_OP_TAGS, pool=GPU_POOL,
+       description="The anneal schedule's BC stages on the expert demonstrations.")
+def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
+    from townlet_pipelines.training.anneal import AnnealStrategy
+
+    dataset = latest_metadata(context, "replay_manifest")["path"]
+    run_dir = townlet.run_dir(context.run.run_id)
+    training = townlet.training_context(context.run.run_id)
+    strategy = AnnealStrategy(dataset)
+    outcome = strategy.run_bc_stages(training)
+    record = run_dir / "bc_stages.json"
+    from townlet_pipelines.data.files import atomic_write_text
+
+    atomic_write_text(record, outcome.to_json())
+    if outcome.failed:  # the guardrail below fails this run; record the FAIL evaluation now
+        from townlet_pipelines.training.anneal import StagesOutcome
+
+        empty = StagesOutcome([], [], outcome.checkpoint, outcome.checkpoint_id)
+        _summarize_and_store(strategy, training, outcome, empty, run_dir / "anneal_summary.json")
+    last = outcome.results[-1]
+    threshold = training.config.anneal.bc_accuracy_threshold
+    return MaterializeResult(
+        metadata={
+            "stages_record": MetadataValue.path(str(record)),
+            "path": MetadataValue.path(str(outcome.checkpoint or last.checkpoint_path)),
+            "checkpoint_id": last.checkpoint_id,
+            "failed": outcome.failed,
+            "val_accuracy": MetadataValue.float(last.val_accuracy),
+            "accuracy": MetadataValue.float(last.accuracy),
+            "val_loss": MetadataValue.float(last.val_loss),
+            "bc_accuracy_threshold": MetadataValue.float(threshold),
+            "samples_per_sec": MetadataValue.float(last.samples_per_sec),
+            "dataset_identity": last.dataset_identity,
+            "device": last.device,
+            "duration_sec": MetadataValue.float(sum(r.duration_sec for r in outcome.results)),
+            "stages": MetadataValue.md(_stage_table(outcome.stages)),
+            "training_curve": MetadataValue.md(_curve(run_dir / "logs", "bc", ("loss", "accuracy", "val_loss",
+                                                                                "val_accuracy"))),
+        },
+        data_version=DataVersion(last.checkpoint_id),
+    )
+
+
+@asset_check(asset=bc_checkpoint, blocking=True, description="Every BC stage reached bc_accuracy_threshold "
+             "(validation accuracy on held-out episodes).")
+def bc_accuracy_guardrail(context) -> AssetCheckResult:
+    meta = latest_metadata(context, "bc_checkpoint")
+    return AssetCheckResult(
+        passed=not meta["failed"],
+        metadata={"measured_val_accuracy": meta["val_accuracy"], "threshold": meta["bc_accuracy_threshold"],
+                  "baseline": "n/a (an absolute threshold)"},
+    )
+
+
+@asset(group_name=GROUP, code_version=CODE_VERSION, deps=[bc_checkpoint, replay_manifest, rollout_dataset],
+       kinds={"pytorch"}, op_tags=GPU_OP_TAGS, pool=GPU_POOL,
+       description="The anneal schedule's PPO stages, starting from the BC weights.")
+def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
+    from townlet_pipelines.data.files import atomic_write_text
+    from townlet_pipelines.training.anneal import AnnealStrategy, StagesOutcome
+
+    bc_meta = latest_metadata(context, "bc_checkpoint")
+    bc = StagesOutcome.from_json(Path(bc_meta["stages_record"]).read_text())
+    run_dir = townlet.run_dir(context.run.run_id)
+    training = townlet.training_context(context.run.run_id)
+    config = training.config
+    rollout = latest_metadata(context, "rollout_dataset")["path"] if config.ppo.data_mode != "rollout" else None
+    strategy = AnnealStrategy(latest_metadata(context, "replay_manifest")["path"], rollout_dataset=rollout)
+    outcome = strategy.run_ppo_stages(training, bc)
+    record = run_dir / "ppo_stages.json"
+    atomic_write_text(record, outcome.to_json())
+    flagged = any(not stage.passed for stage in outcome.stages)
+    if flagged:  # a guardrail below fails this run; record the HOLD evaluation now
+        _summarize_and_store(strategy, training, bc, outcome, run_dir / "anneal_summary.json")
+    last = outcome.results[-1]
+    baselines = last.model_dump()
+    return MaterializeResult(
+        metadata={
+            "stages_record": MetadataValue.path(str(record)),
+            "path": MetadataValue.path(str(outcome.checkpoint)),
+            "checkpoint_id": outcome.checkpoint_id,
+            "parent_checkpoint_id": str(last.parent_checkpoint_id),
+            "loss_total": MetadataValue.float(last.loss_total),
+            "loss_policy": MetadataValue.float(last.loss_policy),
+            "loss_value": MetadataValue.float(last.loss_value),
+            "kl_divergence": MetadataValue.float(last.kl_divergence),
+            "clip_fraction": MetadataValue.float(last.clip_fraction),
+            "env_steps_per_sec": MetadataValue.float(last.env_steps_per_sec),
+            "loss_flag": any(s.loss_flag for s in outcome.stages),
+            "queue_flag": any(s.queue_flag or s.intensity_flag for s in outcome.stages),
+            "loss_per_stage": MetadataValue.json([s.loss_total for s in outcome.stages]),
+            "baseline_loss": MetadataValue.json(baselines["baseline_loss"]),
+            "loss_tolerance": MetadataValue.float(config.anneal.loss_tolerance),
+            "queue_conflicts_per_agent_day": MetadataValue.float(last.evaluation["queue_conflict_events_per_agent_day"]),
+            "queue_intensity_per_agent_day": MetadataValue.float(
+                last.evaluation["queue_conflict_intensity_per_agent_day"]),
+            "baseline_queue_conflicts": MetadataValue.json(baselines["baseline_queue_events"]),
+            "baseline_queue_intensity": MetadataValue.json(baselines["baseline_queue_intensity"]),
+            "queue_tolerance": MetadataValue.float(config.anneal.queue_tolerance),
+            "reward_per_agent_day": MetadataValue.float(last.evaluation["reward_per_agent_day"]),
+            "device": last.device,
+            "stages": MetadataValue.md(_stage_table(outcome.stages)),
+            "training_curve": MetadataValue.md(_curve(run_dir / "logs", "ppo", ("loss_total", "kl", "clip_fraction"))),
+        },
+        data_version=DataVersion(outcome.checkpoint_id),
+    )
+
+
+@asset_check(asset=ppo_checkpoint, blocking=True,
+             description="Every PPO stage's loss lies within loss_tolerance of the baseline for its dataset.")
+def ppo_loss_guardrail(context) -> AssetCheckResult:
+    meta = latest_metadata(context, "ppo_checkpoint")
+    return AssetCheckResult(passed=not meta["loss_flag"], metadata={
+        "measured_loss": meta["loss_total"], "per_stage": MetadataValue.json(meta["loss_per_stage"]),
+        "baseline": MetadataValue.json(meta["baseline_loss"]), "tolerance": meta["loss_tolerance"]})
+
+
+@asset_check(asset=ppo_checkpoint, blocking=True,
+             description="Queue conflicts and their intensity did not rise more than queue_tolerance above baseline.")
+def queue_conflict_guardrail(context) -> AssetCheckResult:
+    meta = latest_metadata(context, "ppo_checkpoint")
+    return AssetCheckResult(passed=not meta["queue_flag"], metadata={
+        "measured_conflicts_per_agent_day": meta["queue_conflicts_per_agent_day"],
+        "measured_intensity_per_agent_day": meta["queue_intensity_per_agent_day"],
+        "baseline_conflicts": MetadataValue.json(meta["baseline_queue_conflicts"]),
+        "baseline_intensity": MetadataValue.json(meta["baseline_queue_intensity"]),
+        "tolerance": meta["queue_tolerance"]})
+
+
+@asset(group_name=GROUP, code_version=CODE_VERSION, deps=[bc_checkpoint, ppo_checkpoint], kinds={"python"},
+       description="The anneal judged against the guardrails and persisted baselines; recorded for promotion.")
+def anneal_summary(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
+    from townlet_pipelines.training.anneal import AnnealStrategy, StagesOutcome
+
+    bc = StagesOutcome.from_json(Path(latest_metadata(context, "bc_checkpoint")["stages_record"]).read_text())
+    ppo = StagesOutcome.from_json(Path(latest_metadata(context, "ppo_checkpoint")["stages_record"]).read_text())
+    run_dir = townlet.run_dir(context.run.run_id)
+    training = townlet.training_context(context.run.run_id)
+    strategy = AnnealStrategy(latest_metadata(context, "replay_manifest")["path"])
+    path = run_dir / "anneal_summary.json"
+    summary = _summarize_and_store(strategy, training, bc, ppo, path)
+    from townlet_pipelines.data.files import sha256_file
+
+    return MaterializeResult(
+        metadata={
+            "path": MetadataValue.path(str(path)),
+            "status": summary.status,
+            "stages": MetadataValue.md(_stage_table(summary.stages)),
+            "promotion_pass_streak": MetadataValue.int(summary.promotion_pass_streak),
+            "promotion_candidate_ready": summary.promotion_candidate_ready,
+            "candidate_id": summary.candidate_id,
+            "final_checkpoint_id": str(summary.final_checkpoint_id),
+            "baselines": MetadataValue.json(summary.baselines),
+            "evaluation": MetadataValue.json(summary.evaluation),
+            "duration_sec": MetadataValue.float(summary.duration_sec),
+        },
+        data_version=DataVersion(sha256_file(path)[:16]),
+    )
+
+
+@asset(group_name=GROUP, code_version=CODE_VERSION, deps=[anneal_summary], kinds={"python"},
+       description="The current release after applying the promotion rule (promoted this run or not).")
+def promoted_policy(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
+    from townlet_pipelines.results import AnnealSummary
+    from townlet_pipelines.training.orchestrator import apply_promotion
+
+    summary = AnnealSummary.model_validate_json(Path(latest_metadata(context, "anneal_summary")["path"]).read_text())
+    training = townlet.training_context(context.run.run_id)
+    outcome = apply_promotion(training.promotion, summary)
+    status = training.promotion.status()
+    release = status.current_release
+    return MaterializeResult(
+        metadata={
+            "promoted_this_run": outcome.promoted,
+            "reason": outcome.reason,
+            "release_id": str(outcome.release_id),
+            "checkpoint_id": str(outcome.checkpoint_id),
+            "path": MetadataValue.path(str(release.path if release else "")),
+            "state": status.state,
+            "pass_streak": MetadataValue.int(status.pass_streak),
+            "releases": MetadataValue.int(status.releases),
+        },
+        data_version=DataVersion(str(outcome.release_id)),
+    )
+
+
+ASSETS = [replay_manifest, rollout_dataset, bc_checkpoint, ppo_checkpoint, anneal_summary, promoted_policy]
+CHECKS = [*_dataset_checks("replay_manifest"), *_dataset_checks("rollout_dataset"), bc_accuracy_guardrail,
+          ppo_loss_guardrail, queue_conflict_guardrail]

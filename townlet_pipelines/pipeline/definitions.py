@@ -1,0 +1,51 @@
+"""`defs`: the Townlet code location (workspace.yaml loads this module)."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import (
+    AssetSelection, Definitions, RunFailureSensorContext, ScheduleDefinition, define_asset_job, in_process_executor,
+    run_failure_sensor,
+)
+
+from townlet_pipelines.pipeline.assets import ASSETS, CHECKS, replay_manifest, rollout_dataset
+from townlet_pipelines.pipeline.resources import TownletResource
+
+# In-process on purpose: the graph is a chain (each step waits for the previous), so parallel processes buy
+# nothing, while each subprocess step would re-import the code location and torch (measured in
+# ../shared/DAGSTER_NOTES.md: a 5-step torch chain 20 s multiprocess vs 7 s in-process).
+nightly_anneal = define_asset_job(
+    "nightly_anneal", selection=AssetSelection.assets(*ASSETS), executor_def=in_process_executor,
+    description="Capture, BC, PPO, the guardrails, the anneal verdict and the promotion rule: end to end.",
+)
+capture_only = define_asset_job(
+    "capture_only", selection=AssetSelection.assets(replay_manifest, rollout_dataset),
+    executor_def=in_process_executor, description="Refresh the expert and promoted-policy datasets only.",
+)
+nightly_anneal_schedule = ScheduleDefinition(
+    name="nightly_anneal_schedule", job=nightly_anneal, cron_schedule="0 2 * * *",
+    execution_timezone=os.environ.get("TOWNLET_TIMEZONE", "UTC"),
+    description="02:00 every night, in $TOWNLET_TIMEZONE (default UTC).",
+)
+
+
+@run_failure_sensor(monitored_jobs=[nightly_anneal], description="Records failed nightly runs in the promotion history.")
+def record_failed_runs(context: RunFailureSensorContext) -> None:
+    from townlet_pipelines.data.promotion import PromotionStore
+    from townlet_pipelines.training.orchestrator import state_dir
+
+    townlet = TownletResource()
+    config = townlet.load_config()
+    store = PromotionStore(state_dir(townlet.root()), required_passes=config.promotion.required_passes)
+    store.record_failure(context.dagster_run.run_id, context.failure_event.message or "run failed")
+
+
+defs = Definitions(
+    assets=ASSETS,
+    asset_checks=CHECKS,
+    jobs=[nightly_anneal, capture_only],
+    schedules=[nightly_anneal_schedule],
+    sensors=[record_failed_runs],
+    resources={"townlet": TownletResource()},
+)

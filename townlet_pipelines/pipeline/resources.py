@@ -1,0 +1,55 @@
+"""The one resource the assets share: where the config comes from and where artifacts go."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from townlet_pipelines.config import TownletConfig, config_from_mapping, load_config
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+class TownletResource(ConfigurableResource):
+    """Config file (`TOWNLET_CONFIG`, default: the packaged default profile), artifacts root
+    (`TOWNLET_ARTIFACTS`, default `dagster_home/artifacts`), and optional YAML overrides for one run."""
+
+    config_path: str | None = Field(None, description="YAML config file or profile; default $TOWNLET_CONFIG or 'default'")
+    artifacts_root: str | None = Field(None, description="default $TOWNLET_ARTIFACTS or dagster_home/artifacts")
+    overrides: str = Field("", description="YAML mapping merged over the config, e.g. 'anneal: {loss_tolerance: 0.2}'")
+
+    def load_config(self) -> TownletConfig:
+        source = self.config_path or os.environ.get("TOWNLET_CONFIG") or "default"
+        config = load_config(source)
+        if not self.overrides.strip():
+            return config
+        extra = yaml.safe_load(self.overrides)
+        if not isinstance(extra, dict):
+            raise ValueError("townlet resource: overrides must be a YAML mapping of config sections")
+        return config_from_mapping(_merge(config.model_dump(mode="json"), extra), f"{source} + overrides")
+
+    def root(self) -> Path:
+        from townlet_pipelines.training.orchestrator import artifacts_root
+
+        return artifacts_root(self.artifacts_root)
+
+    def run_dir(self, run_id: str) -> Path:
+        """This Dagster run's folder; each asset writes its own new subfolder inside it."""
+        path = self.root() / "runs" / run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def training_context(self, run_id: str, config: TownletConfig | None = None):
+        from townlet_pipelines.training.orchestrator import make_context
+
+        config = config or self.load_config()
+        return make_context(config, self.run_dir(run_id), self.root())

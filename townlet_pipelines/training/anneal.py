@@ -1,0 +1,190 @@
+"""Anneal: the schedule's BC stages, then its PPO stages from the BC weights, judged by the guardrails.
+
+Status: FAIL if a BC stage missed `bc_accuracy_threshold` (validation accuracy; the schedule stops and the
+failed stage's weights are not carried forward), else HOLD if any PPO stage raised a flag, else PASS.
+Baselines come from the persisted store (the last accepted run for the dataset label); without one, the
+first PPO stage sets the loss baseline and the dataset's own conflict rates set the queue baselines. A
+PASS is accepted as the new baseline. Each summary is recorded as a promotion evaluation.
+
+The three phases are separate methods so the Dagster assets (`bc_checkpoint`, `ppo_checkpoint`,
+`anneal_summary`) and `townlet train anneal` run exactly the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from townlet_pipelines.config import TownletConfig
+from townlet_pipelines.data.replay import ReplayDataset
+from townlet_pipelines.results import AnnealStageResult, AnnealSummary, BCTrainingResult, PPOTrainingResult
+from townlet_pipelines.training.bc import BCStrategy
+from townlet_pipelines.training.context import AnnealContext, TrainingContext
+from townlet_pipelines.training.ppo import PPOStrategy
+
+
+def candidate_id(config: TownletConfig, label: str) -> str:
+    """The candidate a pass streak belongs to: the dataset label and the training recipe."""
+    recipe = {key: config.model_dump(mode="json")[key] for key in ("model", "bc", "ppo", "anneal")}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{label}:{digest}"
+
+
+@dataclass
+class StagesOutcome:
+    """What a group of stages produced: per-stage records and the checkpoint carried forward."""
+
+    stages: list[AnnealStageResult]
+    results: list[BCTrainingResult | PPOTrainingResult]
+    checkpoint: str | None  # path of the checkpoint carried forward
+    checkpoint_id: str | None
+    failed: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "stages": [stage.model_dump(mode="json") for stage in self.stages],
+            "results": [{"kind": "bc" if isinstance(r, BCTrainingResult) else "ppo", **r.model_dump(mode="json")}
+                        for r in self.results],
+            "checkpoint": self.checkpoint, "checkpoint_id": self.checkpoint_id, "failed": self.failed,
+        }, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "StagesOutcome":
+        data = json.loads(text)
+        results = []
+        for item in data["results"]:
+            kind = item.pop("kind")
+            results.append((BCTrainingResult if kind == "bc" else PPOTrainingResult).model_validate(item))
+        return cls([AnnealStageResult.model_validate(stage) for stage in data["stages"]], results,
+                   data["checkpoint"], data["checkpoint_id"], data["failed"])
+
+
+@dataclass
+class AnnealStrategy:
+    dataset: str | Path  # the expert replay dataset (BC data and the PPO anchor)
+    dataset_label: str | None = None
+    rollout_dataset: str | Path | None = None  # PPO's stored rows for replay/mixed; default: the expert's
+    name: str = "anneal"
+
+    def _label(self, context: TrainingContext) -> str:
+        return self.dataset_label or context.config.anneal.dataset_label
+
+    def run_bc_stages(self, context: TrainingContext, init_checkpoint: str | Path | None = None) -> StagesOutcome:
+        anneal = context.config.anneal
+        outcome = StagesOutcome([], [], str(init_checkpoint) if init_checkpoint else None, None)
+        for index, stage in enumerate(anneal.ordered()):
+            if stage.mode != "bc":
+                continue
+            result = BCStrategy(self.dataset, outcome.checkpoint, stage.epochs, stage.bc_weight,
+                                out=context.artifacts / f"bc-cycle{stage.cycle}-stage{index}",
+                                name=f"bc-cycle{stage.cycle}").run(context)
+            passed = result.val_accuracy >= anneal.bc_accuracy_threshold
+            outcome.results.append(result)
+            outcome.stages.append(AnnealStageResult(
+                cycle=stage.cycle, mode="bc", accuracy=result.val_accuracy, loss=result.val_loss,
+                threshold=anneal.bc_accuracy_threshold, passed=passed, bc_weight=stage.bc_weight,
+                rolled_back=not passed, checkpoint_id=result.checkpoint_id,
+            ))
+            if not passed:
+                outcome.failed = True
+                break
+            outcome.checkpoint, outcome.checkpoint_id = result.checkpoint_path, result.checkpoint_id
+        return outcome
+
+    def baselines(self, context: TrainingContext) -> dict[str, float | None]:
+        stored = context.baselines.get(self._label(context)) if context.baselines is not None else None
+        if stored is not None:
+            return {"loss": stored.loss_total, "queue_events": stored.queue_conflict_events,
+                    "queue_intensity": stored.queue_conflict_intensity, "source": None}
+        metrics = ReplayDataset.open(self.dataset, verify="none").manifest.metrics
+        days = max(metrics.agent_days, 1e-9)
+        return {"loss": None, "queue_events": metrics.queue_conflict_events / days,
+                "queue_intensity": metrics.queue_conflict_intensity / days}
+
+    def run_ppo_stages(self, context: TrainingContext, bc: StagesOutcome) -> StagesOutcome:
+        anneal = context.config.anneal
+        outcome = StagesOutcome([], [], bc.checkpoint, bc.checkpoint_id)
+        if bc.failed:
+            return outcome
+        baselines = self.baselines(context)
+        bc_accuracy = bc.stages[-1].accuracy if bc.stages else None
+        for index, stage in enumerate(anneal.ordered()):
+            if stage.mode != "ppo":
+                continue
+            anneal_context = AnnealContext(
+                cycle=stage.cycle, stage=index, dataset_label=self._label(context), baselines=dict(baselines),
+                bc_threshold=anneal.bc_accuracy_threshold, loss_tolerance=anneal.loss_tolerance,
+                queue_tolerance=anneal.queue_tolerance, intensity_tolerance=anneal.intensity_tolerance,
+            )
+            result = PPOStrategy(init_checkpoint=outcome.checkpoint, updates=stage.epochs,
+                                 replay_dataset=self.rollout_dataset or self.dataset, anchor_dataset=self.dataset,
+                                 bc_weight=stage.bc_weight, cycle=stage.cycle, anneal=anneal_context,
+                                 out=context.artifacts / f"ppo-cycle{stage.cycle}-stage{index}",
+                                 name=f"ppo-cycle{stage.cycle}").run(context)
+            result = result.model_copy(update={"bc_accuracy": bc_accuracy})
+            if baselines.get("loss") is None:
+                baselines["loss"] = result.loss_total  # the first PPO stage of a first run sets it
+            flags = (result.loss_flag, result.queue_flag, result.intensity_flag)
+            outcome.results.append(result)
+            outcome.stages.append(AnnealStageResult(
+                cycle=stage.cycle, mode="ppo", loss=result.loss_total, passed=not any(flags),
+                bc_weight=stage.bc_weight, loss_policy=result.loss_policy, loss_value=result.loss_value,
+                loss_entropy=result.loss_entropy, loss_total=result.loss_total,
+                queue_conflict_events=result.evaluation["queue_conflict_events_per_agent_day"],
+                queue_conflict_intensity=result.evaluation["queue_conflict_intensity_per_agent_day"],
+                loss_flag=result.loss_flag, queue_flag=result.queue_flag, intensity_flag=result.intensity_flag,
+                checkpoint_id=result.checkpoint_id,
+            ))
+            outcome.checkpoint, outcome.checkpoint_id = result.checkpoint_path, result.checkpoint_id
+        return outcome
+
+    def summarize(self, context: TrainingContext, bc: StagesOutcome, ppo: StagesOutcome,
+                  duration_sec: float) -> AnnealSummary:
+        """Judge the stages, record the evaluation for promotion, and accept a PASS as the new baseline."""
+        label = self._label(context)
+        stages = bc.stages + ppo.stages
+        if bc.failed:
+            status = "FAIL"
+        elif any(not stage.passed for stage in ppo.stages):
+            status = "HOLD"
+        else:
+            status = "PASS"
+        baselines = self.baselines(context)
+        last_ppo = ppo.results[-1] if ppo.results else None
+        if baselines.get("loss") is None and ppo.results:
+            baselines["loss"] = ppo.results[0].loss_total
+        evaluation = dict(last_ppo.evaluation) if last_ppo is not None else {}
+        candidate = candidate_id(context.config, label)
+        streak, ready = 0, False
+        if context.promotion is not None:
+            metrics = {"status_pass": float(status == "PASS"), **{k: float(v) for k, v in evaluation.items()}}
+            snapshot = context.promotion.record_evaluation(
+                candidate, status, metrics,
+                checkpoint={"checkpoint_id": ppo.checkpoint_id, "path": ppo.checkpoint},
+                note=f"anneal of dataset {label}",
+            )
+            streak, ready = snapshot.pass_streak, snapshot.ready
+        if status == "PASS" and context.baselines is not None and last_ppo is not None:
+            context.baselines.accept(
+                label, loss_total=last_ppo.loss_total,
+                queue_conflict_events=evaluation["queue_conflict_events_per_agent_day"],
+                queue_conflict_intensity=evaluation["queue_conflict_intensity_per_agent_day"],
+                source=ppo.checkpoint_id or "",
+            )
+        return AnnealSummary(
+            stages=stages, status=status, dataset_label=label,
+            dataset_identity=ReplayDataset.open(self.dataset, verify="none").identity,
+            baselines={key: value for key, value in baselines.items() if key != "source"},
+            promotion_pass_streak=streak, promotion_candidate_ready=ready, candidate_id=candidate,
+            final_checkpoint_id=ppo.checkpoint_id, final_checkpoint_path=ppo.checkpoint,
+            evaluation=evaluation, duration_sec=duration_sec,
+        )
+
+    def run(self, context: TrainingContext) -> AnnealSummary:
+        start = time.perf_counter()
+        bc = self.run_bc_stages(context)
+        ppo = self.run_ppo_stages(context, bc)
+        return self.summarize(context, bc, ppo, time.perf_counter() - start)

@@ -1,0 +1,117 @@
+"""The thin facade both entry points use: `townlet train ...` and the Dagster assets.
+
+Artifacts live under one root (`TOWNLET_ARTIFACTS`, default `dagster_home/artifacts`): each run in its own
+folder `runs/<run id>/` that is never overwritten, and the durable state (promotion history, baselines)
+in `state/`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from townlet_pipelines.config import TownletConfig
+from townlet_pipelines.data.baselines import BaselineStore
+from townlet_pipelines.data.capture import CaptureResult, acting_policy, capture
+from townlet_pipelines.data.promotion import PromotionStore
+from townlet_pipelines.results import AnnealSummary, BCTrainingResult, PPOTrainingResult
+from townlet_pipelines.training.anneal import AnnealStrategy
+from townlet_pipelines.training.bc import BCStrategy
+from townlet_pipelines.training.context import TrainingContext
+from townlet_pipelines.training.device import device_context
+from townlet_pipelines.training.ppo import PPOStrategy
+
+DEFAULT_ARTIFACTS = Path("dagster_home") / "artifacts"
+
+
+def artifacts_root(root: str | Path | None = None) -> Path:
+    return Path(root or os.environ.get("TOWNLET_ARTIFACTS") or DEFAULT_ARTIFACTS).absolute()
+
+
+def new_run_dir(root: str | Path | None = None, run_id: str | None = None) -> Path:
+    """A fresh folder for one run; an existing one is never reused."""
+    run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    path = artifacts_root(root) / "runs" / run_id
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+def state_dir(root: str | Path | None = None) -> Path:
+    path = artifacts_root(root) / "state"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def make_context(config: TownletConfig, run_dir: Path, root: str | Path | None = None,
+                 progress: bool = False) -> TrainingContext:
+    state = state_dir(root)
+    return TrainingContext(
+        config=config, artifacts=Path(run_dir), device=device_context(config.runtime.device, config.runtime.amp),
+        promotion=PromotionStore(state, required_passes=config.promotion.required_passes),
+        baselines=BaselineStore(state), progress=progress,
+    )
+
+
+def capture_expert(config: TownletConfig, out: str | Path) -> CaptureResult:
+    """The expert demonstrations of `config.rollout`: BC's data and PPO's anchor and replay."""
+    rollout = config.rollout
+    return capture(config, acting_policy("scripted", config), rollout.towns, rollout.ticks, rollout.seed, out,
+                   shard_rows=rollout.shard_rows)
+
+
+def run_bc(context: TrainingContext, dataset: str | Path, init_checkpoint: str | Path | None = None) -> BCTrainingResult:
+    return BCStrategy(dataset, init_checkpoint).run(context)
+
+
+def run_ppo(context: TrainingContext, init_checkpoint: str | Path | None = None, dataset: str | Path | None = None,
+            data_mode: str | None = None) -> PPOTrainingResult:
+    return PPOStrategy(init_checkpoint=init_checkpoint, replay_dataset=dataset, data_mode=data_mode).run(context)
+
+
+def run_anneal(context: TrainingContext, dataset: str | Path) -> AnnealSummary:
+    return AnnealStrategy(dataset).run(context)
+
+
+@dataclass
+class PromotionOutcome:
+    promoted: bool
+    reason: str
+    release_id: str | None  # the current release after this decision
+    checkpoint_id: str | None
+
+
+def apply_promotion(store: PromotionStore, summary: AnnealSummary) -> PromotionOutcome:
+    """Promote the anneal's final checkpoint when the rule allows it.
+
+    The rule: the candidate's pass streak has reached `required_passes` (state `ready`), or the instance
+    has no release yet and this run passed every guardrail (the first release).
+    """
+    status = store.status()
+    current = status.current_release.release_id if status.current_release else None
+    if summary.status != "PASS" or summary.final_checkpoint_id is None:
+        return PromotionOutcome(False, f"anneal status {summary.status}: nothing promoted", current,
+                                status.current_release.checkpoint_id if status.current_release else None)
+    first = status.current_release is None
+    if not (summary.promotion_candidate_ready or first):
+        return PromotionOutcome(
+            False, f"pass streak {summary.promotion_pass_streak}/{store.required_passes}: monitoring", current,
+            status.current_release.checkpoint_id if status.current_release else None)
+    hashes = {"checkpoint_id": summary.final_checkpoint_id, "dataset_identity": summary.dataset_identity}
+    metrics = {key: float(value) for key, value in summary.evaluation.items()}
+    release = store.promote(summary.candidate_id, summary.final_checkpoint_id, hashes, metrics,
+                            path=summary.final_checkpoint_path, first_release=first)
+    reason = "first release: passed every guardrail" if first else "pass streak reached the required passes"
+    return PromotionOutcome(True, reason, release.release_id, release.checkpoint_id)
+
+
+def run(kind: str, context: TrainingContext, dataset: str | Path, **options):
+    """Dispatch by name: `bc`, `ppo` or `anneal`."""
+    runners = {"bc": run_bc, "ppo": run_ppo, "anneal": run_anneal}
+    if kind not in runners:
+        raise ValueError(f"unknown training kind {kind!r}; choose one of {sorted(runners)}")
+    if kind == "ppo":
+        return run_ppo(context, dataset=dataset, **options)
+    return runners[kind](context, dataset, **options)
