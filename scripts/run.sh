@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
-# Sets up .venv if needed, then runs the main job.
+# The main job: set up .venv if needed, then run the nightly anneal end to end through Dagster, against the
+# instance in dagster_home/ (embedded SQLite), and say where the promoted policy and the summary are.
+# Pass a profile or YAML file as $1 (default: the `default` profile; `smoke` runs in about a minute).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/townlet simulate --towns 10 --days 7 --policy scripted "$@"
+export DAGSTER_HOME="$PWD/dagster_home"
+export TOWNLET_CONFIG="${1:-${TOWNLET_CONFIG:-default}}"
+export TOWNLET_ARTIFACTS="${TOWNLET_ARTIFACTS:-$PWD/dagster_home/artifacts}"
+status=0
+.venv/bin/dagster job execute -m townlet_pipelines.pipeline.definitions -j nightly_anneal || status=$?
+.venv/bin/townlet report --artifacts "$TOWNLET_ARTIFACTS"
+exit $status

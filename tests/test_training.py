@@ -121,10 +121,17 @@ def test_anneal_pass_then_promotion_ready_after_two_passes(tmp_path, expert_data
     assert summary.promotion_pass_streak == 1 and not summary.promotion_candidate_ready
     first = orchestrator.apply_promotion(context.promotion, summary)
     assert first.promoted and first.checkpoint_id == summary.final_checkpoint_id  # the first release
-    second, context = _anneal(tmp_path, expert_dataset)
-    assert second.status == "PASS" and second.promotion_pass_streak == 2 and second.promotion_candidate_ready
-    assert orchestrator.apply_promotion(context.promotion, second).promoted
     assert context.baselines.get("expert") is not None  # a PASS became the baseline for the next run
+    second, context = _anneal(tmp_path, expert_dataset)  # promotion restarted the streak
+    assert second.status == "PASS" and second.promotion_pass_streak == 1 and not second.promotion_candidate_ready
+    assert not orchestrator.apply_promotion(context.promotion, second).promoted
+    third, context = _anneal(tmp_path, expert_dataset)
+    assert third.promotion_pass_streak == 2 and third.promotion_candidate_ready
+    outcome = orchestrator.apply_promotion(context.promotion, third)
+    assert outcome.promoted and outcome.release_id != first.release_id
+    release = context.promotion.status().current_release
+    assert release.previous_release_id == first.release_id
+    assert (Path(release.path) / "weights.safetensors").is_file()  # the release keeps its own copy
 
 
 def test_anneal_fails_when_bc_misses_the_threshold(tmp_path, expert_dataset):

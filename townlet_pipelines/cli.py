@@ -250,6 +250,29 @@ def _soak(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    """Where the latest run's summary and the promoted policy are."""
+    from townlet_pipelines.data.promotion import PromotionStore
+    from townlet_pipelines.training.orchestrator import artifacts_root, state_dir
+
+    config = load_config(args.config)
+    root = artifacts_root(args.artifacts)
+    runs = sorted((root / "runs").glob("*/anneal_summary.json"), key=lambda path: path.stat().st_mtime)
+    if runs:
+        summary = json.loads(runs[-1].read_text())
+        print(f"latest anneal summary: {runs[-1]}  status {summary['status']}, pass streak "
+              f"{summary['promotion_pass_streak']}")
+    else:
+        print(f"no anneal summary under {root / 'runs'} yet")
+    status = PromotionStore(state_dir(root), required_passes=config.promotion.required_passes).status()
+    release = status.current_release
+    if release is None:
+        print(f"promoted policy: none yet (state {status.state})")
+    else:
+        print(f"promoted policy: release {release.release_id}, checkpoint {release.checkpoint_id} at {release.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="townlet", description="Townlet Pipelines: simulate, capture, train.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -333,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--artifacts", default=None)
     soak.add_argument("--json", action="store_true")
     soak.set_defaults(handler=_soak)
+
+    report = commands.add_parser("report", help="where the latest anneal summary and the promoted policy are")
+    _add_config(report)
+    report.add_argument("--artifacts", default=None)
+    report.set_defaults(handler=_report)
     return parser
 
 

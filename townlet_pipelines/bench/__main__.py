@@ -17,6 +17,16 @@ def main(argv: list[str] | None = None) -> None:
     world.add_argument("--repeat", type=int, default=3, help="runs per batch size; the median is shown")
     world.add_argument("--json", action="store_true")
     world.add_argument("--no-retain", action="store_true", help="leave glibc's malloc thresholds alone")
+    data = commands.add_parser("data", help="capture agent-ticks/s and replay samples/s")
+    data.add_argument("--config", default="default")
+    data.add_argument("--towns", type=int, default=64)
+    data.add_argument("--ticks", type=int, default=720)
+    training = commands.add_parser("training", help="BC samples/s and accuracy, PPO steps/s, PPO vs expert vs random")
+    training.add_argument("--config", default="default")
+    training.add_argument("--bc-epochs", type=int, default=5)
+    training.add_argument("--ppo-updates", type=int, default=20)
+    training.add_argument("--device", default="auto")
+    training.add_argument("--json", action="store_true")
     one = commands.add_parser("world-one", help=argparse.SUPPRESS)
     one.add_argument("--towns", type=int, required=True)
     one.add_argument("--ticks", type=int, required=True)
@@ -26,7 +36,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from townlet_pipelines.bench import world as world_bench
 
-    if args.command == "world":
+    if args.command == "data":
+        from townlet_pipelines.bench import data
+
+        data.main(args)
+    elif args.command == "training":
+        from townlet_pipelines.bench import training
+
+        training.main(args)
+    elif args.command == "world":
         world_bench.main(args)
     else:
         print(json.dumps(world_bench.measure(args.towns, args.ticks, args.warmup, args.variant, not args.no_retain)))

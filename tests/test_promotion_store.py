@@ -1,0 +1,88 @@
+"""Promotion state and guardrail baselines: durable, append-only, and strict about the rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from townlet_pipelines.data.baselines import BaselineStore
+from townlet_pipelines.data.promotion import PromotionError, PromotionStore
+from townlet_pipelines.data.state_file import StateFileError
+
+
+def test_ready_after_two_passes_and_reset_by_hold_or_fail(tmp_path):
+    store = PromotionStore(tmp_path, required_passes=2)
+    assert store.record_evaluation("c1", "PASS").state == "monitoring"
+    assert store.record_evaluation("c1", "HOLD").pass_streak == 0
+    store.record_evaluation("c1", "PASS")
+    status = store.record_evaluation("c1", "PASS")
+    assert status.ready and status.state == "ready" and status.pass_streak == 2
+    assert store.record_evaluation("c1", "FAIL").state == "monitoring"
+    store.record_evaluation("c1", "PASS")
+    assert store.record_evaluation("c2", "PASS").pass_streak == 1  # a new candidate starts its own streak
+
+
+def test_promotion_needs_readiness_and_records_the_release(tmp_path):
+    store = PromotionStore(tmp_path, required_passes=2)
+    store.record_evaluation("c1", "PASS")
+    with pytest.raises(PromotionError, match="not ready"):
+        store.promote("c1", "abc123", {"weights": "f" * 64}, {"reward": 1.0})
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "weights.safetensors").write_bytes(b"weights")
+    first = store.promote("c1", "abc123", path=checkpoint, first_release=True)  # nothing released yet
+    assert first.first_release and first.previous_release_id is None
+    assert (tmp_path / "releases" / first.release_id / "weights.safetensors").read_bytes() == b"weights"
+    with pytest.raises(PromotionError, match="first release exists"):
+        store.promote("c1", "def456", first_release=True)
+    store.record_evaluation("c1", "PASS")
+    store.record_evaluation("c1", "PASS")
+    second = store.promote("c1", "def456", {"weights": "e" * 64}, {"reward": 2.0})
+    assert second.previous_release_id == first.release_id
+    status = store.status()
+    assert status.state == "promoted" and status.pass_streak == 0 and status.current_release == second
+
+
+def test_rollback_to_a_named_release_keeps_everything(tmp_path):
+    store = PromotionStore(tmp_path, required_passes=1)
+    store.record_evaluation("c", "PASS")
+    first = store.promote("c", "aaa")
+    store.record_evaluation("c", "PASS")
+    second = store.promote("c", "bbb")
+    assert store.rollback(first.release_id) == first
+    assert store.status().current_release == first
+    with pytest.raises(PromotionError, match="no release 'r9999'"):
+        store.rollback("r9999")
+    reopened = PromotionStore(tmp_path, required_passes=1)  # everything is on disk
+    assert [r.release_id for r in reopened.releases()] == [first.release_id, second.release_id]
+    assert [event.kind for event in reopened.history()] == ["evaluation", "promotion", "evaluation", "promotion",
+                                                            "rollback"]
+    reopened.record_failure("run-7", "ppo step crashed")
+    assert reopened.history()[-1].run_id == "run-7" and reopened.status().current_release == first
+
+
+def test_a_corrupt_state_file_is_reported_and_left_untouched(tmp_path):
+    store = PromotionStore(tmp_path)
+    store.record_evaluation("c", "PASS")
+    store.path.write_text('{"schema_version": 1, "pass_streak": "many"')
+    before = store.path.read_bytes()
+    with pytest.raises(StateFileError, match="promotion.json: unreadable state file"):
+        store.record_evaluation("c", "PASS")
+    with pytest.raises(StateFileError):
+        store.status()
+    assert store.path.read_bytes() == before
+
+
+def test_baselines_persist_per_label_with_history(tmp_path):
+    store = BaselineStore(tmp_path)
+    assert store.get("expert") is None
+    store.accept("expert", 0.5, 0.4, 0.6, source="ckpt-1")
+    store.accept("expert", 0.45, 0.35, 0.5, source="ckpt-2")
+    store.accept("other", 1.0, 1.0, 1.0, source="ckpt-3")
+    again = BaselineStore(tmp_path)
+    assert again.get("expert").source == "ckpt-2" and again.get("expert").loss_total == 0.45
+    assert [b.source for b in again.history("expert")] == ["ckpt-1", "ckpt-2"]
+    assert set(again.all()) == {"expert", "other"}
+    again.path.write_text("not json")
+    with pytest.raises(StateFileError, match="baselines.json"):
+        again.accept("expert", 0.1, 0.1, 0.1, source="x")
+    assert again.path.read_text() == "not json"

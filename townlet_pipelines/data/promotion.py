@@ -1,0 +1,185 @@
+"""Promotion: every anneal result is an evaluation; a candidate is promoted only after passing ones.
+
+A PASS extends the candidate's pass streak, anything else resets it; the candidate is `ready` when the
+streak reaches `required_passes`. A candidate is a training recipe for a dataset label (see
+`training.anneal.candidate_id`): a streak belongs to one candidate, so a new candidate starts at zero.
+Promoting records a release (checkpoint id, hashes, metrics, the previous release) and copies the
+checkpoint into `releases/<release id>/`, so a release never depends on a run folder. A rollback makes a
+named earlier release current again. The history (evaluations, promotions, rollbacks, failed runs) is
+append-only. State is one JSON file, `promotion.json`, replaced atomically under a lock.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from townlet_pipelines.data.state_file import locked_state, read_state
+
+PROMOTION_SCHEMA_VERSION = 1
+State = Literal["monitoring", "ready", "promoted"]
+
+
+class PromotionError(RuntimeError):
+    """A promotion or rollback that the rules do not allow."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class Release(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    release_id: str
+    candidate_id: str
+    checkpoint_id: str
+    path: str | None = None  # the release's own copy of the checkpoint
+    hashes: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    previous_release_id: str | None = None
+    promoted_at: str
+    first_release: bool = False
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["evaluation", "promotion", "rollback", "failure"]
+    at: str
+    candidate_id: str | None = None
+    status: str | None = None
+    pass_streak: int | None = None
+    metrics: dict[str, float] = {}
+    checkpoint: dict[str, str | None] = {}
+    note: str = ""
+    release_id: str | None = None
+    run_id: str | None = None
+
+
+class PromotionState(BaseModel):
+    schema_version: int = PROMOTION_SCHEMA_VERSION
+    candidate_id: str | None = None
+    pass_streak: int = 0
+    state: State = "monitoring"
+    current_release_id: str | None = None
+    releases: list[Release] = Field(default_factory=list)
+    history: list[Event] = Field(default_factory=list)
+
+
+class PromotionStatus(BaseModel):
+    """A snapshot for users and callers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: State
+    candidate_id: str | None
+    pass_streak: int
+    required_passes: int
+    ready: bool
+    current_release: Release | None
+    releases: int
+    last_evaluations: list[Event]
+
+
+class PromotionStore:
+    FILE = "promotion.json"
+
+    def __init__(self, root: str | Path, required_passes: int = 2) -> None:
+        if required_passes < 1:
+            raise ValueError(f"required_passes must be at least 1, got {required_passes}")
+        self.root, self.required_passes = Path(root), required_passes
+        self.path = self.root / self.FILE
+
+    def _snapshot(self, state: PromotionState) -> PromotionStatus:
+        current = next((r for r in state.releases if r.release_id == state.current_release_id), None)
+        evaluations = [event for event in state.history if event.kind == "evaluation"]
+        return PromotionStatus(
+            state=state.state, candidate_id=state.candidate_id, pass_streak=state.pass_streak,
+            required_passes=self.required_passes, ready=state.state == "ready", current_release=current,
+            releases=len(state.releases), last_evaluations=evaluations[-5:],
+        )
+
+    def status(self) -> PromotionStatus:
+        return self._snapshot(read_state(self.path, PromotionState))
+
+    def history(self) -> list[Event]:
+        return list(read_state(self.path, PromotionState).history)
+
+    def releases(self) -> list[Release]:
+        return list(read_state(self.path, PromotionState).releases)
+
+    def record_evaluation(self, candidate_id: str, status: str, metrics: dict[str, float] | None = None,
+                          checkpoint: dict | None = None, note: str = "") -> PromotionStatus:
+        if status not in ("PASS", "FAIL", "HOLD"):
+            raise ValueError(f"status must be PASS, FAIL or HOLD, got {status!r}")
+        with locked_state(self.path, PromotionState) as holder:
+            state = holder[0]
+            streak = state.pass_streak if state.candidate_id == candidate_id else 0
+            streak = streak + 1 if status == "PASS" else 0
+            state.candidate_id, state.pass_streak = candidate_id, streak
+            state.state = "ready" if streak >= self.required_passes else "monitoring"
+            state.history.append(Event(
+                kind="evaluation", at=_now(), candidate_id=candidate_id, status=status, pass_streak=streak,
+                metrics={k: float(v) for k, v in (metrics or {}).items()},
+                checkpoint={k: (None if v is None else str(v)) for k, v in (checkpoint or {}).items()}, note=note,
+            ))
+            return self._snapshot(state)
+
+    def promote(self, candidate_id: str, checkpoint_id: str, hashes: dict[str, str] | None = None,
+                metrics: dict[str, float] | None = None, path: str | Path | None = None,
+                first_release: bool = False) -> Release:
+        """Promote when the candidate is ready, or (`first_release`) when nothing was ever released."""
+        with locked_state(self.path, PromotionState) as holder:
+            state = holder[0]
+            if first_release:
+                if state.releases:
+                    raise PromotionError(f"{self.path}: a first release exists already ({state.releases[0].release_id})")
+            elif state.state != "ready" or state.candidate_id != candidate_id:
+                raise PromotionError(
+                    f"candidate {candidate_id} is not ready: state {state.state}, candidate {state.candidate_id}, "
+                    f"pass streak {state.pass_streak}/{self.required_passes}")
+            release_id = f"r{len(state.releases) + 1:04d}-{checkpoint_id[:12]}"
+            stored = self._store_checkpoint(release_id, path) if path else None
+            release = Release(
+                release_id=release_id, candidate_id=candidate_id, checkpoint_id=checkpoint_id, path=stored,
+                hashes=dict(hashes or {}), metrics={k: float(v) for k, v in (metrics or {}).items()},
+                previous_release_id=state.current_release_id, promoted_at=_now(), first_release=first_release,
+            )
+            state.releases.append(release)
+            state.current_release_id = release_id
+            state.state, state.pass_streak = "promoted", 0
+            state.history.append(Event(kind="promotion", at=release.promoted_at, candidate_id=candidate_id,
+                                       release_id=release_id, checkpoint={"checkpoint_id": checkpoint_id}))
+            return release
+
+    def _store_checkpoint(self, release_id: str, source: str | Path) -> str:
+        """Copy the checkpoint next to the state: a release never depends on a run folder."""
+        target = self.root / "releases" / release_id
+        temporary = target.with_name(f".{release_id}.tmp")
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.copytree(source, temporary)
+        temporary.rename(target)
+        return str(target)
+
+    def rollback(self, release_id: str) -> Release:
+        with locked_state(self.path, PromotionState) as holder:
+            state = holder[0]
+            release = next((r for r in state.releases if r.release_id == release_id), None)
+            if release is None:
+                known = ", ".join(r.release_id for r in state.releases) or "none"
+                raise PromotionError(f"no release {release_id!r} to roll back to (releases: {known})")
+            state.current_release_id = release_id
+            state.state = "promoted"
+            state.history.append(Event(kind="rollback", at=_now(), release_id=release_id,
+                                       checkpoint={"checkpoint_id": release.checkpoint_id}))
+            return release
+
+    def record_failure(self, run_id: str, message: str) -> None:
+        """A run that failed before judging (a crash, not a guardrail): kept in the history."""
+        with locked_state(self.path, PromotionState) as holder:
+            holder[0].history.append(Event(kind="failure", at=_now(), run_id=run_id, note=message[:2000]))

@@ -1,0 +1,44 @@
+"""A small durable JSON state file: read-modify-write under an exclusive lock, replaced atomically.
+
+A file that cannot be parsed is reported (naming it) and never overwritten, so history is never lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from pathlib import Path
+from typing import Iterator, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from townlet_pipelines.data.files import atomic_write_text
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class StateFileError(RuntimeError):
+    """A state file is unreadable; it was left exactly as it was."""
+
+
+def read_state(path: Path, model: type[Model]) -> Model:
+    if not path.exists():
+        return model()
+    try:
+        return model.model_validate_json(path.read_text())
+    except (ValidationError, ValueError, UnicodeDecodeError) as error:
+        raise StateFileError(f"{path}: unreadable state file, left untouched ({str(error).splitlines()[0]})") from None
+
+
+@contextlib.contextmanager
+def locked_state(path: Path, model: type[Model]) -> Iterator[list[Model]]:
+    """Yield a one-item list holding the state; whatever it holds at the end is written back atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(path.suffix + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            holder = [read_state(path, model)]
+            yield holder
+            atomic_write_text(path, holder[0].model_dump_json(indent=2))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
