@@ -33,6 +33,11 @@ def latest_metadata(context, key: str) -> dict:
     return {name: value.value for name, value in event.asset_materialization.metadata.items()}
 
 
+def _number(value) -> MetadataValue:
+    """A float, or the text 'none' when a baseline does not exist yet."""
+    return MetadataValue.text("none") if value is None else MetadataValue.float(float(value))
+
+
 def _fresh(run_dir: Path, name: str) -> Path:
     path = run_dir / name
     if path.exists():
@@ -279,13 +284,13 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> 
             "loss_flag": any(s.loss_flag for s in outcome.stages),
             "queue_flag": any(s.queue_flag or s.intensity_flag for s in outcome.stages),
             "loss_per_stage": MetadataValue.json([s.loss_total for s in outcome.stages]),
-            "baseline_loss": MetadataValue.json(baselines["baseline_loss"]),
+            "baseline_loss": _number(baselines["baseline_loss"]),
             "loss_tolerance": MetadataValue.float(config.anneal.loss_tolerance),
             "queue_conflicts_per_agent_day": MetadataValue.float(last.evaluation["queue_conflict_events_per_agent_day"]),
             "queue_intensity_per_agent_day": MetadataValue.float(
                 last.evaluation["queue_conflict_intensity_per_agent_day"]),
-            "baseline_queue_conflicts": MetadataValue.json(baselines["baseline_queue_events"]),
-            "baseline_queue_intensity": MetadataValue.json(baselines["baseline_queue_intensity"]),
+            "baseline_queue_conflicts": _number(baselines["baseline_queue_events"]),
+            "baseline_queue_intensity": _number(baselines["baseline_queue_intensity"]),
             "queue_tolerance": MetadataValue.float(config.anneal.queue_tolerance),
             "reward_per_agent_day": MetadataValue.float(last.evaluation["reward_per_agent_day"]),
             "device": last.device,
@@ -302,7 +307,7 @@ def ppo_loss_guardrail(context) -> AssetCheckResult:
     meta = latest_metadata(context, "ppo_checkpoint")
     return AssetCheckResult(passed=not meta["loss_flag"], metadata={
         "measured_loss": meta["loss_total"], "per_stage": MetadataValue.json(meta["loss_per_stage"]),
-        "baseline": MetadataValue.json(meta["baseline_loss"]), "tolerance": meta["loss_tolerance"]})
+        "baseline": meta["baseline_loss"], "tolerance": meta["loss_tolerance"]})
 
 
 @asset_check(asset=ppo_checkpoint, blocking=True,
@@ -312,8 +317,8 @@ def queue_conflict_guardrail(context) -> AssetCheckResult:
     return AssetCheckResult(passed=not meta["queue_flag"], metadata={
         "measured_conflicts_per_agent_day": meta["queue_conflicts_per_agent_day"],
         "measured_intensity_per_agent_day": meta["queue_intensity_per_agent_day"],
-        "baseline_conflicts": MetadataValue.json(meta["baseline_queue_conflicts"]),
-        "baseline_intensity": MetadataValue.json(meta["baseline_queue_intensity"]),
+        "baseline_conflicts": meta["baseline_queue_conflicts"],
+        "baseline_intensity": meta["baseline_queue_intensity"],
         "tolerance": meta["queue_tolerance"]})
 
 
