@@ -24,7 +24,7 @@ TINY = {
                   {"name": "early", "shift_start": 90, "shift_end": 180},
                   {"name": "late", "shift_start": 200, "shift_end": 290}]}},
     "model": {"conv_channels": [8, 16], "hidden": 64},
-    "rollout": {"towns": 4, "ticks": 360, "shard_rows": 2048},
+    "rollout": {"towns": 4, "ticks": 360, "shard_rows": 2048, "expert_noise": 0.0},
     "bc": {"epochs": 4, "batch_size": 128, "learning_rate": 0.002},
     "ppo": {"rollout_towns": 2, "rollout_ticks": 32, "updates": 2, "minibatches": 2, "update_epochs": 2},
     "evaluation": {"seeds": [1000, 1001], "ticks": 120},

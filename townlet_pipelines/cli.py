@@ -71,8 +71,8 @@ def _capture(args: argparse.Namespace) -> int:
     retain_freed_memory()
     config = load_config(args.config)
     ticks = args.ticks if args.ticks is not None else args.days * config.world.day_ticks
-    result = capture(config, acting_policy(args.policy, config, args.seed), args.towns, ticks, args.seed, args.out,
-                     shard_rows=args.shard_rows)
+    result = capture(config, acting_policy(args.policy, config, args.seed, args.noise), args.towns, ticks, args.seed,
+                     args.out, shard_rows=args.shard_rows)
     if args.json:
         print(json.dumps({"path": str(result.path), "identity": result.identity, "rows": result.manifest.rows,
                           "seconds": result.seconds, "agent_ticks_per_sec": result.agent_ticks_per_sec}))
@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--seed", type=int, default=0)
     cap.add_argument("--out", required=True, help="new directory for the dataset (must not exist)")
     cap.add_argument("--shard-rows", type=int, default=16384, help="agent-ticks per shard (about)")
+    cap.add_argument("--noise", type=float, default=0.0, help="scripted only: share of ticks played at random (DART)")
     cap.add_argument("--json", action="store_true")
     cap.set_defaults(handler=_capture)
 

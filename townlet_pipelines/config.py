@@ -288,6 +288,9 @@ class BCConfig(_Strict):
     epochs: int = Field(5, ge=1)
     weight_decay: float = Field(0.0, ge=0)
     value_coef: float = Field(0.5, ge=0, description="lambda: weight of the value MSE against the return")
+    decision_weight: float = Field(
+        10.0, ge=1, description="cross-entropy weight of decision rows (the expert starts or switches an "
+        "option) relative to rows that merely continue one; 1 is plain BC")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="share of episodes held out for validation")
     seed: int = 0
 
@@ -375,6 +378,7 @@ class PromotionConfig(_Strict):
 class RolloutConfig(_Strict):
     """The expert capture that feeds BC (and replay PPO)."""
 
+    expert_noise: float = Field(0.2, ge=0, lt=1, description="share of expert ticks played at random (DART)")
     towns: int = Field(16, ge=1)
     ticks: int = Field(1440, ge=1)
     seed: int = 0

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     training.add_argument("--ppo-updates", type=int, default=20)
     training.add_argument("--device", default="auto")
     training.add_argument("--json", action="store_true")
+    pipeline = commands.add_parser("pipeline", help="nightly_anneal through Dagster against the CLI")
+    pipeline.add_argument("--profiles", type=lambda text: text.split(","), default=["smoke", "default"])
     one = commands.add_parser("world-one", help=argparse.SUPPRESS)
     one.add_argument("--towns", type=int, required=True)
     one.add_argument("--ticks", type=int, required=True)
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> None:
         from townlet_pipelines.bench import training
 
         training.main(args)
+    elif args.command == "pipeline":
+        from townlet_pipelines.bench import pipeline
+
+        pipeline.main(args)
     elif args.command == "world":
         world_bench.main(args)
     else:

@@ -35,6 +35,7 @@ class PolicyOutput:
     actions: np.ndarray  # (towns, agents) integer
     log_probs: np.ndarray  # (towns, agents) float32: log pi(a_t | obs_t) of the acting policy
     values: np.ndarray | None  # (towns, agents) float32, or None: use the discounted return
+    expert_actions: np.ndarray | None = None  # the scripted expert's choice, when the policy computed it
 
 
 class ActingPolicy(Protocol):
@@ -49,15 +50,32 @@ class ActingPolicy(Protocol):
 
 
 class ScriptedActing:
-    """The expert is deterministic: log pi(a) = 0 for the action it takes."""
+    """The expert, optionally with noise injected into what it *does* (DART).
 
-    def __init__(self, config: TownletConfig) -> None:
+    With probability `noise` an agent plays a uniformly drawn legal action instead of the expert's, so the
+    data also holds the off-course states a learned policy will reach (hungry and idle, say) — each still
+    labelled with the expert's choice in `expert_actions`. The log-prob is the mixture's:
+    log((1 - noise) * [a = expert] + noise / legal actions); 0 without noise.
+    """
+
+    def __init__(self, config: TownletConfig, noise: float = 0.0, seed: int = 0) -> None:
+        if not 0.0 <= noise < 1.0:
+            raise ValueError(f"rollout.expert_noise must lie in [0, 1), got {noise}")
         self.policy = ScriptedExpert(config.expert)
-        self.generator = Generator(kind="scripted")
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+        self.generator = Generator(kind="scripted", policy_seed=seed if noise else None, noise=noise)
 
     def act(self, world: TownWorld) -> PolicyOutput:
-        actions = self.policy.act(world)
-        return PolicyOutput(actions, np.zeros(actions.shape, dtype=np.float32), None)
+        expert = self.policy.act(world)
+        if self.noise == 0.0:
+            return PolicyOutput(expert, np.zeros(expert.shape, dtype=np.float32), None, expert)
+        mask = world.action_mask
+        random = np.argmax(self.rng.random(mask.shape) * mask, axis=2)
+        actions = np.where(self.rng.random(expert.shape) < self.noise, random, expert)
+        legal = mask.sum(axis=2)
+        probability = (1.0 - self.noise) * (actions == expert) + self.noise / legal
+        return PolicyOutput(actions, np.log(probability).astype(np.float32), None, expert)
 
     def bootstrap_values(self, world: TownWorld) -> None:
         return None
@@ -78,9 +96,9 @@ class RandomActing:
         return None
 
 
-def acting_policy(name: str, config: TownletConfig, seed: int = 0) -> ActingPolicy:
+def acting_policy(name: str, config: TownletConfig, seed: int = 0, noise: float = 0.0) -> ActingPolicy:
     if name == "scripted":
-        return ScriptedActing(config)
+        return ScriptedActing(config, noise, seed)
     if name == "random":
         return RandomActing(seed)
     raise ValueError(f"policy: unknown policy {name!r}; choose scripted or random (checkpoints: `townlet train`)")
@@ -133,6 +151,7 @@ def capture(
     telemetry_rows: list[np.ndarray] = []
     shards: list[dict] = []  # pending shards: rows in memory until values are known
     current: dict[str, list[np.ndarray]] = {}
+    labeler = ScriptedExpert(config.expert)  # every row also carries the expert's choice (BC's label)
     town_index = np.repeat(np.arange(towns, dtype=np.int32), config.world.agents_per_town)
     agent_index = np.tile(np.arange(config.world.agents_per_town, dtype=np.int16), towns)
 
@@ -145,6 +164,8 @@ def capture(
             row = {
                 "features": observation.features.reshape(agents, -1),
                 "actions": output.actions.reshape(-1).astype(np.int8),
+                "expert_actions": (output.expert_actions if output.expert_actions is not None
+                                   else labeler.act(world)).reshape(-1).astype(np.int8),
                 "action_mask": world.action_mask.reshape(agents, -1),
                 "old_log_probs": output.log_probs.reshape(-1).astype(np.float32),
                 "tick": np.full(agents, t, dtype=np.int32),

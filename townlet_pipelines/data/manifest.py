@@ -25,6 +25,7 @@ ROW_ARRAYS: dict[str, str] = {
     "map": "uint8",
     "features": "float32",
     "actions": "int8",
+    "expert_actions": "int8",
     "action_mask": "bool",
     "old_log_probs": "float32",
     "value_preds": "float32",
@@ -73,6 +74,7 @@ class Generator(_Model):
     kind: Literal["scripted", "random", "checkpoint"]
     checkpoint_id: str | None = None
     policy_seed: int | None = None
+    noise: float = 0.0  # share of expert ticks replaced by a random legal action (DART)
 
 
 class DatasetMetrics(_Model):

@@ -140,6 +140,11 @@ class ReplayDataset:
             row = int(np.flatnonzero(bad)[0])
             raise DatasetError(f"{path}: actions[{row}] = {actions[row]} is outside the action space "
                                f"0..{len(self.spec.action_names) - 1}")
+        labels = arrays["expert_actions"].astype(np.int64)
+        bad = (labels < 0) | (labels >= len(self.spec.action_names))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DatasetError(f"{path}: expert_actions[{row}] = {labels[row]} is outside the action space")
         allowed = np.take_along_axis(arrays["action_mask"], actions[:, None], axis=1)[:, 0]
         if not allowed.all():
             row = int(np.flatnonzero(~allowed)[0])

@@ -20,15 +20,38 @@ from townlet_pipelines.training.device import to_tensors
 from townlet_pipelines.training.progress import Progress
 from townlet_pipelines.training.torch_support import TrainingError, require_torch
 
-BATCH_KEYS = ("map", "features", "action_mask", "actions", "value_preds")
+BATCH_KEYS = ("map", "features", "action_mask", "expert_actions", "value_preds")
 
 
-def bc_losses(model, batch: dict, value_coef: float):
-    """(loss, cross-entropy, value MSE, correct predictions) for one batch of tensors."""
+def decision_rows(features, option_columns: slice):
+    """True where the expert's label is a decision, not "keep doing the active option (or nothing)".
+
+    Continuations outnumber decisions about a hundred to one (a meal is one decision and fifteen ticks of
+    eating), so plain cross-entropy learns to continue and never to start; decision rows are up-weighted.
+    """
+    torch = require_torch()
+    options = features[:, option_columns]
+    active = options.sum(dim=1) > 0
+    return active, torch.where(active, options.argmax(dim=1), torch.zeros_like(active, dtype=torch.long))
+
+
+def bc_losses(model, batch: dict, value_coef: float, decision_weight: float = 1.0,
+              option_columns: slice | None = None):
+    """(loss, cross-entropy, value MSE, correct predictions) for one batch of tensors.
+
+    The target is the expert's choice in each state (`expert_actions`), which is also what it did unless
+    the capture injected noise. Rows where that choice is a decision weigh `decision_weight`.
+    """
     torch = require_torch()
     logits, values = model(batch["features"], batch["action_mask"], batch.get("map"))
-    actions = batch["actions"].long()
-    cross_entropy = torch.nn.functional.cross_entropy(logits, actions)
+    actions = batch["expert_actions"].long()
+    per_row = torch.nn.functional.cross_entropy(logits, actions, reduction="none")
+    if decision_weight != 1.0 and option_columns is not None:
+        _, continuing = decision_rows(batch["features"], option_columns)
+        weights = torch.where(actions != continuing, decision_weight, 1.0)
+        cross_entropy = (per_row * weights).sum() / weights.sum()
+    else:
+        cross_entropy = per_row.mean()
     value_mse = torch.nn.functional.mse_loss(values, batch["value_preds"])
     correct = (logits.argmax(dim=1) == actions).sum()
     return cross_entropy + value_coef * value_mse, cross_entropy, value_mse, correct
@@ -74,7 +97,8 @@ class BCStrategy:
             for numpy_batch in dataset.iter_batches(bc.batch_size, seed=bc.seed + epoch, episodes=train_episodes):
                 batch = to_tensors(numpy_batch, device, BATCH_KEYS)
                 with torch.autocast(device_type=device.device.type, dtype=torch.float16, enabled=device.amp):
-                    loss, _, _, correct = bc_losses(model, batch, bc.value_coef)
+                    loss, _, _, correct = bc_losses(model, batch, bc.value_coef, bc.decision_weight,
+                                                    option_columns(dataset.spec))
                     loss = self.bc_weight * loss
                 if not torch.isfinite(loss):
                     raise TrainingError(f"bc: non-finite loss at epoch {epoch}; no checkpoint was written")
@@ -82,7 +106,7 @@ class BCStrategy:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                rows = len(numpy_batch["actions"])
+                rows = len(numpy_batch["expert_actions"])
                 totals += (float(loss.detach()) * rows, float(correct), rows)
             train_rows = int(totals[2])
             train_loss, train_accuracy = totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
@@ -107,6 +131,12 @@ class BCStrategy:
         )
 
 
+def option_columns(spec) -> slice:
+    """Where the active-option one-hot sits in the feature vector."""
+    first = spec.feature_names.index(f"option_{spec.action_names[0]}")
+    return slice(first, first + len(spec.action_names))
+
+
 def evaluate_bc(model, dataset: ReplayDataset, episodes, context: TrainingContext, weight: float = 1.0):
     """(loss, accuracy, rows) on the given episodes, without gradients."""
     torch = require_torch()
@@ -118,6 +148,6 @@ def evaluate_bc(model, dataset: ReplayDataset, episodes, context: TrainingContex
         for numpy_batch in dataset.iter_batches(context.config.bc.batch_size * 4, shuffle=False, episodes=episodes):
             batch = to_tensors(numpy_batch, context.device, BATCH_KEYS)
             loss, _, _, correct = bc_losses(model, batch, context.config.bc.value_coef)
-            rows = len(numpy_batch["actions"])
+            rows = len(numpy_batch["expert_actions"])
             totals += (weight * float(loss) * rows, float(correct), rows)
     return totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1), int(totals[2])

@@ -58,8 +58,8 @@ def make_context(config: TownletConfig, run_dir: Path, root: str | Path | None =
 def capture_expert(config: TownletConfig, out: str | Path) -> CaptureResult:
     """The expert demonstrations of `config.rollout`: BC's data and PPO's anchor and replay."""
     rollout = config.rollout
-    return capture(config, acting_policy("scripted", config), rollout.towns, rollout.ticks, rollout.seed, out,
-                   shard_rows=rollout.shard_rows)
+    policy = acting_policy("scripted", config, seed=rollout.seed, noise=rollout.expert_noise)
+    return capture(config, policy, rollout.towns, rollout.ticks, rollout.seed, out, shard_rows=rollout.shard_rows)
 
 
 def run_bc(context: TrainingContext, dataset: str | Path, init_checkpoint: str | Path | None = None) -> BCTrainingResult:

@@ -253,9 +253,10 @@ class PPOStrategy:
                         loss = policy_loss - ppo.entropy_coef * entropy + ppo.value_coef * value_loss
                         bc_loss = torch.zeros((), device=device.device)
                         if anchor_stream is not None:
-                            expert = to_tensors(next(anchor_stream), device, ("map", "features", "action_mask", "actions"))
+                            expert = to_tensors(next(anchor_stream), device,
+                                                ("map", "features", "action_mask", "expert_actions"))
                             logits, _ = model(expert["features"], expert["action_mask"], expert.get("map"))
-                            bc_loss = torch.nn.functional.cross_entropy(logits, expert["actions"].long())
+                            bc_loss = torch.nn.functional.cross_entropy(logits, expert["expert_actions"].long())
                         total = loss + self.bc_weight * bc_loss
                     if not torch.isfinite(total):
                         raise TrainingError(f"ppo: non-finite loss at update {update}; no checkpoint was written")
