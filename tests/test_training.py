@@ -149,3 +149,19 @@ def test_anneal_holds_when_a_tolerance_is_zero(tmp_path, expert_dataset):
     assert summary.stages[2].loss_flag  # the second PPO stage's loss differs from the first's at all
     assert summary.promotion_pass_streak == 0
     assert not orchestrator.apply_promotion(context.promotion, summary).promoted
+
+
+def test_training_resumes_from_a_checkpoint_with_its_optimizer_moments(bc_run, expert_dataset):
+    from townlet_pipelines.training.checkpoints import restore_optimizer
+
+    context, first = bc_run
+    model, _ = load_checkpoint(first.checkpoint_path)
+    optimizer = torch.optim.Adam(model.parameters())
+    assert restore_optimizer(first.checkpoint_path, optimizer)
+    steps = {int(state["step"]) for state in optimizer.state.values()}
+    assert steps and min(steps) > 0  # Adam's moments came back, not a fresh optimizer
+    resumed = orchestrator.run_bc(context.__class__(**{**context.__dict__,
+                                                        "artifacts": orchestrator.new_run_dir(context.artifacts.parent.parent)}),
+                                  expert_dataset, first.checkpoint_path, resume=True)
+    assert read_record(resumed.checkpoint_path).parent_checkpoint_id == first.checkpoint_id
+    assert resumed.val_accuracy >= first.val_accuracy - 0.05

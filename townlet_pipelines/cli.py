@@ -14,11 +14,9 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from townlet_pipelines.world.memory import retain_freed_memory
     from townlet_pipelines.world.render import render_town
     from townlet_pipelines.world.simulate import make_policy, simulate
 
-    retain_freed_memory()
     config = load_config(args.config)
     if args.variant:
         config = config.model_copy(
@@ -66,9 +64,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _capture(args: argparse.Namespace) -> int:
     from townlet_pipelines.data.capture import acting_policy, capture
-    from townlet_pipelines.world.memory import retain_freed_memory
 
-    retain_freed_memory()
     config = load_config(args.config)
     ticks = args.ticks if args.ticks is not None else args.days * config.world.day_ticks
     result = capture(config, acting_policy(args.policy, config, args.seed, args.noise), args.towns, ticks, args.seed,
@@ -143,11 +139,11 @@ def _train(args: argparse.Namespace) -> int:
     if dataset is None and (args.kind in ("bc", "anneal") or getattr(args, "mode", None) in ("replay", "mixed")):
         dataset = orchestrator.capture_expert(config, context.artifacts / "expert").path
     if args.kind == "bc":
-        result = orchestrator.run_bc(context, dataset, args.init)
+        result = orchestrator.run_bc(context, dataset, args.init, args.resume)
         _print_record(result, args.json, ("accuracy", "val_accuracy", "loss", "val_loss", "samples_per_sec",
                                           "device", "checkpoint_id", "checkpoint_path"))
     elif args.kind == "ppo":
-        result = orchestrator.run_ppo(context, args.init, dataset, args.mode)
+        result = orchestrator.run_ppo(context, args.init, dataset, args.mode, args.resume)
         _print_record(result, args.json, ("data_mode", "updates", "loss_total", "loss_policy", "loss_value",
                                           "kl_divergence", "clip_fraction", "env_steps_per_sec", "checkpoint_id",
                                           "checkpoint_path"))
@@ -327,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="print the result record as JSON")
         if kind != "anneal":
             sub.add_argument("--init", default=None, help="checkpoint to start from")
+            sub.add_argument("--resume", action="store_true",
+                             help="continue --init's training: restore its optimizer moments too")
         if kind == "ppo":
             sub.add_argument("--mode", choices=("rollout", "replay", "mixed"), default=None)
         if kind == "anneal":

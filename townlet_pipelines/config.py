@@ -397,7 +397,6 @@ class RuntimeConfig(_Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     amp: bool = True
     log_rotate_entries: int = Field(1000, ge=1)
-    tensorboard: bool = False
 
 
 class TownletConfig(_Strict):

@@ -16,7 +16,6 @@ def main(argv: list[str] | None = None) -> None:
     world.add_argument("--variant", choices=("hybrid", "compact", "full"), default="hybrid")
     world.add_argument("--repeat", type=int, default=3, help="runs per batch size; the median is shown")
     world.add_argument("--json", action="store_true")
-    world.add_argument("--no-retain", action="store_true", help="leave glibc's malloc thresholds alone")
     data = commands.add_parser("data", help="capture agent-ticks/s and replay samples/s")
     data.add_argument("--config", default="default")
     data.add_argument("--towns", type=int, default=64)
@@ -34,7 +33,6 @@ def main(argv: list[str] | None = None) -> None:
     one.add_argument("--ticks", type=int, required=True)
     one.add_argument("--warmup", type=int, required=True)
     one.add_argument("--variant", default="hybrid")
-    one.add_argument("--no-retain", action="store_true")
     args = parser.parse_args(argv)
     from townlet_pipelines.bench import world as world_bench
 
@@ -53,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "world":
         world_bench.main(args)
     else:
-        print(json.dumps(world_bench.measure(args.towns, args.ticks, args.warmup, args.variant, not args.no_retain)))
+        print(json.dumps(world_bench.measure(args.towns, args.ticks, args.warmup, args.variant)))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ def main(args) -> None:
     from townlet_pipelines.config import load_config
     from townlet_pipelines.data.capture import acting_policy, capture
     from townlet_pipelines.data.replay import ReplayDataset
-    from townlet_pipelines.world.memory import retain_freed_memory
 
-    retain_freed_memory()
     config = load_config(args.config)
     work = Path(tempfile.mkdtemp(prefix="townlet-bench-"))
     try:

@@ -16,10 +16,8 @@ def main(args) -> None:
     from townlet_pipelines.training.checkpoints import load_checkpoint
     from townlet_pipelines.training.evaluation import evaluate
     from townlet_pipelines.training.policy import TorchPolicy
-    from townlet_pipelines.world.memory import retain_freed_memory
     from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
 
-    retain_freed_memory()
     base = load_config(args.config).model_dump(mode="json")
     base["bc"]["epochs"] = args.bc_epochs
     base["ppo"]["updates"] = args.ppo_updates

@@ -14,14 +14,11 @@ import sys
 import time
 
 
-def measure(towns: int, ticks: int, warmup: int, variant: str, retain: bool = True) -> dict:
+def measure(towns: int, ticks: int, warmup: int, variant: str) -> dict:
     from townlet_pipelines.config import TownletConfig
     from townlet_pipelines.world.engine import TownWorld
-    from townlet_pipelines.world.memory import retain_freed_memory
     from townlet_pipelines.world.policies import ScriptedExpert
 
-    if retain:
-        retain_freed_memory()
     config = TownletConfig()
     config = config.model_copy(update={"observations": config.observations.model_copy(update={"variant": variant})})
     world = TownWorld(config, towns)
@@ -54,7 +51,6 @@ def measure(towns: int, ticks: int, warmup: int, variant: str, retain: bool = Tr
         "towns": towns,
         "agents": towns * config.world.agents_per_town,
         "variant": variant,
-        "retain_freed_memory": retain,
         "ticks": ticks,
         "agent_ticks_per_sec": agent_ticks / wall,
         "ms_per_tick": 1e3 * wall / ticks,
@@ -69,8 +65,6 @@ def main(args) -> None:
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         command = [sys.executable, "-m", "townlet_pipelines.bench", "world-one", "--towns", str(towns),
                    "--ticks", str(args.ticks), "--warmup", str(args.warmup), "--variant", args.variant]
-        if args.no_retain:
-            command.append("--no-retain")
         if hasattr(os, "sched_setaffinity"):
             command = ["taskset", "-c", "0", *command] if _has_taskset() else command
         runs = []
@@ -81,8 +75,7 @@ def main(args) -> None:
         row = runs[len(runs) // 2]  # the median run, with the spread across repeats
         row["agent_ticks_per_sec_range"] = [runs[0]["agent_ticks_per_sec"], runs[-1]["agent_ticks_per_sec"]]
         rows.append(row)
-    retain = "default glibc malloc" if args.no_retain else "retain_freed_memory()"
-    print(f"world benchmark: scripted expert, {args.variant} observations, one core, {retain}")
+    print(f"world benchmark: scripted expert, {args.variant} observations, one core")
     print(f"median of {args.repeat} runs of {args.ticks} ticks after {args.warmup} warm-up ticks")
     print(f"{'towns':>6} {'agents':>7} {'agent-ticks/s':>14} {'(min-max)':>21} {'ms/tick':>8} {'peak RSS MiB':>13}"
           "  phases ms/tick")

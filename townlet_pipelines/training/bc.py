@@ -67,11 +67,11 @@ class BCStrategy:
     bc_weight: float = 1.0
     out: str | Path | None = None  # checkpoint directory; default <artifacts>/bc
     name: str = "bc"
+    resume: bool = False  # also restore init_checkpoint's optimizer moments (continue, don't fine-tune)
 
     def run(self, context: TrainingContext) -> BCTrainingResult:
         torch = require_torch()
-        from townlet_pipelines.training.checkpoints import load_checkpoint, save_checkpoint
-        from townlet_pipelines.training.model import PolicyNetwork
+        from townlet_pipelines.training.checkpoints import model_for, restore_optimizer, save_checkpoint
 
         config, bc = context.config, context.config.bc
         device = context.device
@@ -79,13 +79,10 @@ class BCStrategy:
         dataset = ReplayDataset.open(self.dataset)
         train_episodes, val_episodes = dataset.split(bc.val_fraction, seed=bc.seed)
         torch.manual_seed(bc.seed)
-        parent = None
-        if self.init_checkpoint is not None:
-            model, record = load_checkpoint(self.init_checkpoint, dataset.spec, device.device)
-            parent = record.checkpoint_id
-        else:
-            model = PolicyNetwork(dataset.spec, config.model).to(device.device)
+        model, parent = model_for(dataset.spec, config.model, device.device, self.init_checkpoint)
         optimizer = torch.optim.Adam(model.parameters(), lr=bc.learning_rate, weight_decay=bc.weight_decay)
+        if self.resume and self.init_checkpoint is not None:
+            restore_optimizer(self.init_checkpoint, optimizer, device.device)
         scaler = torch.amp.GradScaler("cuda", enabled=device.amp)
         log = context.log(self.name)
         start = time.perf_counter()

@@ -127,16 +127,35 @@ def load_checkpoint(directory: str | Path, expected_spec: ObservationSpec | None
     model = PolicyNetwork(record.observation, record.model)
     model.load_state_dict(load_file(str(directory / WEIGHTS)))
     model.to(device)
-    if optimizer is not None and (directory / OPTIMIZER).is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(directory / OPTIMIZER), framework="pt") as handle:
-            layout = json.loads(handle.metadata()["layout"])
-            state = {}
-            for index, values in layout["state"].items():
-                state[int(index)] = {
-                    name: (handle.get_tensor(f"state.{index}.{name}").to(device) if value == "tensor" else value)
-                    for name, value in values.items()
-                }
-        optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+    if optimizer is not None:
+        restore_optimizer(directory, optimizer, device)
     return model, record
+
+
+def restore_optimizer(directory: str | Path, optimizer, device="cpu") -> bool:
+    """Load the optimizer's saved moments (to resume training); False when the checkpoint has none."""
+    from safetensors import safe_open
+
+    path = Path(directory) / OPTIMIZER
+    if not path.is_file():
+        return False
+    with safe_open(str(path), framework="pt") as handle:
+        layout = json.loads(handle.metadata()["layout"])
+        state = {}
+        for index, values in layout["state"].items():
+            state[int(index)] = {
+                name: (handle.get_tensor(f"state.{index}.{name}").to(device) if value == "tensor" else value)
+                for name, value in values.items()
+            }
+    optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+    return True
+
+
+def model_for(spec: ObservationSpec, model_config: ModelConfig, device, init_checkpoint: str | Path | None = None):
+    """(model, parent checkpoint id): a fresh network, or the given checkpoint's (whose spec must match)."""
+    from townlet_pipelines.training.model import PolicyNetwork
+
+    if init_checkpoint is None:
+        return PolicyNetwork(spec, model_config).to(device), None
+    model, record = load_checkpoint(init_checkpoint, spec, device)
+    return model, record.checkpoint_id

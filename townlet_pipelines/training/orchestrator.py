@@ -62,13 +62,15 @@ def capture_expert(config: TownletConfig, out: str | Path) -> CaptureResult:
     return capture(config, policy, rollout.towns, rollout.ticks, rollout.seed, out, shard_rows=rollout.shard_rows)
 
 
-def run_bc(context: TrainingContext, dataset: str | Path, init_checkpoint: str | Path | None = None) -> BCTrainingResult:
-    return BCStrategy(dataset, init_checkpoint).run(context)
+def run_bc(context: TrainingContext, dataset: str | Path, init_checkpoint: str | Path | None = None,
+           resume: bool = False) -> BCTrainingResult:
+    return BCStrategy(dataset, init_checkpoint, resume=resume).run(context)
 
 
 def run_ppo(context: TrainingContext, init_checkpoint: str | Path | None = None, dataset: str | Path | None = None,
-            data_mode: str | None = None) -> PPOTrainingResult:
-    return PPOStrategy(init_checkpoint=init_checkpoint, replay_dataset=dataset, data_mode=data_mode).run(context)
+            data_mode: str | None = None, resume: bool = False) -> PPOTrainingResult:
+    return PPOStrategy(init_checkpoint=init_checkpoint, replay_dataset=dataset, data_mode=data_mode,
+                       resume=resume).run(context)
 
 
 def run_anneal(context: TrainingContext, dataset: str | Path) -> AnnealSummary:

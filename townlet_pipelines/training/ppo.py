@@ -141,12 +141,12 @@ class PPOStrategy:
     out: str | Path | None = None  # checkpoint directory; default <artifacts>/ppo
     name: str = "ppo"
     evaluation: dict[str, float] = field(default_factory=dict)
+    resume: bool = False  # also restore init_checkpoint's optimizer moments (continue a PPO run)
 
     def run(self, context: TrainingContext) -> PPOTrainingResult:
         torch = require_torch()
-        from townlet_pipelines.training.checkpoints import load_checkpoint, save_checkpoint
+        from townlet_pipelines.training.checkpoints import model_for, restore_optimizer, save_checkpoint
         from townlet_pipelines.training.evaluation import evaluate
-        from townlet_pipelines.training.model import PolicyNetwork
         from townlet_pipelines.training.policy import TorchPolicy
 
         config, ppo, device = context.config, context.config.ppo, context.device
@@ -169,16 +169,13 @@ class PPOStrategy:
             return town_seeds(seed * 1000 + episode[0] * ppo.rollout_towns, ppo.rollout_towns)
 
         world.reset(town_seeds(seed * 1000, ppo.rollout_towns))
-        parent = None
-        if self.init_checkpoint is not None:
-            model, record = load_checkpoint(self.init_checkpoint, world.spec, device.device)
-            parent = record.checkpoint_id
-        else:
-            model = PolicyNetwork(world.spec, config.model).to(device.device)
+        model, parent = model_for(world.spec, config.model, device.device, self.init_checkpoint)
         for source in (dataset, anchor):
             if source is not None and source.spec != world.spec:
                 raise TrainingError(f"ppo: dataset {source.directory} has another observation spec than the world")
         optimizer = torch.optim.Adam(model.parameters(), lr=ppo.learning_rate, eps=1e-5)
+        if self.resume and self.init_checkpoint is not None:
+            restore_optimizer(self.init_checkpoint, optimizer, device.device)
         scaler = torch.amp.GradScaler("cuda", enabled=device.amp)
         replay_stream = replay_rows(dataset, ppo.gamma, ppo.gae_lambda, seed) if dataset is not None else None
         anchor_stream = None
