@@ -53,7 +53,7 @@ def test_vector_env_spaces_masks_and_same_step_autoreset():
     env = TownletVectorEnv(make_config(SHORT), towns=2, seed=5)
     observations, _ = env.reset()
     assert env.num_envs == 8 and env.observation_space.contains(observations)
-    for tick in range(120):
+    for _ in range(120):
         masks = observations["action_mask"].astype(np.int8)
         actions = np.array([env.single_action_space.sample(mask=mask) for mask in masks])
         assert masks[np.arange(8), actions].all()  # masked actions are never sampled

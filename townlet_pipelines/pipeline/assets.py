@@ -140,7 +140,7 @@ def _dataset_checks(asset_name: str):
 
         dataset = ReplayDataset.open(latest_metadata(context, asset_name)["path"], verify="none")
         bad = {}
-        for index, entry in enumerate(dataset.manifest.shards):
+        for entry in dataset.manifest.shards:
             with np.load(dataset.directory / entry.path) as archive:
                 for name in ("rewards", "value_preds", "old_log_probs", "features"):
                     count = int((~np.isfinite(archive[name])).sum())

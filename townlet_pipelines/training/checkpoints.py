@@ -107,7 +107,7 @@ def read_record(directory: str | Path) -> CheckpointRecord:
 
 def load_checkpoint(directory: str | Path, expected_spec: ObservationSpec | None = None, device="cpu", optimizer=None):
     """(model, record); refuses a checkpoint whose spec differs from `expected_spec` or whose weights changed."""
-    torch = require_torch()
+    require_torch()
     from safetensors.torch import load_file
 
     from townlet_pipelines.training.model import PolicyNetwork

@@ -207,20 +207,20 @@ class TownWorld:
 
         # 4. Acquisition: the head of each free object's queue takes it (costs charged now).
         if s.queued.any():
-            self._acquire(s, t, tod, rows, reward, tel, events)
+            self._acquire(s, t, tod, reward, tel, events)
 
         # 5. Conflicts: an arrival still waiting was blocked by the holder.
         conflicts = self._conflicts(s, arrivals & s.queued, rows, tel, events)
 
         # 6. Use and completion of timed affordances.
-        self._use(s, t, rows, tel, events)
+        self._use(s, t, tel, events)
 
         # 7. Work, shifts, takeovers and late help.
-        self._work(s, tod, rows, reward, tel, events)
+        self._work(s, tod, reward, tel, events)
 
         # 8. Chat with an adjacent agent.
         if (actions == CHAT).any():
-            self._chat(s, t, actions == CHAT, rows, reward, tel, events)
+            self._chat(s, t, actions == CHAT, reward, tel, events)
 
         # 9. Needs decay, faints.
         s.needs = np.clip(s.needs - self.decay, 0.0, 1.0)
@@ -253,7 +253,7 @@ class TownWorld:
         )
 
     # ------------------------------------------------------------------ phases
-    def _acquire(self, s, t, tod, rows, reward, tel, events) -> None:
+    def _acquire(self, s, t, tod, reward, tel, events) -> None:
         """Queued agents with nobody ahead of them take their free object; only queued agents are examined."""
         world = self.config.world
         town, agent = np.nonzero(s.queued)
@@ -328,7 +328,7 @@ class TownWorld:
         tel["queue_conflict_intensity"] += np.bincount(town, weights=intensity, minlength=self.towns)
         return ConflictEvents(town=town, blocked=agent, blocker=by, queue_length=length, intensity=intensity)
 
-    def _use(self, s, t, rows, tel, events) -> None:
+    def _use(self, s, t, tel, events) -> None:
         timed = s.holding & (s.option != WORK)
         s.progress += timed
         town, agent = np.nonzero(timed & (s.progress >= self.duration[s.option]))
@@ -359,7 +359,7 @@ class TownWorld:
         done[town, agent] = True
         self._release(s, done)
 
-    def _work(self, s, tod, rows, reward, tel, events) -> None:
+    def _work(self, s, tod, reward, tel, events) -> None:
         world = self.config.world
         on_shift = (tod >= self.shift_start) & (tod < self.shift_end)  # (N,)
         working = s.holding & (s.option == WORK) & on_shift[None, :]
@@ -400,7 +400,7 @@ class TownWorld:
             s.arrived &= ~ending
             s.late &= ~ending
 
-    def _chat(self, s, t, chatting, rows, reward, tel, events) -> None:
+    def _chat(self, s, t, chatting, reward, tel, events) -> None:
         """Each chatting agent talks to its most familiar neighbour; only chatting agents are examined."""
         world, rewards, chat = self.config.world, self.config.rewards, self.config.world.chat
         town, agent = np.nonzero(chatting)
