@@ -54,8 +54,9 @@ def nightly(tiny_config, tmp_path_factory):
                           and "releases" in p.parts}
         failed = job.execute_in_process(run_config=run_config(tiny_config, root, "anneal: {bc_accuracy_threshold: 1.01}"),
                                         instance=instance, raise_on_error=False)
+        rerun = job.execute_in_process(run_config=run_config(tiny_config, root), instance=instance)
         yield {"instance": instance, "root": root, "first": first, "failed": failed, "release_before": release,
-               "promoted_files": promoted_files}
+               "promoted_files": promoted_files, "rerun": rerun}
 
 
 def test_definitions_hold_the_six_assets_the_guardrails_and_no_stray_assets():
@@ -127,7 +128,7 @@ def test_a_failed_guardrail_blocks_promotion_and_keeps_the_previous_release(nigh
              and "releases" in p.parts}
     assert files == nightly["promoted_files"]  # the promoted policy's files are untouched
     statuses = [event.get("status") for event in after["history"] if event.get("kind") == "evaluation"]
-    assert statuses[-1] == "FAIL"  # the failure was recorded as an evaluation
+    assert statuses == ["PASS", "FAIL", "PASS"]  # the failed run was recorded (and reset the streak)
 
 
 def test_schedule_requests_a_nightly_anneal_run():
@@ -192,3 +193,17 @@ def test_dagster_dev_serves_the_asset_graph(tmp_path):
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_a_rerun_with_unchanged_inputs_reuses_the_dataset_and_the_bc_stages(nightly):
+    def metadata(result, key):
+        event = next(e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key)
+        return {name: value.value for name, value in event.materialization.metadata.items()}
+
+    first, failed, rerun = nightly["first"], nightly["failed"], nightly["rerun"]
+    assert metadata(first, "replay_manifest")["reused"] is False
+    assert metadata(failed, "replay_manifest")["reused"] is True  # same data, another threshold
+    assert metadata(failed, "bc_checkpoint")["reused"] is False  # the threshold is part of BC's key
+    assert metadata(rerun, "bc_checkpoint")["reused"] is True
+    assert metadata(rerun, "bc_checkpoint")["checkpoint_id"] == metadata(first, "bc_checkpoint")["checkpoint_id"]
+    assert rerun.success

@@ -79,11 +79,16 @@ def replay_manifest(context: AssetExecutionContext, townlet: TownletResource) ->
     from townlet_pipelines.data.replay import ReplayDataset
     from townlet_pipelines.training.orchestrator import capture_expert
 
+    from townlet_pipelines.pipeline.cache import expert_dataset_key
+
     config = townlet.load_config()
-    result = capture_expert(config, _fresh(townlet.run_dir(context.run.run_id), "replay_manifest"))
-    dataset = ReplayDataset.open(result.path)
+    path = townlet.root() / "datasets" / f"expert-{expert_dataset_key(config)}"
+    reused = path.exists()  # datasets are immutable and built atomically: present means complete
+    if not reused:
+        capture_expert(config, path)
+    dataset = ReplayDataset.open(path)
     metadata = dataset_metadata(dataset)
-    metadata["capture_agent_ticks_per_sec"] = MetadataValue.float(result.agent_ticks_per_sec)
+    metadata["reused"] = reused
     return MaterializeResult(metadata=metadata, data_version=DataVersion(dataset.identity))
 
 
@@ -198,18 +203,27 @@ def _summarize_and_store(strategy, training, bc, ppo, out: Path):
 def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
     from townlet_pipelines.training.anneal import AnnealStrategy
 
-    dataset = latest_metadata(context, "replay_manifest")["path"]
+    import dataclasses
+    import shutil
+
+    from townlet_pipelines.data.files import atomic_write_text
+    from townlet_pipelines.pipeline.cache import bc_stages_key
+    from townlet_pipelines.training.anneal import StagesOutcome
+
+    dataset_meta = latest_metadata(context, "replay_manifest")
     run_dir = townlet.run_dir(context.run.run_id)
     training = townlet.training_context(context.run.run_id)
-    strategy = AnnealStrategy(dataset)
-    outcome = strategy.run_bc_stages(training)
-    record = run_dir / "bc_stages.json"
-    from townlet_pipelines.data.files import atomic_write_text
-
-    atomic_write_text(record, outcome.to_json())
+    strategy = AnnealStrategy(dataset_meta["path"])
+    cache = townlet.root() / "cache" / f"bc-{bc_stages_key(training.config, dataset_meta['dataset_identity'])}"
+    record = cache / "bc_stages.json"  # written last: its presence marks a complete entry
+    reused = record.exists()
+    if reused:
+        outcome = StagesOutcome.from_json(record.read_text())
+    else:
+        shutil.rmtree(cache, ignore_errors=True)  # an interrupted earlier attempt
+        outcome = strategy.run_bc_stages(dataclasses.replace(training, artifacts=cache))
+        atomic_write_text(record, outcome.to_json())
     if outcome.failed:  # the guardrail below fails this run; record the FAIL evaluation now
-        from townlet_pipelines.training.anneal import StagesOutcome
-
         empty = StagesOutcome([], [], outcome.checkpoint, outcome.checkpoint_id)
         _summarize_and_store(strategy, training, outcome, empty, run_dir / "anneal_summary.json")
     last = outcome.results[-1]
@@ -220,6 +234,7 @@ def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> M
             "path": MetadataValue.path(str(outcome.checkpoint or last.checkpoint_path)),
             "checkpoint_id": last.checkpoint_id,
             "failed": outcome.failed,
+            "reused": reused,
             "val_accuracy": MetadataValue.float(last.val_accuracy),
             "accuracy": MetadataValue.float(last.accuracy),
             "val_loss": MetadataValue.float(last.val_loss),
@@ -229,8 +244,8 @@ def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> M
             "device": last.device,
             "duration_sec": MetadataValue.float(sum(r.duration_sec for r in outcome.results)),
             "stages": MetadataValue.md(_stage_table(outcome.stages)),
-            "training_curve": MetadataValue.md(_curve(run_dir / "logs", "bc", ("loss", "accuracy", "val_loss",
-                                                                                "val_accuracy"))),
+            "training_curve": MetadataValue.md(_curve(cache / "logs", "bc", ("loss", "accuracy", "val_loss",
+                                                                             "val_accuracy"))),
         },
         data_version=DataVersion(last.checkpoint_id),
     )
