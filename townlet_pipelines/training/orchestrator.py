@@ -74,7 +74,12 @@ def run_ppo(context: TrainingContext, init_checkpoint: str | Path | None = None,
 
 
 def run_anneal(context: TrainingContext, dataset: str | Path) -> AnnealSummary:
-    return AnnealStrategy(dataset).run(context)
+    """Run the anneal and keep its summary in the run folder (`anneal_summary.json`), as the graph does."""
+    from townlet_pipelines.data.files import atomic_write_text
+
+    summary = AnnealStrategy(dataset).run(context)
+    atomic_write_text(context.artifacts / "anneal_summary.json", summary.model_dump_json(indent=2))
+    return summary
 
 
 @dataclass
