@@ -207,3 +207,15 @@ def test_a_rerun_with_unchanged_inputs_reuses_the_dataset_and_the_bc_stages(nigh
     assert metadata(rerun, "bc_checkpoint")["reused"] is True
     assert metadata(rerun, "bc_checkpoint")["checkpoint_id"] == metadata(first, "bc_checkpoint")["checkpoint_id"]
     assert rerun.success
+
+
+def test_training_assets_ask_for_a_gpu_and_share_one_pool():
+    from townlet_pipelines.pipeline.assets import bc_checkpoint, ppo_checkpoint, replay_manifest
+
+    for training_asset in (bc_checkpoint, ppo_checkpoint):
+        k8s = json.loads(training_asset.op.tags["dagster-k8s/config"])
+        assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert training_asset.op.pool == "gpu"
+    assert replay_manifest.op.pool is None  # capture is CPU work
+    instance_yaml = (ROOT / "dagster_home" / "dagster.yaml").read_text()
+    assert "default_limit: 1" in instance_yaml
