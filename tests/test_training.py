@@ -25,7 +25,7 @@ TINY = {
                   {"name": "late", "shift_start": 200, "shift_end": 290}]}},
     "model": {"conv_channels": [8, 16], "hidden": 64},
     "rollout": {"towns": 4, "ticks": 360, "shard_rows": 2048, "expert_noise": 0.0},
-    "bc": {"epochs": 4, "batch_size": 128, "learning_rate": 0.002},
+    "bc": {"epochs": 4, "batch_size": 128, "learning_rate": 0.002, "dagger_rounds": 1, "dagger_towns": 2},
     "ppo": {"rollout_towns": 2, "rollout_ticks": 32, "updates": 2, "minibatches": 2, "update_epochs": 2},
     "evaluation": {"seeds": [1000, 1001], "ticks": 120},
     "runtime": {"device": "cpu"},
@@ -65,7 +65,12 @@ def test_bc_learns_the_expert_far_above_chance(bc_run, expert_dataset):
     assert result.val_rows > 0 and result.train_rows > 0 and result.device == "cpu"
     logs = sorted((context.artifacts / "logs").glob("bc.*.jsonl"))
     entries = [json.loads(line) for path in logs for line in path.read_text().splitlines()]
-    assert [entry["epoch"] for entry in entries] == [0, 1, 2, 3]
+    assert [entry["phase"] for entry in entries] == ["expert 0", "expert 1", "expert 2", "expert 3", "dagger 1.0",
+                                                     "dagger 1.1", "expert refresh 1"]
+    # The DAgger round's rollouts were driven by the network and labelled by the expert.
+    own = ReplayDataset.open(Path(result.checkpoint_path).parent / "bc-dagger1")
+    assert own.manifest.generator.kind == "checkpoint" and result.dagger_rows == own.rows > 0
+    assert own.manifest.value_source == "policy"
 
 
 def test_checkpoint_round_trip_and_spec_refusal(bc_run, tmp_path):

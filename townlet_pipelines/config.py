@@ -292,6 +292,9 @@ class BCConfig(_Strict):
         10.0, ge=1, description="cross-entropy weight of decision rows (the expert starts or switches an "
         "option) relative to rows that merely continue one; 1 is plain BC")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="share of episodes held out for validation")
+    dagger_rounds: int = Field(2, ge=0, description="DAgger rounds after the epochs on the demonstrations")
+    dagger_epochs: int = Field(2, ge=1, description="epochs on each round's expert-labelled own rollouts")
+    dagger_towns: int = Field(8, ge=1, description="towns of each round's rollouts (rollout.ticks long)")
     seed: int = 0
 
 

@@ -59,6 +59,8 @@ class BCTrainingResult(_Record):
     train_rows: int
     val_rows: int
     seed: int
+    dagger_rounds: int = 0
+    dagger_rows: int = 0  # rows of the network's own rollouts labelled by the expert
     checkpoint_id: str | None = None
     checkpoint_path: str | None = None
 

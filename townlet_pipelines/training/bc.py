@@ -59,7 +59,13 @@ def bc_losses(model, batch: dict, value_coef: float, decision_weight: float = 1.
 
 @dataclass
 class BCStrategy:
-    """Train (or continue training) a policy on a replay dataset of expert demonstrations."""
+    """Train (or continue training) a policy on expert demonstrations, then `bc.dagger_rounds` of DAgger.
+
+    A DAgger round lets the current network drive the world (sampling its actions) and records the
+    expert's choice in every state it reaches (`expert_actions`), then trains on those rows and refreshes
+    on the demonstrations for one epoch. Plain cloning never sees the states its own small mistakes lead
+    to; DAgger shows them (docs/BENCHMARKS.md measures the difference in closed loop).
+    """
 
     dataset: str | Path
     init_checkpoint: str | Path | None = None
@@ -68,6 +74,7 @@ class BCStrategy:
     out: str | Path | None = None  # checkpoint directory; default <artifacts>/bc
     name: str = "bc"
     resume: bool = False  # also restore init_checkpoint's optimizer moments (continue, don't fine-tune)
+    dagger_rounds: int | None = None  # default: config.bc.dagger_rounds
 
     def run(self, context: TrainingContext) -> BCTrainingResult:
         torch = require_torch()
@@ -76,6 +83,7 @@ class BCStrategy:
         config, bc = context.config, context.config.bc
         device = context.device
         epochs = self.epochs or bc.epochs
+        rounds = bc.dagger_rounds if self.dagger_rounds is None else self.dagger_rounds
         dataset = ReplayDataset.open(self.dataset)
         train_episodes, val_episodes = dataset.split(bc.val_fraction, seed=bc.seed)
         torch.manual_seed(bc.seed)
@@ -83,49 +91,88 @@ class BCStrategy:
         optimizer = torch.optim.Adam(model.parameters(), lr=bc.learning_rate, weight_decay=bc.weight_decay)
         if self.resume and self.init_checkpoint is not None:
             restore_optimizer(self.init_checkpoint, optimizer, device.device)
-        scaler = torch.amp.GradScaler("cuda", enabled=device.amp)
+        trainer = _EpochTrainer(model, optimizer, context, self.bc_weight)
+        out = Path(self.out) if self.out is not None else context.artifacts / "bc"
         log = context.log(self.name)
         start = time.perf_counter()
-        train_rows = 0
-        progress = Progress(epochs, "bc", context.progress)
-        for epoch in range(epochs):
-            model.train()
-            totals = np.zeros(3)  # loss sum, correct, rows
-            for numpy_batch in dataset.iter_batches(bc.batch_size, seed=bc.seed + epoch, episodes=train_episodes):
-                batch = to_tensors(numpy_batch, device, BATCH_KEYS)
-                with torch.autocast(device_type=device.device.type, dtype=torch.float16, enabled=device.amp):
-                    loss, _, _, correct = bc_losses(model, batch, bc.value_coef, bc.decision_weight,
-                                                    option_columns(dataset.spec))
-                    loss = self.bc_weight * loss
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"bc: non-finite loss at epoch {epoch}; no checkpoint was written")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                rows = len(numpy_batch["expert_actions"])
-                totals += (float(loss.detach()) * rows, float(correct), rows)
-            train_rows = int(totals[2])
-            train_loss, train_accuracy = totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
-            val_loss, val_accuracy, val_rows = evaluate_bc(model, dataset, val_episodes, context, self.bc_weight)
-            entry = {"epoch": epoch, "loss": train_loss, "accuracy": train_accuracy, "val_loss": val_loss,
-                     "val_accuracy": val_accuracy, "rows": train_rows, "seconds": time.perf_counter() - start}
-            log.write(entry)
-            progress.update(1, acc=train_accuracy, val_acc=val_accuracy)
+        progress = Progress(epochs + rounds * (bc.dagger_epochs + 1), "bc", context.progress)
+        plan = [(dataset, train_episodes, f"expert {epoch}") for epoch in range(epochs)]
+        dagger_rows, step = 0, 0
+        for round_index in range(rounds + 1):
+            if round_index > 0:  # a DAgger round: the network's own states, labelled by the expert
+                own = self._capture_own(model, context, out.parent / f"{out.name}-dagger{round_index}", round_index)
+                dagger_rows += own.rows
+                plan = [(own, None, f"dagger {round_index}.{epoch}") for epoch in range(bc.dagger_epochs)]
+                plan.append((dataset, train_episodes, f"expert refresh {round_index}"))
+            for source, episodes, label in plan:
+                train_loss, train_accuracy, train_rows = trainer.epoch(source, episodes, seed=bc.seed + step)
+                val_loss, val_accuracy, val_rows = evaluate_bc(model, dataset, val_episodes, context, self.bc_weight)
+                log.write({"epoch": step, "phase": label, "loss": train_loss, "accuracy": train_accuracy,
+                           "val_loss": val_loss, "val_accuracy": val_accuracy, "rows": train_rows,
+                           "seconds": time.perf_counter() - start})
+                progress.update(1, acc=train_accuracy, val_acc=val_accuracy)
+                step += 1
         duration = time.perf_counter() - start
         metrics = {"accuracy": train_accuracy, "loss": train_loss, "val_accuracy": val_accuracy, "val_loss": val_loss}
-        out = Path(self.out) if self.out is not None else context.artifacts / "bc"
         record = save_checkpoint(
             out, model, "bc", config.model_dump(mode="json"), dataset.identity, parent, metrics, optimizer,
-            progress={"epochs": epochs},
+            progress={"epochs": epochs, "dagger_rounds": rounds},
         )
         return BCTrainingResult(
             accuracy=train_accuracy, loss=train_loss, val_accuracy=val_accuracy, val_loss=val_loss,
             learning_rate=bc.learning_rate, batch_size=bc.batch_size, epochs=epochs, weight_decay=bc.weight_decay,
             device=device.name, manifest=str(dataset.directory / "manifest.json"), dataset_identity=dataset.identity,
-            duration_sec=duration, samples_per_sec=train_rows * epochs / max(duration, 1e-9), train_rows=train_rows,
+            duration_sec=duration, samples_per_sec=trainer.rows / max(trainer.seconds, 1e-9), train_rows=train_rows,
             val_rows=val_rows, seed=bc.seed, checkpoint_id=record.checkpoint_id, checkpoint_path=str(out),
+            dagger_rounds=rounds, dagger_rows=dagger_rows,
         )
+
+    @staticmethod
+    def _capture_own(model, context: TrainingContext, out: Path, round_index: int) -> ReplayDataset:
+        torch = require_torch()
+        from townlet_pipelines.data.capture import capture
+        from townlet_pipelines.training.policy import TorchPolicy
+
+        config = context.config
+        seed = config.rollout.seed + 1000 * round_index + 1
+        torch.manual_seed(seed)
+        capture(config, TorchPolicy(model, context.device, greedy=False), config.bc.dagger_towns,
+                config.rollout.ticks, seed, out, shard_rows=config.rollout.shard_rows)
+        return ReplayDataset.open(out, verify="files")
+
+
+class _EpochTrainer:
+    """One pass of BC over a dataset's rows (all of them, or the given episodes)."""
+
+    def __init__(self, model, optimizer, context: TrainingContext, weight: float) -> None:
+        torch = require_torch()
+        self.model, self.optimizer, self.context, self.weight = model, optimizer, context, weight
+        self.scaler = torch.amp.GradScaler("cuda", enabled=context.device.amp)
+        self.rows, self.seconds = 0, 0.0
+
+    def epoch(self, dataset: ReplayDataset, episodes, seed: int) -> tuple[float, float, int]:
+        torch = require_torch()
+        bc, device = self.context.config.bc, self.context.device
+        columns = option_columns(dataset.spec)
+        self.model.train()
+        totals = np.zeros(3)  # loss sum, correct, rows
+        start = time.perf_counter()
+        for numpy_batch in dataset.iter_batches(bc.batch_size, seed=seed, episodes=episodes):
+            batch = to_tensors(numpy_batch, device, BATCH_KEYS)
+            with torch.autocast(device_type=device.device.type, dtype=torch.float16, enabled=device.amp):
+                loss, _, _, correct = bc_losses(self.model, batch, bc.value_coef, bc.decision_weight, columns)
+                loss = self.weight * loss
+            if not torch.isfinite(loss):
+                raise TrainingError("bc: non-finite loss; no checkpoint was written")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            rows = len(numpy_batch["expert_actions"])
+            totals += (float(loss.detach()) * rows, float(correct), rows)
+        self.seconds += time.perf_counter() - start
+        self.rows += int(totals[2])
+        return totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1), int(totals[2])
 
 
 def option_columns(spec) -> slice:
