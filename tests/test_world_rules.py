@@ -306,3 +306,18 @@ def test_ties_decay_each_day():
     np.testing.assert_allclose(env.state.rel[0, 0, 1], 0.5)
     env.step(act(env))
     np.testing.assert_allclose(env.state.rel[0, 0, 1], 0.5 * (1 - env.config.world.relationships.daily_decay))
+
+
+def test_an_optional_conflict_penalty_is_charged_to_the_blocked_agent():
+    plain, plain_result = _shower_race(0, older_agent=1)
+    env = make_world({"agents_per_town": 2, "objects": {"showers": 1}}, rewards={"queue_conflict_penalty": 0.1})
+    calm(env)
+    shower = env.layout.type_slots[2, 0]
+    ay, ax = env.layout.access_y[shower], env.layout.access_x[shower]
+    place(env, 1, ay, ax - 2)
+    place(env, 0, ay, ax + 1)
+    env.step(act(env, a1=SHOWER))
+    result = env.step(act(env, a0=SHOWER, a1=SHOWER))
+    assert result.conflicts.blocked.tolist() == [0]
+    assert result.rewards[0, 0] == pytest.approx(plain_result.rewards[0, 0] - 0.1, abs=1e-6)
+    assert result.rewards[0, 1] == pytest.approx(plain_result.rewards[0, 1], abs=1e-6)

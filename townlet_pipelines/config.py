@@ -238,6 +238,7 @@ class RewardConfig(_Strict):
     lateness_penalty: float = Field(0.10, ge=0)
     survival: float = 0.002
     faint_penalty: float = Field(1.0, ge=0)
+    queue_conflict_penalty: float = Field(0.0, ge=0, description="charged to a blocked agent per conflict")
     chat_base: float = 0.01
     chat_trust: float = 0.3
     chat_familiarity: float = 0.2
@@ -391,7 +392,7 @@ class RolloutConfig(_Strict):
 class EvaluationConfig(_Strict):
     """Fixed seeds on which every policy is scored, so scores compare across runs."""
 
-    seeds: tuple[int, ...] = (1000, 1001, 1002, 1003)
+    seeds: tuple[int, ...] = (1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007)
     ticks: int = Field(1440, ge=1)
     greedy: bool = True
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from townlet_pipelines.config import TownletConfig
@@ -68,6 +68,7 @@ class AnnealStrategy:
     dataset_label: str | None = None
     rollout_dataset: str | Path | None = None  # PPO's stored rows for replay/mixed; default: the expert's
     name: str = "anneal"
+    _expert_cache: dict | None = field(default=None, repr=False)
 
     def _label(self, context: TrainingContext) -> str:
         return self.dataset_label or context.config.anneal.dataset_label
@@ -99,10 +100,19 @@ class AnnealStrategy:
         if stored is not None:
             return {"loss": stored.loss_total, "queue_events": stored.queue_conflict_events,
                     "queue_intensity": stored.queue_conflict_intensity, "source": None}
-        metrics = ReplayDataset.open(self.dataset, verify="none").manifest.metrics
-        days = max(metrics.agent_days, 1e-9)
-        return {"loss": None, "queue_events": metrics.queue_conflict_events / days,
-                "queue_intensity": metrics.queue_conflict_intensity / days}
+        expert = self._expert_evaluation(context)
+        return {"loss": None, "queue_events": expert["queue_conflict_events_per_agent_day"],
+                "queue_intensity": expert["queue_conflict_intensity_per_agent_day"]}
+
+    def _expert_evaluation(self, context: TrainingContext) -> dict[str, float]:
+        """The dataset's generator — the scripted expert, without the capture's DART noise — scored on the
+        evaluation seeds exactly as a candidate is: the queue baselines of a first run."""
+        if self._expert_cache is None:
+            from townlet_pipelines.training.evaluation import evaluate
+            from townlet_pipelines.world.policies import ScriptedExpert
+
+            self._expert_cache = evaluate(context.config, ScriptedExpert(context.config.expert).act)
+        return self._expert_cache
 
     def run_ppo_stages(self, context: TrainingContext, bc: StagesOutcome) -> StagesOutcome:
         anneal = context.config.anneal

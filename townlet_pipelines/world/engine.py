@@ -211,6 +211,7 @@ class TownWorld:
 
         # 5. Conflicts: an arrival still waiting was blocked by the holder.
         conflicts = self._conflicts(s, arrivals & s.queued, rows, tel, events)
+        reward[conflicts.town, conflicts.blocked] -= self.config.rewards.queue_conflict_penalty
 
         # 6. Use and completion of timed affordances.
         self._use(s, t, tel, events)
