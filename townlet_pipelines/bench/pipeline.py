@@ -43,8 +43,10 @@ def main(args) -> None:
             dagster, log = _timed([str(bin_dir / "dagster"), "job", "execute", "-m",
                                    "townlet_pipelines.pipeline.definitions", "-j", "nightly_anneal"], env)
             steps = {}
-            for name, value, unit in re.findall(r'Finished execution of step "([a-z_]+)" in ([0-9.]+)(ms|s)', log):
-                steps[name] = steps.get(name, 0.0) + float(value) / (1000 if unit == "ms" else 1)
+            pattern = r'Finished execution of step "([a-z_]+)" in (?:(\d+)m ?)?([0-9.]+)(ms|s)'
+            for name, minutes, value, unit in re.findall(pattern, log):
+                seconds = float(value) / (1000 if unit == "ms" else 1) + 60 * int(minutes or 0)
+                steps[name] = steps.get(name, 0.0) + seconds
             extra = steps.get("rollout_dataset", 0.0) + sum(v for k, v in steps.items() if k.startswith(
                 ("replay_manifest_", "rollout_dataset_")))
             print(f"profile {profile}: CLI `townlet train anneal` {cli:.1f} s; Dagster `nightly_anneal` {dagster:.1f} s "
