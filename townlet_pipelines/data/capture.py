@@ -152,6 +152,7 @@ def capture(
     shards: list[dict] = []  # pending shards: rows in memory until values are known
     current: dict[str, list[np.ndarray]] = {}
     labeler = ScriptedExpert(config.expert)  # every row also carries the expert's choice (BC's label)
+    action_counts = np.zeros(NUM_ACTIONS, dtype=np.int64)
     town_index = np.repeat(np.arange(towns, dtype=np.int32), config.world.agents_per_town)
     agent_index = np.tile(np.arange(config.world.agents_per_town, dtype=np.int16), towns)
 
@@ -175,6 +176,7 @@ def capture(
             }
             if observation.map is not None:
                 row["map"] = observation.map.reshape(agents, *observation.map.shape[2:])
+            action_counts += np.bincount(row["actions"].astype(np.int64), minlength=NUM_ACTIONS)
             result = world.step(output.actions)
             rewards_all[t] = result.rewards.reshape(-1)
             dones_all[t] = result.dones.reshape(-1) | result.truncated
@@ -236,7 +238,6 @@ def capture(
         telemetry = FileEntry(path=TELEMETRY_FILE, sha256=sha256_file(directory / TELEMETRY_FILE),
                               bytes=(directory / TELEMETRY_FILE).stat().st_size, rows=len(table))
 
-        actions = np.concatenate([s for s in _actions_of(directory, entries)])
         manifest = ReplayManifest(
             observation=world.spec,
             world_config_hash=config.world_hash(),
@@ -256,22 +257,15 @@ def capture(
             value_source=value_source,
             shards=entries,
             telemetry=telemetry,
-            metrics=dataset_metrics(rewards_all, table, actions, config.world.day_ticks),
+            metrics=dataset_metrics(rewards_all, table, action_counts, config.world.day_ticks),
         )
         (directory / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
     return CaptureResult(path=Path(out), manifest=manifest, identity=manifest.identity(),
                          seconds=time.perf_counter() - start)
 
 
-def _actions_of(directory: Path, entries: list[ShardEntry]):
-    for entry in entries:
-        with np.load(directory / entry.path) as archive:
-            yield archive["actions"]
-
-
-def dataset_metrics(rewards: np.ndarray, telemetry: pd.DataFrame, actions: np.ndarray, day_ticks: int) -> DatasetMetrics:
+def dataset_metrics(rewards: np.ndarray, telemetry: pd.DataFrame, counts: np.ndarray, day_ticks: int) -> DatasetMetrics:
     total = telemetry.sum(numeric_only=True)
-    counts = np.bincount(actions.astype(np.int64), minlength=NUM_ACTIONS)
     return DatasetMetrics(
         samples=int(rewards.size),
         agent_days=float(rewards.size / day_ticks),
