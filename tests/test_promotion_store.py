@@ -86,3 +86,49 @@ def test_baselines_persist_per_label_with_history(tmp_path):
     with pytest.raises(StateFileError, match="baselines.json"):
         again.accept("expert", 0.1, 0.1, 0.1, source="x")
     assert again.path.read_text() == "not json"
+
+
+def test_non_finite_metrics_unknown_fields_and_versions_are_refused(tmp_path):
+    import json
+
+    store = PromotionStore(tmp_path)
+    with pytest.raises(ValueError, match="not finite"):
+        store.record_evaluation("c", "PASS", {"x": float("nan")})
+    with pytest.raises(ValueError, match="not finite"):
+        BaselineStore(tmp_path).accept("expert", float("inf"), 0.1, 0.1, source="x")
+    store.record_evaluation("c", "PASS", {"x": 1.0})
+    assert store.status().pass_streak == 1  # the refused calls wrote nothing
+    data = json.loads(store.path.read_text())
+    data["future_field"] = 1
+    store.path.write_text(json.dumps(data))
+    with pytest.raises(StateFileError, match="promotion.json"):
+        store.status()
+    del data["future_field"]
+    data["schema_version"] = 2
+    store.path.write_text(json.dumps(data))
+    with pytest.raises(StateFileError, match="schema_version 2 is not supported"):
+        store.status()
+
+
+def test_readiness_follows_the_required_passes_of_the_store_that_reads_it(tmp_path):
+    PromotionStore(tmp_path, required_passes=2).record_evaluation("c", "PASS")
+    PromotionStore(tmp_path, required_passes=2).record_evaluation("c", "PASS")
+    assert PromotionStore(tmp_path, required_passes=2).status().ready
+    stricter = PromotionStore(tmp_path, required_passes=3)
+    assert not stricter.status().ready and stricter.status().state == "monitoring"
+    with pytest.raises(PromotionError):
+        stricter.promote("c", "abc")
+
+
+def test_an_orphaned_release_copy_is_replaced(tmp_path):
+    store = PromotionStore(tmp_path, required_passes=1)
+    store.record_evaluation("c", "PASS")
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "weights.safetensors").write_bytes(b"new")
+    orphan = tmp_path / "releases" / "r0001-abc"
+    orphan.mkdir(parents=True)
+    (orphan / "stale").write_text("left by a failed write")
+    release = store.promote("c", "abc", path=checkpoint)
+    assert release.release_id == "r0001-abc"
+    assert sorted(p.name for p in orphan.iterdir()) == ["weights.safetensors"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from townlet_pipelines.data.state_file import locked_state, read_state
 
@@ -17,7 +17,7 @@ BASELINES_SCHEMA_VERSION = 1
 
 
 class Baseline(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     loss_total: float
     queue_conflict_events: float  # per agent-day on the evaluation seeds
@@ -27,8 +27,17 @@ class Baseline(BaseModel):
 
 
 class BaselineFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     schema_version: int = BASELINES_SCHEMA_VERSION
     labels: dict[str, list[Baseline]] = Field(default_factory=dict)  # oldest first; the last is current
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known(cls, version: int) -> int:
+        if version != BASELINES_SCHEMA_VERSION:
+            raise ValueError(f"schema_version {version} is not supported (this version reads {BASELINES_SCHEMA_VERSION})")
+        return version
 
 
 class BaselineStore:
@@ -49,6 +58,11 @@ class BaselineStore:
 
     def accept(self, label: str, loss_total: float, queue_conflict_events: float, queue_conflict_intensity: float,
                source: str) -> Baseline:
+        from townlet_pipelines.data.promotion import finite_metrics
+
+        values = finite_metrics({"loss_total": loss_total, "queue_conflict_events": queue_conflict_events,
+                                 "queue_conflict_intensity": queue_conflict_intensity}, f"baseline {label}")
+        loss_total, queue_conflict_events, queue_conflict_intensity = values.values()
         baseline = Baseline(loss_total=loss_total, queue_conflict_events=queue_conflict_events,
                             queue_conflict_intensity=queue_conflict_intensity, source=source,
                             accepted_at=datetime.now(timezone.utc).isoformat())

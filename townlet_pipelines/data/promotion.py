@@ -11,12 +11,13 @@ append-only. State is one JSON file, `promotion.json`, replaced atomically under
 
 from __future__ import annotations
 
+import math
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from townlet_pipelines.data.state_file import locked_state, read_state
 
@@ -32,8 +33,17 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+def finite_metrics(metrics: dict | None, where: str) -> dict[str, float]:
+    """Metrics as floats; NaN or infinity is refused (JSON cannot hold them and the file would stop parsing)."""
+    out = {key: float(value) for key, value in (metrics or {}).items()}
+    bad = [key for key, value in out.items() if not math.isfinite(value)]
+    if bad:
+        raise ValueError(f"{where}: metrics {bad} are not finite")
+    return out
+
+
 class Release(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     release_id: str
     candidate_id: str
@@ -47,7 +57,7 @@ class Release(BaseModel):
 
 
 class Event(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["evaluation", "promotion", "rollback", "failure"]
     at: str
@@ -62,6 +72,8 @@ class Event(BaseModel):
 
 
 class PromotionState(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, never silently dropped
+
     schema_version: int = PROMOTION_SCHEMA_VERSION
     candidate_id: str | None = None
     pass_streak: int = 0
@@ -69,6 +81,13 @@ class PromotionState(BaseModel):
     current_release_id: str | None = None
     releases: list[Release] = Field(default_factory=list)
     history: list[Event] = Field(default_factory=list)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known(cls, version: int) -> int:
+        if version != PROMOTION_SCHEMA_VERSION:
+            raise ValueError(f"schema_version {version} is not supported (this version reads {PROMOTION_SCHEMA_VERSION})")
+        return version
 
 
 class PromotionStatus(BaseModel):
@@ -95,12 +114,19 @@ class PromotionStore:
         self.root, self.required_passes = Path(root), required_passes
         self.path = self.root / self.FILE
 
+    def _state(self, state: PromotionState) -> State:
+        """Readiness follows the streak and *this* store's required_passes, whatever was stored."""
+        if state.pass_streak >= self.required_passes:
+            return "ready"
+        return "promoted" if state.state == "promoted" else "monitoring"
+
     def _snapshot(self, state: PromotionState) -> PromotionStatus:
         current = next((r for r in state.releases if r.release_id == state.current_release_id), None)
         evaluations = [event for event in state.history if event.kind == "evaluation"]
+        effective = self._state(state)
         return PromotionStatus(
-            state=state.state, candidate_id=state.candidate_id, pass_streak=state.pass_streak,
-            required_passes=self.required_passes, ready=state.state == "ready", current_release=current,
+            state=effective, candidate_id=state.candidate_id, pass_streak=state.pass_streak,
+            required_passes=self.required_passes, ready=effective == "ready", current_release=current,
             releases=len(state.releases), last_evaluations=evaluations[-5:],
         )
 
@@ -125,7 +151,7 @@ class PromotionStore:
             state.state = "ready" if streak >= self.required_passes else "monitoring"
             state.history.append(Event(
                 kind="evaluation", at=_now(), candidate_id=candidate_id, status=status, pass_streak=streak,
-                metrics={k: float(v) for k, v in (metrics or {}).items()},
+                metrics=finite_metrics(metrics, "record_evaluation"),
                 checkpoint={k: (None if v is None else str(v)) for k, v in (checkpoint or {}).items()}, note=note,
             ))
             return self._snapshot(state)
@@ -139,7 +165,7 @@ class PromotionStore:
             if first_release:
                 if state.releases:
                     raise PromotionError(f"{self.path}: a first release exists already ({state.releases[0].release_id})")
-            elif state.state != "ready" or state.candidate_id != candidate_id:
+            elif self._state(state) != "ready" or state.candidate_id != candidate_id:
                 raise PromotionError(
                     f"candidate {candidate_id} is not ready: state {state.state}, candidate {state.candidate_id}, "
                     f"pass streak {state.pass_streak}/{self.required_passes}")
@@ -147,7 +173,7 @@ class PromotionStore:
             stored = self._store_checkpoint(release_id, path) if path else None
             release = Release(
                 release_id=release_id, candidate_id=candidate_id, checkpoint_id=checkpoint_id, path=stored,
-                hashes=dict(hashes or {}), metrics={k: float(v) for k, v in (metrics or {}).items()},
+                hashes=dict(hashes or {}), metrics=finite_metrics(metrics, "promote"),
                 previous_release_id=state.current_release_id, promoted_at=_now(), first_release=first_release,
             )
             state.releases.append(release)
@@ -160,6 +186,8 @@ class PromotionStore:
     def _store_checkpoint(self, release_id: str, source: str | Path) -> str:
         """Copy the checkpoint next to the state: a release never depends on a run folder."""
         target = self.root / "releases" / release_id
+        if target.exists():  # no release names it yet (we hold the lock): a copy left by a failed write
+            shutil.rmtree(target)
         temporary = target.with_name(f".{release_id}.tmp")
         shutil.rmtree(temporary, ignore_errors=True)
         shutil.copytree(source, temporary)

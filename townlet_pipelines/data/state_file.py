@@ -26,7 +26,11 @@ def read_state(path: Path, model: type[Model]) -> Model:
         return model()
     try:
         return model.model_validate_json(path.read_text())
-    except (ValidationError, ValueError, UnicodeDecodeError) as error:
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+                             for item in error.errors()[:3])
+        raise StateFileError(f"{path}: unreadable state file, left untouched ({problems})") from None
+    except (ValueError, UnicodeDecodeError) as error:
         raise StateFileError(f"{path}: unreadable state file, left untouched ({str(error).splitlines()[0]})") from None
 
 
