@@ -170,3 +170,11 @@ def test_incremental_tie_features_equal_a_fresh_computation():
     world.state.tie[0, 0, 1] = True
     np.testing.assert_array_equal(world.observer.features(world.state),
                                   ObservationBuilder(config, world.layout).features(world.state))
+
+
+def test_negative_seeds_are_refused_with_a_clear_error():
+    world = TownWorld(TownletConfig(), 2)
+    with pytest.raises(ValueError, match="non-negative"):
+        world.reset(-1)
+    with pytest.raises(ValueError, match="non-negative"):
+        world.reset(np.array([3, -4]))

@@ -1,110 +1,138 @@
-"""Standard interfaces over the batched world, for other RL code: PettingZoo and Gymnasium.
+"""Standard RL interfaces over the batched world: a PettingZoo `ParallelEnv` and a Gymnasium `VectorEnv`.
 
-Both are thin: every step is one `TownWorld.step` over all agents. They need the optional extra
+Both are thin: each call is one `TownWorld.step` over every agent at once, so the rules live only in the
+engine, and the trajectories are the raw world's. They need the optional extra
 `pip install townlet-pipelines[envs]`; the world itself never imports either library.
-
-Faints. The world respawns a fainted agent in place (the town goes on), which the two APIs express
-differently:
-- PettingZoo: a faint *terminates* that agent for the rest of the episode; it leaves `agents`, and its
-  respawned body in the world plays `wait` from then on.
-- Gymnasium (autoreset mode SAME_STEP): a faint is `terminated=True` and the observation returned is
-  already the respawned agent's (its reset). The terminal observation is not kept: a terminal state is
-  never bootstrapped, so learners do not need it. At the episode's time limit every agent is truncated,
-  the world resets within the same step, and `infos["final_obs"]` holds the last observations.
 """
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 try:
-    import gymnasium
     from gymnasium import spaces
     from gymnasium.vector import AutoresetMode, VectorEnv
     from gymnasium.vector.utils import batch_space
     from pettingzoo import ParallelEnv
-except ImportError as error:  # pragma: no cover - exercised only without the extra
+except ImportError as error:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "townlet_pipelines.world.adapters needs gymnasium and pettingzoo: pip install 'townlet-pipelines[envs]'"
+        "townlet_pipelines.world.adapters needs gymnasium>=1.1 and pettingzoo: "
+        "pip install 'townlet-pipelines[envs]'"
     ) from error
 
 from townlet_pipelines.config import TownletConfig
-from townlet_pipelines.world.actions import NUM_ACTIONS, WAIT
-from townlet_pipelines.world.engine import Observation, TownWorld, town_seeds
-from townlet_pipelines.world.observations import ObservationSpec
+from townlet_pipelines.world.actions import NUM_ACTIONS
+from townlet_pipelines.world.engine import TELEMETRY_KEYS, TownWorld, town_seeds
+from townlet_pipelines.world.observations import Observation, ObservationSpec
 from townlet_pipelines.world.render import render_town
 
 
-def agent_observation_space(spec: ObservationSpec) -> spaces.Dict:
-    """One agent's observation: the map (unless compact), the features and the action mask."""
-    parts = {
-        "features": spaces.Box(-np.inf, np.inf, (spec.feature_dim,), np.float32),
-        "action_mask": spaces.MultiBinary(NUM_ACTIONS),
-    }
-    if spec.map_shape is not None:
-        parts["map"] = spaces.Box(0, 255, spec.map_shape, np.uint8)
-    return spaces.Dict(parts)
+def agent_observation_space(spec: ObservationSpec) -> spaces.Space:
+    """One agent's observation: `Dict(map, features)` for `hybrid`/`full`, the feature `Box` for `compact`."""
+    features = spaces.Box(-np.inf, np.inf, (spec.feature_dim,), np.float32)
+    if spec.map_shape is None:
+        return features
+    return spaces.Dict({"map": spaces.Box(0, 255, spec.map_shape, np.uint8), "features": features})
 
 
-def _rows(observation: Observation, mask: np.ndarray) -> dict[str, np.ndarray]:
-    """(towns, agents, ...) arrays flattened to one row per agent."""
-    rows = len(observation.features.reshape(-1, observation.features.shape[-1]))
-    out = {"features": observation.features.reshape(rows, -1), "action_mask": mask.reshape(rows, -1).astype(np.int8)}
-    if observation.map is not None:
-        out["map"] = observation.map.reshape(rows, *observation.map.shape[2:])
-    return out
+def _per_agent_rows(observation: Observation) -> np.ndarray | dict[str, np.ndarray]:
+    """(towns, agents, ...) arrays as one row per agent, in the layout of `agent_observation_space` (views)."""
+    features = observation.features.reshape(-1, observation.features.shape[-1])
+    if observation.map is None:
+        return features
+    return {"map": observation.map.reshape(-1, *observation.map.shape[2:]), "features": features}
+
+
+class _Episodes:
+    """Town seeds per episode: after `reset(seed=s)` episode e plays `town_seeds(s + e * towns)`.
+
+    So every episode of every town can be replayed alone on a raw `TownWorld`; a reset without a seed goes
+    on to the next episode rather than replaying the last one (from s = 0 if no seed was ever given).
+    """
+
+    def __init__(self, towns: int) -> None:
+        self.towns, self.base, self.episode = towns, 0, -1
+
+    def next(self, seed: int | None) -> np.ndarray:
+        if seed is not None:
+            self.base, self.episode = int(seed), -1
+        self.episode += 1
+        return town_seeds(self.base + self.episode * self.towns, self.towns)
 
 
 class TownletParallelEnv(ParallelEnv):
-    """One town as a PettingZoo parallel environment; agents are `agent_0` ... `agent_{N-1}`."""
+    """One town as a PettingZoo parallel environment; agents are `agent_0` ... `agent_{N-1}`.
+
+    Faints do not terminate. The world respawns a fainted agent at home and the town goes on, so nobody
+    leaves `agents`: `terminations` stay False and the faint shows as `infos[agent]["fainted"] = True` plus
+    the faint penalty in that tick's reward. (A PettingZoo termination removes the agent for the rest of
+    the episode, which would leave a body in the town that no policy drives, and would make this env's
+    trajectories differ from the world's.) A learner that treats a faint as the end of a life, as this
+    project's PPO does, cuts bootstrapping on `infos[agent]["fainted"]`.
+
+    Every agent is truncated together at the episode's last tick (or after `max_ticks` steps, if sooner;
+    the `episode_progress` feature still counts toward the configured episode), and `agents` empties.
+    The action mask is `infos[agent]["action_mask"]` (int8, 1 = allowed); the world plays a masked action
+    as `wait` and counts it in the town-wide `infos[agent]["telemetry"]["invalid_actions"]`.
+    Seeds: `reset(seed=s)` plays town seed s, a later `reset()` the next seed (s + 1, ...).
+    """
 
     metadata = {"name": "townlet_v1", "render_modes": ["ansi"], "is_parallelizable": True}
 
-    def __init__(self, config: TownletConfig | None = None, render_mode: str | None = None,
-                 max_ticks: int | None = None) -> None:
+    def __init__(self, config: TownletConfig | None = None, max_ticks: int | None = None,
+                 render_mode: str | None = None) -> None:
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode: {render_mode!r} is not one of {self.metadata['render_modes']}")
         self.config = config or TownletConfig()
-        self.world = TownWorld(self.config, 1)
+        self.world = TownWorld(self.config, towns=1)
+        self.max_ticks = min(max_ticks or self.config.world.episode_ticks, self.config.world.episode_ticks)
         self.render_mode = render_mode
-        self.max_ticks = max_ticks or self.config.world.episode_ticks
         self.possible_agents = [f"agent_{index}" for index in range(self.world.agents)]
         self.agents: list[str] = []
-        self._index = {name: index for index, name in enumerate(self.possible_agents)}
-        self._ticks = 0
+        self.observation_spaces = {agent: agent_observation_space(self.world.spec) for agent in self.possible_agents}
+        self.action_spaces = {agent: spaces.Discrete(NUM_ACTIONS) for agent in self.possible_agents}
+        self._episodes = _Episodes(towns=1)
 
-    @functools.lru_cache(maxsize=None)
-    def observation_space(self, agent: str) -> spaces.Dict:
-        return agent_observation_space(self.world.spec)
+    def observation_space(self, agent: str) -> spaces.Space:
+        return self.observation_spaces[agent]
 
-    @functools.lru_cache(maxsize=None)
     def action_space(self, agent: str) -> spaces.Discrete:
-        return spaces.Discrete(NUM_ACTIONS)
+        return self.action_spaces[agent]
 
-    def _observe(self) -> dict[str, dict[str, np.ndarray]]:
-        rows = _rows(self.world.observation, self.world.action_mask)
-        return {agent: {key: value[self._index[agent]] for key, value in rows.items()} for agent in self.agents}
+    def _observations(self) -> dict:
+        rows = _per_agent_rows(self.world.observation)
+        if isinstance(rows, dict):
+            return {agent: {key: value[i] for key, value in rows.items()} for i, agent in enumerate(self.agents)}
+        return dict(zip(self.agents, rows))
+
+    def _infos(self, fainted: np.ndarray, telemetry: dict[str, float]) -> dict:
+        masks = self.world.action_mask[0].astype(np.int8)
+        return {agent: {"action_mask": masks[i], "fainted": bool(fainted[i]), "telemetry": dict(telemetry)}
+                for i, agent in enumerate(self.agents)}
 
     def reset(self, seed: int | None = None, options: dict | None = None):
-        self.world.reset(np.array([0 if seed is None else seed], dtype=np.uint64))
+        self.world.reset(self._episodes.next(seed))
         self.agents = list(self.possible_agents)
         self._ticks = 0
-        return self._observe(), {agent: {} for agent in self.agents}
+        return self._observations(), self._infos(np.zeros(self.world.agents, bool), dict.fromkeys(TELEMETRY_KEYS, 0.0))
 
     def step(self, actions: dict[str, int]):
-        chosen = np.full((1, self.world.agents), WAIT, dtype=np.int64)
-        for agent, action in actions.items():
-            chosen[0, self._index[agent]] = int(action)
-        result = self.world.step(chosen)
+        if not self.agents:
+            raise RuntimeError("the episode is over: call reset() before step()")
+        result = self.world.step(np.array([[actions[agent] for agent in self.agents]], dtype=np.int64))
         self._ticks += 1
         truncated = result.truncated or self._ticks >= self.max_ticks
-        observations = self._observe()
-        rewards = {agent: float(result.rewards[0, self._index[agent]]) for agent in self.agents}
-        terminations = {agent: bool(result.dones[0, self._index[agent]]) for agent in self.agents}
-        truncations = {agent: truncated for agent in self.agents}
-        infos = {agent: {"telemetry": {k: float(v[0]) for k, v in result.telemetry.items()}} for agent in self.agents}
-        self.agents = [agent for agent in self.agents if not (terminations[agent] or truncated)]
-        return observations, rewards, terminations, truncations, infos
+        telemetry = {key: float(value[0]) for key, value in result.telemetry.items()}
+        out = (
+            self._observations(),
+            dict(zip(self.agents, result.rewards[0].tolist())),
+            dict.fromkeys(self.agents, False),
+            dict.fromkeys(self.agents, truncated),
+            self._infos(result.dones[0], telemetry),
+        )
+        if truncated:
+            self.agents = []
+        return out
 
     def render(self) -> str | None:
         return render_town(self.world, 0) if self.render_mode == "ansi" else None
@@ -114,11 +142,31 @@ class TownletParallelEnv(ParallelEnv):
 
 
 class TownletVectorEnv(VectorEnv):
-    """Every agent of a batch of towns as one sub-environment: `num_envs = towns x agents_per_town`."""
+    """Every agent of a batch of towns as one sub-environment: `num_envs = towns * agents_per_town`.
 
-    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+    Sub-environment `t * agents_per_town + i` is agent i of town t; actions of shape (num_envs,) become
+    one (towns, agents) `TownWorld.step`.
 
-    def __init__(self, config: TownletConfig | None = None, towns: int = 1, seed: int = 0) -> None:
+    Autoreset is Gymnasium's NEXT_STEP (`metadata["autoreset_mode"]`): the step that plays the episode's
+    last tick returns its observations with every `truncations` True; the next `step` ignores its actions,
+    resets the world (the next episode's seeds) and returns the first observations, zero rewards and no
+    dones. NEXT_STEP rather than SAME_STEP because Gymnasium's vector observation wrappers refuse SAME_STEP.
+
+    Faints need no reset: `terminations[i]` is True on the tick agent i faints, but the world has already
+    respawned it, so that step's observation is the respawned agent's first and the next step is an
+    ordinary one. The terminal observation itself does not exist (a terminal state is never bootstrapped,
+    so learners do not need it). NEXT_STEP-aware code such as `RecordEpisodeStatistics` (which counts a
+    life as an episode) takes the tick after a faint for a reset step and leaves it out of its statistics.
+
+    Infos: `action_mask` (num_envs, 11) int8, and `telemetry`, a dict of (num_envs,) arrays holding each
+    agent's *town* counts, repeated for the town's agents so that every info array is per sub-environment
+    (as `DictInfoToList` requires): sum over towns with `[::agents_per_town]`, not over all entries.
+    Seeds: `reset(seed=s)` plays `town_seeds(s, towns)`, the e-th episode after it `town_seeds(s + e * towns)`.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def __init__(self, config: TownletConfig | None = None, towns: int = 1) -> None:
         self.config = config or TownletConfig()
         self.world = TownWorld(self.config, towns)
         self.num_envs = towns * self.world.agents
@@ -126,54 +174,26 @@ class TownletVectorEnv(VectorEnv):
         self.single_action_space = spaces.Discrete(NUM_ACTIONS)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self._seed = seed
-        self._episode = 0
+        self._episodes = _Episodes(towns)
+        self._autoreset = False
+
+    def _infos(self, mask: np.ndarray, telemetry: dict[str, np.ndarray] | None) -> dict:
+        towns, agents = self.world.towns, self.world.agents
+        telemetry = telemetry or {key: np.zeros(towns) for key in TELEMETRY_KEYS}
+        return {"action_mask": mask.reshape(self.num_envs, NUM_ACTIONS).astype(np.int8),
+                "telemetry": {key: np.repeat(value, agents) for key, value in telemetry.items()}}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if seed is not None:
-            self._seed = seed
-        self._episode = 0
-        observation, mask = self.world.reset(town_seeds(self._seed, self.world.towns))
-        return _rows(observation, mask), {}
+        self._autoreset = False
+        observation, mask = self.world.reset(self._episodes.next(seed))
+        return _per_agent_rows(observation), self._infos(mask, None)
 
     def step(self, actions):
-        actions = np.asarray(actions, dtype=np.int64).reshape(self.world.towns, self.world.agents)
-        result = self.world.step(actions)
-        observations = _rows(result.observation, result.action_mask)
-        terminations = result.dones.reshape(-1).copy()
-        truncations = np.full(self.num_envs, result.truncated)
-        infos = {"telemetry": result.telemetry}
-        if result.truncated:  # SAME_STEP autoreset: hand back the next episode's first observations
-            infos["final_obs"] = observations
-            self._episode += 1
-            observation, mask = self.world.reset(
-                town_seeds(self._seed + self._episode * self.world.towns, self.world.towns))
-            observations = _rows(observation, mask)
-        return observations, result.rewards.reshape(-1).copy(), terminations, truncations, infos
-
-
-def single_agent_env(config: TownletConfig | None = None, seed: int = 0) -> gymnasium.Env:
-    """A one-agent town as a plain `gymnasium.Env`, so Gymnasium's own `check_env` can inspect it."""
-    config = config or TownletConfig()
-    world_config = config.world.model_copy(update={"agents_per_town": 1})
-    return _SingleAgentEnv(config.model_copy(update={"world": world_config}), seed)
-
-
-class _SingleAgentEnv(gymnasium.Env):
-    metadata = {"render_modes": ["ansi"]}
-
-    def __init__(self, config: TownletConfig, seed: int) -> None:
-        self.vector = TownletVectorEnv(config, towns=1, seed=seed)
-        self.observation_space = self.vector.single_observation_space
-        self.action_space = self.vector.single_action_space
-        self.render_mode = None
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        observations, _ = self.vector.reset(seed=seed)
-        return {key: value[0] for key, value in observations.items()}, {}
-
-    def step(self, action):
-        observations, rewards, terminations, truncations, infos = self.vector.step(np.array([action]))
-        return ({key: value[0] for key, value in observations.items()}, float(rewards[0]), bool(terminations[0]),
-                bool(truncations[0]), {})
+        if self._autoreset:
+            observations, infos = self.reset()
+            no = np.zeros(self.num_envs, dtype=bool)
+            return observations, np.zeros(self.num_envs, dtype=np.float32), no, no.copy(), infos
+        result = self.world.step(np.asarray(actions).reshape(self.world.towns, self.world.agents))
+        self._autoreset = result.truncated
+        return (_per_agent_rows(result.observation), result.rewards.reshape(-1), result.dones.reshape(-1),
+                np.full(self.num_envs, result.truncated), self._infos(result.action_mask, result.telemetry))

@@ -103,8 +103,13 @@ class TownWorld:
     def reset(self, seeds: Sequence[int] | np.ndarray | int = 0) -> tuple[Observation, np.ndarray]:
         """Start every town afresh. An int seed gives town k the seed `seed + k`."""
         if isinstance(seeds, (int, np.integer)):
+            if seeds < 0:
+                raise ValueError(f"seeds: a seed must be a non-negative integer, got {seeds}")
             seeds = town_seeds(int(seeds), self.towns)
-        seeds = np.asarray(seeds, dtype=np.uint64)
+        raw = np.asarray(seeds)
+        if raw.dtype.kind not in "ui" or (raw.dtype.kind == "i" and (raw < 0).any()):
+            raise ValueError(f"seeds: expected non-negative integers, got {raw.dtype} {raw.tolist()[:4]}")
+        seeds = raw.astype(np.uint64)
         if seeds.shape != (self.towns,):
             raise ValueError(f"seeds: expected {self.towns} seeds, got shape {seeds.shape}")
         self.state = initial_state(self.config.world, self.layout, seeds)
