@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from townlet_pipelines.data.state_file import locked_state, read_state
+from townlet_pipelines.data.state_file import StateModel, finite_metrics, locked_state, read_state
 
 BASELINES_SCHEMA_VERSION = 1
 
@@ -26,18 +26,10 @@ class Baseline(BaseModel):
     accepted_at: str
 
 
-class BaselineFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BaselineFile(StateModel):
+    SCHEMA_VERSION = BASELINES_SCHEMA_VERSION
 
-    schema_version: int = BASELINES_SCHEMA_VERSION
     labels: dict[str, list[Baseline]] = Field(default_factory=dict)  # oldest first; the last is current
-
-    @field_validator("schema_version")
-    @classmethod
-    def _known(cls, version: int) -> int:
-        if version != BASELINES_SCHEMA_VERSION:
-            raise ValueError(f"schema_version {version} is not supported (this version reads {BASELINES_SCHEMA_VERSION})")
-        return version
 
 
 class BaselineStore:
@@ -58,8 +50,6 @@ class BaselineStore:
 
     def accept(self, label: str, loss_total: float, queue_conflict_events: float, queue_conflict_intensity: float,
                source: str) -> Baseline:
-        from townlet_pipelines.data.promotion import finite_metrics
-
         values = finite_metrics({"loss_total": loss_total, "queue_conflict_events": queue_conflict_events,
                                  "queue_conflict_intensity": queue_conflict_intensity}, f"baseline {label}")
         loss_total, queue_conflict_events, queue_conflict_intensity = values.values()

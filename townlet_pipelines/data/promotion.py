@@ -11,15 +11,14 @@ append-only. State is one JSON file, `promotion.json`, replaced atomically under
 
 from __future__ import annotations
 
-import math
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from townlet_pipelines.data.state_file import locked_state, read_state
+from townlet_pipelines.data.state_file import StateModel, finite_metrics, locked_state, read_state
 
 PROMOTION_SCHEMA_VERSION = 1
 State = Literal["monitoring", "ready", "promoted"]
@@ -31,15 +30,6 @@ class PromotionError(RuntimeError):
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
-
-
-def finite_metrics(metrics: dict | None, where: str) -> dict[str, float]:
-    """Metrics as floats; NaN or infinity is refused (JSON cannot hold them and the file would stop parsing)."""
-    out = {key: float(value) for key, value in (metrics or {}).items()}
-    bad = [key for key, value in out.items() if not math.isfinite(value)]
-    if bad:
-        raise ValueError(f"{where}: metrics {bad} are not finite")
-    return out
 
 
 class Release(BaseModel):
@@ -71,23 +61,15 @@ class Event(BaseModel):
     run_id: str | None = None
 
 
-class PromotionState(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # an unknown field is an error, never silently dropped
+class PromotionState(StateModel):
+    SCHEMA_VERSION = PROMOTION_SCHEMA_VERSION
 
-    schema_version: int = PROMOTION_SCHEMA_VERSION
     candidate_id: str | None = None
     pass_streak: int = 0
     state: State = "monitoring"
     current_release_id: str | None = None
     releases: list[Release] = Field(default_factory=list)
     history: list[Event] = Field(default_factory=list)
-
-    @field_validator("schema_version")
-    @classmethod
-    def _known(cls, version: int) -> int:
-        if version != PROMOTION_SCHEMA_VERSION:
-            raise ValueError(f"schema_version {version} is not supported (this version reads {PROMOTION_SCHEMA_VERSION})")
-        return version
 
 
 class PromotionStatus(BaseModel):

@@ -7,14 +7,40 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import ClassVar, Iterator, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from townlet_pipelines.data.files import atomic_write_text
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class StateModel(BaseModel):
+    """Top level of a state file: unknown fields and unknown schema versions are errors, never dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    schema_version: int = 1
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known(cls, version: int) -> int:
+        if version != cls.SCHEMA_VERSION:
+            raise ValueError(f"schema_version {version} is not supported (this version reads {cls.SCHEMA_VERSION})")
+        return version
+
+
+def finite_metrics(metrics: dict | None, where: str) -> dict[str, float]:
+    """Metrics as floats; NaN or infinity is refused (JSON cannot hold them and the file would stop parsing)."""
+    out = {key: float(value) for key, value in (metrics or {}).items()}
+    bad = [key for key, value in out.items() if not math.isfinite(value)]
+    if bad:
+        raise ValueError(f"{where}: metrics {bad} are not finite")
+    return out
 
 
 class StateFileError(RuntimeError):
