@@ -49,14 +49,18 @@ def nightly(tiny_config, tmp_path_factory):
     with DagsterInstance.ephemeral() as instance:
         job = defs.resolve_job_def("nightly_anneal")
         first = job.execute_in_process(run_config=run_config(tiny_config, root), instance=instance)
-        release = json.loads((root / "state" / "promotion.json").read_text())
+        from townlet_pipelines.config import load_config
+        from townlet_pipelines.training.orchestrator import state_dir
+
+        state = state_dir(root, load_config(tiny_config))  # the tiny profile's own namespace
+        release = json.loads((state / "promotion.json").read_text())
         promoted_files = {p.relative_to(root): p.read_bytes() for p in (root / "state").rglob("*") if p.is_file()
                           and "releases" in p.parts}
         failed = job.execute_in_process(run_config=run_config(tiny_config, root, "anneal: {bc_accuracy_threshold: 1.01}"),
                                         instance=instance, raise_on_error=False)
         rerun = job.execute_in_process(run_config=run_config(tiny_config, root), instance=instance)
         yield {"instance": instance, "root": root, "first": first, "failed": failed, "release_before": release,
-               "promoted_files": promoted_files, "rerun": rerun}
+               "promoted_files": promoted_files, "rerun": rerun, "state": state}
 
 
 def test_definitions_hold_the_six_assets_the_guardrails_and_no_stray_assets():
@@ -122,7 +126,7 @@ def test_a_failed_guardrail_blocks_promotion_and_keeps_the_previous_release(nigh
     materialized = {event.asset_key.to_user_string() for event in failed.get_asset_materialization_events()}
     assert "bc_checkpoint" in materialized and "promoted_policy" not in materialized
     assert "ppo_checkpoint" not in materialized
-    after = json.loads((root / "state" / "promotion.json").read_text())
+    after = json.loads((nightly["state"] / "promotion.json").read_text())
     assert after["current_release_id"] == nightly["release_before"]["current_release_id"]
     files = {p.relative_to(root): p.read_bytes() for p in (root / "state").rglob("*") if p.is_file()
              and "releases" in p.parts}

@@ -178,3 +178,18 @@ def test_negative_seeds_are_refused_with_a_clear_error():
         world.reset(-1)
     with pytest.raises(ValueError, match="non-negative"):
         world.reset(np.array([3, -4]))
+
+
+def test_the_smoke_world_requires_eating_and_sleeping_and_the_expert_lives_in_it():
+    from townlet_pipelines.config import load_config
+    from townlet_pipelines.training.evaluation import evaluate
+    from townlet_pipelines.world.actions import WAIT
+    from townlet_pipelines.world.policies import ScriptedExpert
+
+    config = load_config("smoke")
+    seeds = tuple(range(200, 216))
+    expert = evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds, ticks=3 * config.world.day_ticks)
+    assert expert["faints_per_agent_day"] == 0
+    assert expert["meals_eaten_per_agent_day"] > 0.5 and expert["sleeps_per_agent_day"] > 0.3
+    idle = evaluate(config, lambda world: np.full((world.towns, world.agents), WAIT), seeds=seeds)
+    assert idle["faints_per_agent_day"] > 0.1  # doing nothing is not a way to live here

@@ -9,6 +9,10 @@ import sys
 from townlet_pipelines.config import ConfigError, load_config
 
 
+# `townlet train anneal` exits with the verdict, so scripts can gate on it (2 is any usage or input error).
+ANNEAL_EXIT_CODES = {"PASS": 0, "FAIL": 3, "HOLD": 4}
+
+
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML config file or profile name (default, smoke)")
 
@@ -165,26 +169,47 @@ def _train(args: argparse.Namespace) -> int:
                 print(f"  promotion: {'promoted' if outcome.promoted else 'not promoted'} ({outcome.reason}); "
                       f"current release {outcome.release_id}")
             print(f"  final checkpoint {summary.final_checkpoint_path}")
+        return ANNEAL_EXIT_CODES[summary.status]
     return 0
 
 
+def parse_seeds(text: str, config) -> tuple[int, ...]:
+    """`test` (the held-out towns), `guardrail`, or a half-open range `START:STOP` of town seeds."""
+    if text in ("test", "guardrail"):
+        return getattr(config.seeds, text).seeds()
+    try:
+        start, stop = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--seeds: expected test, guardrail or START:STOP, got {text!r}") from None
+    if not 0 <= start < stop:
+        raise ValueError(f"--seeds: {text!r} is an empty or negative range")
+    return tuple(range(start, stop))
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    from townlet_pipelines.training.checkpoints import load_checkpoint
+    from townlet_pipelines.config import config_from_mapping
+    from townlet_pipelines.training.checkpoints import load_checkpoint, read_record
     from townlet_pipelines.training.device import device_context
     from townlet_pipelines.training.evaluation import evaluate
     from townlet_pipelines.training.policy import TorchPolicy
     from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
 
     config = load_config(args.config)
-    device = device_context(config.runtime.device, config.runtime.amp)
+    record = read_record(args.checkpoint)
+    trained = config_from_mapping(record.config, f"{args.checkpoint} (its training config)")
+    if trained.world_hash() != config.world_hash():
+        raise ValueError(
+            f"{args.checkpoint}: trained for the world of profile {trained.profile!r} (world {trained.world_hash()[:12]}), "
+            f"not the world of --config {args.config or 'default'} (world {config.world_hash()[:12]}); "
+            f"evaluate it with the config it was trained with")
+    seeds = parse_seeds(args.seeds, config)
+    device = device_context(config.runtime.device, config.runtime.amp, config.runtime.torch_threads)
     model, record = load_checkpoint(args.checkpoint, device=device.device)
-    if record.observation.variant != config.observations.variant:
-        config = config.model_copy(update={"observations": config.observations.model_copy(
-            update={"variant": record.observation.variant})})
     rows = {
-        f"checkpoint {record.checkpoint_id}": evaluate(config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act),
-        "scripted expert": evaluate(config, ScriptedExpert(config.expert).act),
-        "random": evaluate(config, RandomPolicy(0).act),
+        f"checkpoint {record.checkpoint_id}": evaluate(
+            config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act, seeds=seeds),
+        "scripted expert": evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds),
+        "random": evaluate(config, RandomPolicy(0).act, seeds=seeds),
     }
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -192,10 +217,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     keys = ("reward_per_agent_day", "faints_per_agent_day", "late_arrivals_per_agent_day",
             "queue_conflict_events_per_agent_day", "queue_conflict_intensity_per_agent_day",
             "chat_success_events_per_agent_day", "shared_meal_events_per_agent_day", "wages_per_agent_day")
-    print(f"evaluation seeds {list(config.evaluation.seeds)}, {config.evaluation.ticks} ticks")
-    print(f"  {'policy':<28}" + "".join(f"{key.removesuffix('_per_agent_day')[:14]:>16}" for key in keys))
+    print(f"{len(seeds)} towns (seeds {seeds[0]}..{seeds[-1]}), {config.evaluation.ticks} ticks each; "
+          "per agent-day, ± the 95% interval over towns")
+    print(f"  {'policy':<28}" + "".join(f"{key.removesuffix('_per_agent_day')[:14]:>18}" for key in keys))
     for name, report in rows.items():
-        print(f"  {name:<28}" + "".join(f"{report[key]:>16.3f}" for key in keys))
+        print(f"  {name:<28}" + "".join(f"{report[key]:>10.3f} ±{report[key + '_ci95']:<6.3f}" for key in keys))
     return 0
 
 
@@ -204,7 +230,7 @@ def _promotion(args: argparse.Namespace) -> int:
     from townlet_pipelines.training.orchestrator import state_dir
 
     config = load_config(args.config)
-    store = PromotionStore(state_dir(args.artifacts), required_passes=config.promotion.required_passes)
+    store = PromotionStore(state_dir(args.artifacts, config), required_passes=config.promotion.required_passes)
     if args.action == "rollback":
         if not args.release:
             raise ValueError("promotion rollback: --release RELEASE_ID is required")
@@ -260,7 +286,7 @@ def _report(args: argparse.Namespace) -> int:
               f"{summary['promotion_pass_streak']}")
     else:
         print(f"no anneal summary under {root / 'runs'} yet")
-    status = PromotionStore(state_dir(root), required_passes=config.promotion.required_passes).status()
+    status = PromotionStore(state_dir(root, config), required_passes=config.promotion.required_passes).status()
     release = status.current_release
     if release is None:
         print(f"promoted policy: none yet (state {status.state})")
@@ -314,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_kinds = train.add_subparsers(dest="kind", required=True)
     for kind, text in (("bc", "behaviour cloning on expert demonstrations"),
                        ("ppo", "PPO fine-tuning (from --init when given)"),
-                       ("anneal", "the BC/PPO schedule with guardrails, then the promotion rule")):
+                       ("anneal", "the BC/PPO schedule with guardrails, then the promotion rule; exits 0 on PASS, "
+                                 "3 on FAIL, 4 on HOLD")):
         sub = train_kinds.add_parser(kind, help=text)
         _add_config(sub)
         sub.add_argument("--dataset", default=None, help="replay dataset (default: capture the expert per config)")
@@ -331,9 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--no-promote", action="store_true", help="judge and record, but never promote")
         sub.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("evaluate", help="score a checkpoint on the evaluation seeds")
+    evaluate = commands.add_parser("evaluate", help="score a checkpoint against the expert and a random policy (held-out towns by default)")
     _add_config(evaluate)
     evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--seeds", default="test",
+                          help="towns to score on: test (held out, the default), guardrail, or START:STOP")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=_evaluate)
 

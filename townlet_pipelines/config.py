@@ -116,6 +116,12 @@ class QueueConfig(_Strict):
     rival_threshold: float = Field(0.5, ge=0, le=1, description="rivalry above this makes a rival")
     busy_penalty: float = Field(4.0, ge=0, description="targeting: path tiles one occupant is worth")
     rival_penalty: float = Field(20.0, ge=0, description="targeting: path tiles a rival in line is worth")
+    retarget_walkers: bool = Field(
+        True, description="an agent walking to an object that someone else takes first re-picks its object "
+        "(another of the type may be free) instead of walking on into the queue")
+    claim_penalty: float = Field(
+        4.0, ge=0, description="targeting: path tiles an agent already walking to the object is worth (two "
+        "agents that set out on consecutive ticks no longer pick the same fridge while the other stands free)")
 
 
 class EventDelta(_Strict):
@@ -281,6 +287,11 @@ class ModelConfig(_Strict):
 
     conv_channels: tuple[int, ...] = (16, 32)
     hidden: int = Field(128, ge=8)
+    conflict_shield: bool = Field(
+        True, description="the policy may not *start* eating, cooking, showering or sleeping while every object "
+        "of that type is held or claimed by an agent walking to it, unless the need is below shield_floor: it "
+        "waits for a free one instead of walking into a queue (a shield in the sense of safe RL; docs/TRAINING.md)")
+    shield_floor: float = Field(0.2, ge=0, le=1, description="below this need level the shield stands aside")
 
 
 class BCConfig(_Strict):
@@ -299,25 +310,38 @@ class BCConfig(_Strict):
     seed: int = 0
 
 
-class PPOConfig(_Strict):
-    """CleanRL's PPO, every hyperparameter named."""
+PPO_CYCLE_SEEDS = 100_000  # each anneal cycle's PPO rollouts use their own slice of seeds.ppo
 
-    learning_rate: float = Field(3e-4, gt=0)
-    gamma: float = Field(0.99, gt=0, le=1)
-    gae_lambda: float = Field(0.95, ge=0, le=1)
-    clip_coef: float = Field(0.2, gt=0)
-    value_clip_coef: float = Field(0.2, gt=0)
-    entropy_coef: float = Field(0.01, ge=0)
-    value_coef: float = Field(0.5, ge=0)
-    max_grad_norm: float = Field(0.5, gt=0)
-    minibatches: int = Field(4, ge=1)
-    update_epochs: int = Field(4, ge=1)
-    updates: int = Field(8, ge=1, description="rollout-then-update iterations per PPO stage")
-    rollout_towns: int = Field(8, ge=1)
-    rollout_ticks: int = Field(128, ge=2)
+
+class PPOConfig(_Strict):
+    """CleanRL's PPO, every hyperparameter named; the defaults follow CleanRL's Atari settings except where
+    a comment says why."""
+
+    learning_rate: float = Field(3e-4, gt=0, description="Adam step size")
+    gamma: float = Field(0.99, gt=0, le=1, description="discount of future reward")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE's bias/variance trade-off")
+    clip_coef: float = Field(0.2, gt=0, description="the surrogate's ratio is clipped to 1 +- clip_coef")
+    value_clip_coef: float = Field(0.2, gt=0, description="a value may move this far from its old one for free")
+    entropy_coef: float = Field(0.01, ge=0, description="weight of the entropy bonus")
+    value_coef: float = Field(0.5, ge=0, description="weight of the value loss")
+    max_grad_norm: float = Field(0.5, gt=0, description="global gradient norm clip")
+    minibatches: int = Field(4, ge=1, description="mini-batches per update epoch")
+    update_epochs: int = Field(4, ge=1, description="passes over each update's rows")
+    updates: int = Field(8, ge=1, description="rollout-then-update iterations of a PPO stage run alone")
+    rollout_towns: int = Field(8, ge=1, description="towns driven by the network in each rollout")
+    rollout_ticks: int = Field(128, ge=2, description="ticks of each rollout; towns run on across updates")
+    episode_ticks: int | None = Field(
+        None, ge=2, description="rollout towns restart on fresh seeds after this many ticks; default: "
+        "evaluation.ticks, the horizon every policy is judged on (BC's demonstrations cover it too)")
     data_mode: Literal["rollout", "replay", "mixed"] = "rollout"
     mixed_replay_fraction: float = Field(0.5, ge=0, le=1, description="share of replay rows in `mixed`")
-    seed: int = 0
+    conflict_budget: float = Field(
+        0.0, ge=0, description="PPO-Lagrangian: keep queue conflicts per agent-day under this multiple of the "
+        "scripted expert's rate on the stage's own towns (0 turns the constraint off)")
+    lagrange_lr: float = Field(0.05, ge=0, description="dual ascent step of the conflict multiplier per update")
+    lagrange_init: float = Field(0.0, ge=0, description="the conflict multiplier's starting value")
+    budget_towns: int = Field(32, ge=1, description="towns on which the expert's conflict rate is measured")
+    seed: int = Field(0, ge=0, description="seeds torch and the mini-batch order")
 
 
 class AnnealStage(_Strict):
@@ -385,21 +409,69 @@ class RolloutConfig(_Strict):
     expert_noise: float = Field(0.2, ge=0, lt=1, description="share of expert ticks played at random (DART)")
     towns: int = Field(16, ge=1)
     ticks: int = Field(1440, ge=1)
-    seed: int = 0
     shard_rows: int = Field(16384, ge=1)
 
 
 class EvaluationConfig(_Strict):
-    """Fixed seeds on which every policy is scored, so scores compare across runs."""
+    """How every policy is scored: on the towns of `seeds.guardrail` (guardrails) or `seeds.test` (held out)."""
 
-    seeds: tuple[int, ...] = (1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007)
-    ticks: int = Field(1440, ge=1)
-    greedy: bool = True
+    ticks: int = Field(1440, ge=1, description="ticks each evaluation town runs (one day by default)")
+    greedy: bool = Field(True, description="take each policy's most likely action instead of sampling")
+
+
+class SeedRange(_Strict):
+    """Town seeds [start, start + count): town k of a batch started at `s` gets seed s + k."""
+
+    start: int = Field(ge=0)
+    count: int = Field(ge=1)
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.count
+
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.start, self.stop))
+
+    def overlaps(self, other: "SeedRange") -> bool:
+        return self.start < other.stop and other.start < self.stop
+
+
+class SeedsConfig(_Strict):
+    """Disjoint town-seed ranges, one per use, so that no town is both learned from and judged on.
+
+    `test` is the held-out set: no training, tuning or guardrail uses it; `townlet evaluate` and
+    `python -m townlet_pipelines.bench learning` report on it. `guardrail` sizes the guardrail evaluation:
+    128 town-days put the expert's spread across disjoint sets at about 5% (docs/TRAINING.md), a third of
+    the 15% queue tolerance.
+    """
+
+    expert: SeedRange = SeedRange(start=0, count=100_000)  # expert demonstrations (BC data, PPO anchor)
+    dagger: SeedRange = SeedRange(start=100_000, count=900_000)  # BC's DAgger rounds
+    ppo: SeedRange = SeedRange(start=1_000_000, count=9_000_000)  # PPO rollouts, per cycle and episode
+    policy_rollouts: SeedRange = SeedRange(start=10_000_000, count=1_000_000)  # rollout_dataset
+    guardrail: SeedRange = SeedRange(start=50_000_000, count=128)  # guardrail evaluation and baselines
+    test: SeedRange = SeedRange(start=90_000_000, count=128)  # held out: reported, never used
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "SeedsConfig":
+        names = list(type(self).model_fields)
+        for index, first in enumerate(names):
+            for second in names[index + 1:]:
+                a, b = getattr(self, first), getattr(self, second)
+                if a.overlaps(b):
+                    raise ValueError(
+                        f"seeds.{first} [{a.start}, {a.stop}) overlaps seeds.{second} [{b.start}, {b.stop}): "
+                        "every use needs its own towns")
+        return self
 
 
 class RuntimeConfig(_Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     amp: bool = True
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads; 0 = auto: a quarter of the cores, 1 to 4 (one on a 2-core "
+        "machine, where torch's default of every core measured 6.5x slower: the world and the data loader need "
+        "the other core, and this network's small ops gain nothing from splitting)")
     log_rotate_entries: int = Field(1000, ge=1)
 
 
@@ -418,7 +490,29 @@ class TownletConfig(_Strict):
     promotion: PromotionConfig = PromotionConfig()
     rollout: RolloutConfig = RolloutConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    seeds: SeedsConfig = SeedsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _seed_budgets(self) -> "TownletConfig":
+        """Each use's towns must fit inside its own range, or they would spill into another's."""
+        episode = self.world.episode_ticks
+        needs = {
+            "expert": self.rollout.towns * -(-self.rollout.ticks // episode),
+            "dagger": self.bc.dagger_rounds * self.bc.dagger_towns * -(-self.rollout.ticks // episode),
+            "policy_rollouts": max(1, self.rollout.towns // 2) * -(-self.rollout.ticks // episode),
+        }
+        needs["ppo"] = PPO_CYCLE_SEEDS * (1 + max((s.cycle for s in self.anneal.schedule), default=0))
+        ppo_episode = min(episode, self.ppo.episode_ticks or self.evaluation.ticks)
+        ppo_towns = self.ppo.budget_towns + self.ppo.rollout_towns * (
+            2 + max(self.ppo.updates, *(s.epochs for s in self.anneal.schedule)) * self.ppo.rollout_ticks // ppo_episode)
+        if ppo_towns > PPO_CYCLE_SEEDS:
+            raise ValueError(f"ppo: a cycle needs {ppo_towns} town seeds, more than its {PPO_CYCLE_SEEDS}")
+        for name, towns in needs.items():
+            available = getattr(self.seeds, name).count
+            if towns > available:
+                raise ValueError(f"seeds.{name}: {towns} town seeds are needed but the range holds {available}")
+        return self
 
     def world_hash(self) -> str:
         """Identity of the rules that produce data: world, rewards and observations, not the trainer."""

@@ -105,6 +105,10 @@ class PPOTrainingResult(_Record):
     chat_success_events: int
     chat_failure_events: int
     chat_quality: float
+    # The conflict constraint (PPO-Lagrangian), when on: budget in conflicts per agent-day, final and mean λ.
+    conflict_budget: float | None = None
+    lagrange_multiplier: float | None = None
+    lagrange_multiplier_mean: float | None = None
     # Anneal fields.
     anneal_cycle: int | None = None
     anneal_stage: int | None = None
@@ -158,3 +162,4 @@ class AnnealSummary(_Record):
     final_checkpoint_path: str | None
     evaluation: dict[str, float] = {}
     duration_sec: float
+    namespace: str | None = None  # the profile and world whose baselines and releases judged it

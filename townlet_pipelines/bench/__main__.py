@@ -26,6 +26,13 @@ def main(argv: list[str] | None = None) -> None:
     training.add_argument("--ppo-updates", type=int, default=20)
     training.add_argument("--device", default="auto")
     training.add_argument("--json", action="store_true")
+    learning = commands.add_parser("learning", help="random, expert, BC, PPO candidate and promoted policy on the "
+                                   "held-out towns (seeds.test), with 95% intervals")
+    learning.add_argument("--config", default="default")
+    learning.add_argument("--artifacts", default=None, help="artifacts root holding the anneal to score "
+                          "(default $TOWNLET_ARTIFACTS or dagster_home/artifacts)")
+    learning.add_argument("--run", action="store_true", help="run `townlet train anneal`'s code first")
+    learning.add_argument("--json", action="store_true")
     pipeline = commands.add_parser("pipeline", help="nightly_anneal through Dagster against the CLI")
     pipeline.add_argument("--profiles", type=lambda text: text.split(","), default=["smoke", "default"])
     one = commands.add_parser("world-one", help=argparse.SUPPRESS)
@@ -44,6 +51,10 @@ def main(argv: list[str] | None = None) -> None:
         from townlet_pipelines.bench import training
 
         training.main(args)
+    elif args.command == "learning":
+        from townlet_pipelines.bench import learning
+
+        learning.main(args)
     elif args.command == "pipeline":
         from townlet_pipelines.bench import pipeline
 

@@ -113,7 +113,7 @@ def rollout_dataset(context: AssetExecutionContext, townlet: TownletResource) ->
         model, record = load_checkpoint(release.path, device=training.device.device)
         policy = TorchPolicy(model, training.device, checkpoint_id=record.checkpoint_id)
     towns = max(1, rollout.towns // 2)
-    result = capture(config, policy, towns, rollout.ticks, rollout.seed + 1, out, shard_rows=rollout.shard_rows)
+    result = capture(config, policy, towns, rollout.ticks, config.seeds.policy_rollouts.start, out, shard_rows=rollout.shard_rows)
     dataset = ReplayDataset.open(result.path)
     metadata = dataset_metadata(dataset)
     metadata["release"] = release.release_id if release else "none (expert)"
@@ -302,8 +302,14 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> 
             "baseline_loss": _number(baselines["baseline_loss"]),
             "loss_tolerance": MetadataValue.float(config.anneal.loss_tolerance),
             "queue_conflicts_per_agent_day": MetadataValue.float(last.evaluation["queue_conflict_events_per_agent_day"]),
+            "queue_conflicts_ci95": MetadataValue.float(last.evaluation["queue_conflict_events_per_agent_day_ci95"]),
             "queue_intensity_per_agent_day": MetadataValue.float(
                 last.evaluation["queue_conflict_intensity_per_agent_day"]),
+            "queue_intensity_ci95": MetadataValue.float(last.evaluation["queue_conflict_intensity_per_agent_day_ci95"]),
+            "evaluation_towns": MetadataValue.int(int(last.evaluation["towns"])),
+            "intensity_tolerance": MetadataValue.float(config.anneal.intensity_tolerance),
+            "lagrange_multiplier": _number(last.lagrange_multiplier),
+            "conflict_budget": _number(last.conflict_budget),
             "baseline_queue_conflicts": _number(baselines["baseline_queue_events"]),
             "baseline_queue_intensity": _number(baselines["baseline_queue_intensity"]),
             "queue_tolerance": MetadataValue.float(config.anneal.queue_tolerance),
@@ -329,12 +335,23 @@ def ppo_loss_guardrail(context) -> AssetCheckResult:
              description="Queue conflicts and their intensity did not rise more than queue_tolerance above baseline.")
 def queue_conflict_guardrail(context) -> AssetCheckResult:
     meta = latest_metadata(context, "ppo_checkpoint")
-    return AssetCheckResult(passed=not meta["queue_flag"], metadata={
+    lines = []
+    for name, baseline_key, tolerance_key in (("conflicts", "baseline_queue_conflicts", "queue_tolerance"),
+                                              ("intensity", "baseline_queue_intensity", "intensity_tolerance")):
+        measured, half = meta[f"queue_{name}_per_agent_day"], meta[f"queue_{name}_ci95"]
+        baseline, tolerance = meta[baseline_key], meta[tolerance_key]
+        limit = "no baseline" if not isinstance(baseline, float) else f"limit {baseline * (1 + tolerance):.3f} = " \
+            f"baseline {baseline:.3f} + {tolerance:.0%}"
+        lines.append(f"{name} {measured:.3f} ± {half:.3f} per agent-day over {meta['evaluation_towns']} towns; {limit}")
+    return AssetCheckResult(passed=not meta["queue_flag"], description="; ".join(lines), metadata={
         "measured_conflicts_per_agent_day": meta["queue_conflicts_per_agent_day"],
+        "measured_conflicts_ci95": meta["queue_conflicts_ci95"],
         "measured_intensity_per_agent_day": meta["queue_intensity_per_agent_day"],
+        "measured_intensity_ci95": meta["queue_intensity_ci95"],
+        "evaluation_towns": meta["evaluation_towns"],
         "baseline_conflicts": meta["baseline_queue_conflicts"],
         "baseline_intensity": meta["baseline_queue_intensity"],
-        "tolerance": meta["queue_tolerance"]})
+        "tolerance": meta["queue_tolerance"], "intensity_tolerance": meta["intensity_tolerance"]})
 
 
 @asset(group_name=GROUP, code_version=CODE_VERSION, deps=[bc_checkpoint, ppo_checkpoint], kinds={"python"},

@@ -37,7 +37,7 @@ def record_failed_runs(context: RunFailureSensorContext) -> None:
 
     townlet = TownletResource()
     config = townlet.load_config()
-    store = PromotionStore(state_dir(townlet.root()), required_passes=config.promotion.required_passes)
+    store = PromotionStore(state_dir(townlet.root(), config), required_passes=config.promotion.required_passes)
     store.record_failure(context.dagster_run.run_id, context.failure_event.message or "run failed")
 
 

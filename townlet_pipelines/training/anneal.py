@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from townlet_pipelines.config import TownletConfig
+from townlet_pipelines.config import AnnealConfig, TownletConfig
 from townlet_pipelines.data.replay import ReplayDataset
 from townlet_pipelines.results import AnnealStageResult, AnnealSummary, BCTrainingResult, PPOTrainingResult
 from townlet_pipelines.training.bc import BCStrategy
-from townlet_pipelines.training.context import AnnealContext, TrainingContext
+from townlet_pipelines.training.namespaces import namespace
+from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.ppo import PPOStrategy
 
 
@@ -31,6 +32,28 @@ def candidate_id(config: TownletConfig, label: str) -> str:
     recipe = {key: config.model_dump(mode="json")[key] for key in ("model", "bc", "ppo", "anneal")}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     return f"{label}:{digest}"
+
+
+def judge(loss_total: float, evaluation: dict[str, float], baselines: dict[str, float | None],
+          anneal: AnnealConfig) -> dict[str, bool]:
+    """The PPO guardrails, decided from the measured values, the baselines and the tolerances.
+
+    `loss_flag`: |loss − baseline| / |baseline| > loss_tolerance (either direction; no baseline or a zero
+    one raises nothing). `queue_flag` / `intensity_flag`: the evaluated rate per agent-day rose more than
+    its tolerance above the baseline; a zero baseline flags any conflict at all.
+    """
+    flags = {"loss_flag": False, "queue_flag": False, "intensity_flag": False}
+    reference = baselines.get("loss")
+    if reference is not None and reference != 0:
+        flags["loss_flag"] = abs(loss_total - reference) / abs(reference) > anneal.loss_tolerance + 1e-12
+    for flag, key, metric, tolerance in (
+        ("queue_flag", "queue_events", "queue_conflict_events_per_agent_day", anneal.queue_tolerance),
+        ("intensity_flag", "queue_intensity", "queue_conflict_intensity_per_agent_day", anneal.intensity_tolerance),
+    ):
+        reference = baselines.get(key)
+        if reference is not None:
+            flags[flag] = evaluation[metric] > reference * (1 + tolerance) + 1e-12
+    return flags
 
 
 @dataclass
@@ -124,17 +147,17 @@ class AnnealStrategy:
         for index, stage in enumerate(anneal.ordered()):
             if stage.mode != "ppo":
                 continue
-            anneal_context = AnnealContext(
-                cycle=stage.cycle, stage=index, dataset_label=self._label(context), baselines=dict(baselines),
-                bc_threshold=anneal.bc_accuracy_threshold, loss_tolerance=anneal.loss_tolerance,
-                queue_tolerance=anneal.queue_tolerance, intensity_tolerance=anneal.intensity_tolerance,
-            )
             result = PPOStrategy(init_checkpoint=outcome.checkpoint, updates=stage.epochs,
                                  replay_dataset=self.rollout_dataset or self.dataset, anchor_dataset=self.dataset,
-                                 bc_weight=stage.bc_weight, cycle=stage.cycle, anneal=anneal_context,
+                                 bc_weight=stage.bc_weight, cycle=stage.cycle,
                                  out=context.artifacts / f"ppo-cycle{stage.cycle}-stage{index}",
                                  name=f"ppo-cycle{stage.cycle}").run(context)
-            result = result.model_copy(update={"bc_accuracy": bc_accuracy})
+            flags = judge(result.loss_total, result.evaluation, baselines, anneal)
+            result = result.model_copy(update={
+                "bc_accuracy": bc_accuracy, "anneal_cycle": stage.cycle, "anneal_stage": index,
+                "dataset_label": self._label(context), "bc_threshold": anneal.bc_accuracy_threshold,
+                "baseline_loss": baselines.get("loss"), "baseline_queue_events": baselines.get("queue_events"),
+                "baseline_queue_intensity": baselines.get("queue_intensity"), **flags})
             if baselines.get("loss") is None:
                 baselines["loss"] = result.loss_total  # the first PPO stage of a first run sets it
             flags = (result.loss_flag, result.queue_flag, result.intensity_flag)
@@ -190,7 +213,7 @@ class AnnealStrategy:
             baselines={key: value for key, value in baselines.items() if key != "source"},
             promotion_pass_streak=streak, promotion_candidate_ready=ready, candidate_id=candidate,
             final_checkpoint_id=ppo.checkpoint_id, final_checkpoint_path=ppo.checkpoint,
-            evaluation=evaluation, duration_sec=duration_sec,
+            evaluation=evaluation, duration_sec=duration_sec, namespace=namespace(context.config),
         )
 
     def run(self, context: TrainingContext) -> AnnealSummary:

@@ -43,7 +43,7 @@ def bc_losses(model, batch: dict, value_coef: float, decision_weight: float = 1.
     the capture injected noise. Rows where that choice is a decision weigh `decision_weight`.
     """
     torch = require_torch()
-    logits, values = model(batch["features"], batch["action_mask"], batch.get("map"))
+    logits, values = model(batch["features"], batch["action_mask"], batch.get("map"), shield=False)
     actions = batch["expert_actions"].long()
     per_row = torch.nn.functional.cross_entropy(logits, actions, reduction="none")
     if decision_weight != 1.0 and option_columns is not None:
@@ -134,7 +134,8 @@ class BCStrategy:
         from townlet_pipelines.training.policy import TorchPolicy
 
         config = context.config
-        seed = config.rollout.seed + 1000 * round_index + 1
+        episodes = -(-config.rollout.ticks // config.world.episode_ticks)
+        seed = config.seeds.dagger.start + (round_index - 1) * config.bc.dagger_towns * episodes
         torch.manual_seed(seed)
         capture(config, TorchPolicy(model, context.device, greedy=False), config.bc.dagger_towns,
                 config.rollout.ticks, seed, out, shard_rows=config.rollout.shard_rows)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,20 +28,6 @@ class TrainingContext:
 
     def log(self, name: str) -> JsonlLog:
         return JsonlLog(self.artifacts / "logs", name, self.config.runtime.log_rotate_entries)
-
-
-@dataclass
-class AnnealContext:
-    """Where a stage sits in the anneal, and what it is judged against."""
-
-    cycle: int
-    stage: int
-    dataset_label: str
-    baselines: dict[str, float | None] = field(default_factory=dict)  # loss, queue_events, queue_intensity
-    bc_threshold: float = 0.9
-    loss_tolerance: float = 0.10
-    queue_tolerance: float = 0.15
-    intensity_tolerance: float = 0.15
 
 
 class TrainingStrategy(Protocol):

@@ -10,12 +10,14 @@ import numpy as np
 
 from townlet_pipelines.config import ModelConfig
 from townlet_pipelines.training.torch_support import require_torch
+from townlet_pipelines.world.actions import ACTION_NAMES, COOK, EAT, OBJECT_TYPES, OPTION_OBJECT_TYPE, SHOWER, SLEEP
 from townlet_pipelines.world.observations import ObservationSpec
 
 torch = require_torch()
 nn = torch.nn
 
-MAP_SCALE = 8.0  # map cells are small counts and codes (0..6): scale to about [0, 1]
+MAP_SCALE = 8.0
+SHIELDED_OPTIONS = ((EAT, "hunger"), (COOK, "hunger"), (SHOWER, "hygiene"), (SLEEP, "energy"))  # map cells are small counts and codes (0..6): scale to about [0, 1]
 
 
 def _layer(layer, std: float = float(np.sqrt(2)), bias: float = 0.0):
@@ -47,9 +49,37 @@ class PolicyNetwork(nn.Module):
         self.trunk = nn.Sequential(_layer(nn.Linear(trunk_in, hidden)), nn.ReLU())
         self.policy_head = _layer(nn.Linear(hidden, len(spec.action_names)), std=0.01)
         self.value_head = _layer(nn.Linear(hidden, 1), std=1.0)
+        self._shield = None
+        names = spec.feature_names
+        if config.conflict_shield and all(f"{kind}_free" in names for kind in OBJECT_TYPES):
+            options = [(action, need) for action, need in SHIELDED_OPTIONS if f"option_{ACTION_NAMES[action]}" in names]
+            self._shield = (
+                [action for action, _ in options],
+                [names.index(f"option_{ACTION_NAMES[action]}") for action, _ in options],
+                [names.index(need) for _, need in options],
+                [names.index(f"{OBJECT_TYPES[OPTION_OBJECT_TYPE[action]]}_free") for action, _ in options],
+            )
 
-    def forward(self, features, action_mask, map=None):
-        """Masked logits (float32) and values for a batch."""
+    def shield_mask(self, features, action_mask):
+        """The action mask with the conflict shield applied (see `ModelConfig.conflict_shield`).
+
+        Read from the observation itself (needs, the active option, the share of free objects of each type),
+        so acting, PPO's ratios and evaluation all see the same mask; BC's loss sees the unshielded one,
+        since the expert's label may be a queue the shield would have avoided.
+        """
+        if self._shield is None:
+            return action_mask
+        actions, active, needs, free = self._shield
+        starting = features[:, active] < 0.5  # (R, S): this option is not already in progress
+        blocked = starting & (features[:, free] <= 0.0) & (features[:, needs] > self.model_config.shield_floor)
+        shielded = action_mask.clone()
+        shielded[:, actions] &= ~blocked
+        return shielded
+
+    def forward(self, features, action_mask, map=None, shield: bool = True):
+        """Masked logits (float32) and values for a batch; `shield=False` leaves the conflict shield out."""
+        if shield:
+            action_mask = self.shield_mask(features, action_mask)
         parts = [self.features(features)]
         if self.encoder is not None:
             parts.insert(0, self.encoder(map.float() / MAP_SCALE))

@@ -22,6 +22,7 @@ from townlet_pipelines.training.anneal import AnnealStrategy
 from townlet_pipelines.training.bc import BCStrategy
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.device import device_context
+from townlet_pipelines.training.namespaces import namespace
 from townlet_pipelines.training.ppo import PPOStrategy
 
 DEFAULT_ARTIFACTS = Path("dagster_home") / "artifacts"
@@ -39,17 +40,18 @@ def new_run_dir(root: str | Path | None = None, run_id: str | None = None) -> Pa
     return path
 
 
-def state_dir(root: str | Path | None = None) -> Path:
-    path = artifacts_root(root) / "state"
+def state_dir(root: str | Path | None, config: TownletConfig) -> Path:
+    path = artifacts_root(root) / "state" / namespace(config)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def make_context(config: TownletConfig, run_dir: Path, root: str | Path | None = None,
                  progress: bool = False) -> TrainingContext:
-    state = state_dir(root)
+    state = state_dir(root, config)
     return TrainingContext(
-        config=config, artifacts=Path(run_dir), device=device_context(config.runtime.device, config.runtime.amp),
+        config=config, artifacts=Path(run_dir), device=device_context(
+            config.runtime.device, config.runtime.amp, config.runtime.torch_threads),
         promotion=PromotionStore(state, required_passes=config.promotion.required_passes),
         baselines=BaselineStore(state), progress=progress,
     )
@@ -58,8 +60,9 @@ def make_context(config: TownletConfig, run_dir: Path, root: str | Path | None =
 def capture_expert(config: TownletConfig, out: str | Path) -> CaptureResult:
     """The expert demonstrations of `config.rollout`: BC's data and PPO's anchor and replay."""
     rollout = config.rollout
-    policy = acting_policy("scripted", config, seed=rollout.seed, noise=rollout.expert_noise)
-    return capture(config, policy, rollout.towns, rollout.ticks, rollout.seed, out, shard_rows=rollout.shard_rows)
+    seed = config.seeds.expert.start
+    policy = acting_policy("scripted", config, seed=seed, noise=rollout.expert_noise)
+    return capture(config, policy, rollout.towns, rollout.ticks, seed, out, shard_rows=rollout.shard_rows)
 
 
 def run_bc(context: TrainingContext, dataset: str | Path, init_checkpoint: str | Path | None = None,

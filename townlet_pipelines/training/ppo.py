@@ -1,13 +1,29 @@
-"""PPO, CleanRL-style: one readable loop, every hyperparameter from `config.ppo`, the math in plain sight.
+"""PPO, CleanRL-style, in Stable-Baselines3's order: collect, returns and advantages, update, finish.
 
-Data modes: `rollout` (on-policy: the batched world driven by the current network, a fresh seed each
-update and cycle), `replay` (stored rows with their stored log-probs and values), `mixed` (both in the
-same shuffled mini-batches, replay rows making up `mixed_replay_fraction`). A PPO stage starts from a BC
-checkpoint when given one, and may add `bc_weight x cross-entropy` on expert rows as an anchor.
+- `collect_rollout` drives the batched world with the current network (on-policy) and stores
+  (obs_t, mask_t, a_t, r_t, c_t, done_t, logp_t, v_t), where c_t is the agent's share of this tick's queue
+  conflicts: half of each to the blocked agent, half to the one holding the object.
+- `gae` turns rewards into advantages and returns, bootstrapped from the value of the state after the
+  last step. With the conflict constraint on, the reward is (r_t − λ·c_t) / (1 + λ) (PPO-Lagrangian's
+  normalised penalty form).
+- `ppo_losses` is one pure update step with CleanRL's named intermediates (ratio, clipped surrogate,
+  clipped value loss, entropy); `PPOStrategy.run` is the loop that calls them and writes the checkpoint.
+
+The conflict constraint (`ppo.conflict_budget` > 0): λ is a Lagrange multiplier on the rate of queue
+conflicts per agent-day, with the scripted expert's own rate on this stage's rollout towns times
+`conflict_budget` as the budget. After every update, dual ascent moves λ by `lagrange_lr` × (rate / budget
+− 1), the rate measured over the last day of rollouts; λ never goes below zero. The world's reward is not
+changed: evaluation and guardrails see the same reward as every other policy.
+
+Data modes: `rollout` (on-policy, the default), `replay` (stored rows with their stored log-probs and
+values), `mixed` (both in the same shuffled mini-batches, replay rows making up `mixed_replay_fraction`;
+replay rows carry no conflict cost). A stage may add `bc_weight × cross-entropy` on expert rows (the BC
+anchor) to the PPO loss.
 """
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,19 +31,81 @@ from typing import Iterator
 
 import numpy as np
 
+from townlet_pipelines.config import PPO_CYCLE_SEEDS, PPOConfig, TownletConfig
 from townlet_pipelines.data.replay import ReplayDataset
 from townlet_pipelines.results import PPOTrainingResult
-from townlet_pipelines.training.context import AnnealContext, TrainingContext
-from townlet_pipelines.training.device import to_tensors
+from townlet_pipelines.training.context import TrainingContext
+from townlet_pipelines.training.device import DeviceContext, to_tensors
 from townlet_pipelines.training.policy import observation_batch
 from townlet_pipelines.training.progress import Progress
 from townlet_pipelines.training.torch_support import TrainingError, require_torch
 from townlet_pipelines.world.engine import TELEMETRY_KEYS, TownWorld, town_seeds
 
-ROW_KEYS = ("map", "features", "action_mask", "actions", "old_log_probs", "value_preds", "advantages", "returns",
-            "rewards")
+OBS_KEYS = ("map", "features", "action_mask")
+ROW_KEYS = (*OBS_KEYS, "actions", "old_log_probs", "value_preds", "advantages", "returns", "rewards")
+STAT_KEYS = ("loss_policy", "loss_value", "loss_entropy", "loss_total", "loss_bc", "clip_fraction", "kl",
+             "grad_norm", "adv_std")
 
 
+# ------------------------------------------------------------------------------------------- collect
+@dataclass
+class Rollout:
+    arrays: dict[str, np.ndarray]  # (T, A, ...) per tick and agent
+    bootstrap: np.ndarray  # (A,) V(obs_T), the state after the last step
+    telemetry: dict[str, float]
+    ticks: int
+    seconds: float
+
+
+def collect_rollout(model, world: TownWorld, ticks: int, device: DeviceContext, next_seed,
+                    episode_ticks: int | None = None) -> Rollout:
+    """Drive every town with the current network (sampling) for `ticks` ticks; a finished episode (or one
+    `episode_ticks` long) restarts on fresh seeds from `next_seed()`."""
+    torch = require_torch()
+    agents = world.towns * world.agents
+    store: dict[str, list] = collections.defaultdict(list)
+    totals = {key: 0.0 for key in TELEMETRY_KEYS}
+    start = time.perf_counter()
+    model.eval()
+    for _ in range(ticks):
+        observed = observation_batch(world)
+        with torch.no_grad():
+            batch = to_tensors(observed, device, OBS_KEYS)
+            distribution, values = model.distribution(batch["features"], batch["action_mask"], batch.get("map"))
+            actions = distribution.sample()
+            log_probs, entropy = distribution.log_prob(actions), distribution.entropy()
+        actions_np = actions.cpu().numpy()
+        result = world.step(actions_np.reshape(world.towns, world.agents))
+        costs = np.zeros((world.towns, world.agents), dtype=np.float32)
+        if result.conflicts is not None and len(result.conflicts.town):
+            # A conflict takes two: half its cost to the agent that was blocked, half to the one holding the
+            # object (a policy that hogs the fridge causes the conflicts of others).
+            np.add.at(costs, (result.conflicts.town, result.conflicts.blocked), 0.5)
+            np.add.at(costs, (result.conflicts.town, result.conflicts.blocker), 0.5)
+        for key in OBS_KEYS:
+            if key in observed:
+                store[key].append(observed[key].copy())
+        store["actions"].append(actions_np.astype(np.int8))
+        store["old_log_probs"].append(log_probs.cpu().numpy())
+        store["value_preds"].append(values.cpu().numpy())
+        store["entropy"].append(entropy.cpu().numpy())
+        store["rewards"].append(result.rewards.reshape(-1))
+        store["costs"].append(costs.reshape(-1))
+        restart = result.truncated or (episode_ticks is not None and world.state.tick >= episode_ticks)
+        store["dones"].append(result.dones.reshape(-1) | restart)
+        for key in TELEMETRY_KEYS:
+            totals[key] += float(result.telemetry[key].sum())
+        if restart:
+            world.reset(next_seed())
+    with torch.no_grad():
+        batch = to_tensors(observation_batch(world), device, OBS_KEYS)
+        _, bootstrap = model(batch["features"], batch["action_mask"], batch.get("map"))
+    arrays = {key: np.stack(values) for key, values in store.items()}
+    assert arrays["actions"].shape[:2] == (ticks, agents)
+    return Rollout(arrays, bootstrap.cpu().numpy(), totals, ticks, time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------- returns/advantages
 def gae(rewards, values, dones, bootstrap, gamma: float, lam: float):
     """Generalised advantage estimation over (T, A) arrays.
 
@@ -46,57 +124,21 @@ def gae(rewards, values, dones, bootstrap, gamma: float, lam: float):
     return advantages, advantages + values
 
 
-@dataclass
-class Rollout:
-    rows: dict[str, np.ndarray]  # flattened (T * A, ...) rows with advantages and returns
-    telemetry: dict[str, float]
-    ticks: int
-    seconds: float
-    entropy: np.ndarray  # per-row policy entropy at collection time
+def rollout_rows(rollout: Rollout, penalty: float, ppo: PPOConfig) -> dict[str, np.ndarray]:
+    """Flattened training rows of a rollout, with GAE on the penalised reward (r − λ·c) / (1 + λ).
 
-
-def collect_rollout(model, world: TownWorld, ticks: int, context: TrainingContext, next_seed) -> Rollout:
-    """Drive every town with the current network for `ticks` ticks: on-policy data with GAE."""
-    torch = require_torch()
-    ppo = context.config.ppo
-    agents = world.towns * world.agents
-    store: dict[str, list] = {key: [] for key in ("map", "features", "action_mask", "actions", "old_log_probs",
-                                                  "value_preds", "rewards", "dones", "entropy")}
-    totals = {key: 0.0 for key in TELEMETRY_KEYS}
-    start = time.perf_counter()
-    model.eval()
-    for _ in range(ticks):
-        observed = observation_batch(world)
-        with torch.no_grad():
-            batch = to_tensors(observed, context.device, ("map", "features", "action_mask"))
-            distribution, values = model.distribution(batch["features"], batch["action_mask"], batch.get("map"))
-            actions = distribution.sample()
-            log_probs, entropy = distribution.log_prob(actions), distribution.entropy()
-        actions_np = actions.cpu().numpy()
-        result = world.step(actions_np.reshape(world.towns, world.agents))
-        for key in ("map", "features", "action_mask"):
-            if key in observed:
-                store[key].append(observed[key].copy())
-        store["actions"].append(actions_np.astype(np.int8))
-        store["old_log_probs"].append(log_probs.cpu().numpy())
-        store["value_preds"].append(values.cpu().numpy())
-        store["entropy"].append(entropy.cpu().numpy())
-        store["rewards"].append(result.rewards.reshape(-1))
-        store["dones"].append(result.dones.reshape(-1) | result.truncated)
-        for key in TELEMETRY_KEYS:
-            totals[key] += float(result.telemetry[key].sum())
-        if result.truncated:
-            world.reset(next_seed())
-    with torch.no_grad():
-        batch = to_tensors(observation_batch(world), context.device, ("map", "features", "action_mask"))
-        _, bootstrap = model(batch["features"], batch["action_mask"], batch.get("map"))
-    arrays = {key: np.stack(values) for key, values in store.items() if values}
-    advantages, returns = gae(arrays["rewards"], arrays["value_preds"], arrays["dones"], bootstrap.cpu().numpy(),
-                              ppo.gamma, ppo.gae_lambda)
-    arrays["advantages"], arrays["returns"] = advantages, returns
-    entropy = arrays.pop("entropy").reshape(-1)
-    rows = {key: value.reshape(ticks * agents, *value.shape[2:]) for key, value in arrays.items()}
-    return Rollout(rows=rows, telemetry=totals, ticks=ticks, seconds=time.perf_counter() - start, entropy=entropy)
+    Dividing by 1 + λ (as OpenAI's safety-starter-agents do) keeps the returns on the reward's scale however
+    large λ grows, so the critic and the value clipping stay meaningful while the trade-off moves.
+    """
+    arrays = rollout.arrays
+    shaped = (arrays["rewards"] - penalty * arrays["costs"]) / (1.0 + penalty)
+    advantages, returns = gae(shaped, arrays["value_preds"], arrays["dones"], rollout.bootstrap, ppo.gamma,
+                              ppo.gae_lambda)
+    rows = {key: arrays[key] for key in (*OBS_KEYS, "actions", "old_log_probs", "value_preds", "rewards")
+            if key in arrays}
+    rows["advantages"], rows["returns"] = advantages, returns
+    count = rollout.ticks * arrays["actions"].shape[1]
+    return {key: value.reshape(count, *value.shape[2:]) for key, value in rows.items()}
 
 
 def replay_rows(dataset: ReplayDataset, gamma: float, lam: float, seed: int) -> Iterator[dict[str, np.ndarray]]:
@@ -128,6 +170,80 @@ def take_rows(stream: Iterator[dict[str, np.ndarray]], count: int, pending: list
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
+# ----------------------------------------------------------------------------------- the constraint
+@dataclass
+class ConflictMultiplier:
+    """PPO-Lagrangian's λ on queue conflicts: dual ascent on (rate / budget − 1), never below zero.
+
+    The rate is conflicts per agent-day over a trailing window of updates that covers about one day of
+    every rollout town, so meal-time peaks and quiet nights are averaged, not chased.
+    """
+
+    budget: float  # conflicts per agent-day
+    learning_rate: float
+    value: float = 0.0
+    window: int = 1
+    history: collections.deque = field(default_factory=collections.deque)
+
+    def update(self, conflicts: float, agent_days: float) -> float:
+        self.history.append((conflicts, agent_days))
+        while len(self.history) > self.window:
+            self.history.popleft()
+        rate = sum(c for c, _ in self.history) / max(sum(d for _, d in self.history), 1e-9)
+        self.value = max(0.0, self.value + self.learning_rate * (rate / max(self.budget, 1e-9) - 1.0))
+        return rate
+
+
+def expert_conflict_rate(config: TownletConfig, seeds: tuple[int, ...]) -> float:
+    """The scripted expert's queue conflicts per agent-day on the given towns: the constraint's budget."""
+    from townlet_pipelines.training.evaluation import evaluate
+    from townlet_pipelines.world.policies import ScriptedExpert
+
+    return evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds)["queue_conflict_events_per_agent_day"]
+
+
+# --------------------------------------------------------------------------------------- update
+def ppo_losses(model, batch: dict, ppo: PPOConfig) -> dict:
+    """One mini-batch of CleanRL's PPO objective; every intermediate is returned under its CleanRL name."""
+    torch = require_torch()
+    distribution, newvalue = model.distribution(batch["features"], batch["action_mask"], batch.get("map"))
+    newlogprob = distribution.log_prob(batch["actions"].long())
+    entropy = distribution.entropy()
+    logratio = newlogprob - batch["old_log_probs"]
+    ratio = logratio.exp()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - logratio).mean()  # the low-variance estimator of KL(old || new)
+        clipfrac = ((ratio - 1.0).abs() > ppo.clip_coef).float().mean()
+    mb_advantages = batch["advantages"]
+    adv_std = mb_advantages.std()
+    zero_std = bool(adv_std < 1e-8)  # identical advantages carry no signal: centre only
+    mb_advantages = mb_advantages - mb_advantages.mean()
+    if not zero_std:
+        mb_advantages = mb_advantages / (adv_std + 1e-8)
+    # Clipped surrogate: the pessimistic of the plain and the clipped importance-weighted advantage.
+    pg_loss1 = -mb_advantages * ratio
+    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - ppo.clip_coef, 1 + ppo.clip_coef)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+    # Clipped value loss: the new value may not move further than value_clip_coef from the old one for free.
+    v_loss_unclipped = (newvalue - batch["returns"]) ** 2
+    v_clipped = batch["value_preds"] + torch.clamp(newvalue - batch["value_preds"], -ppo.value_clip_coef,
+                                                   ppo.value_clip_coef)
+    v_loss_clipped = (v_clipped - batch["returns"]) ** 2
+    v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+    entropy_loss = entropy.mean()
+    loss = pg_loss - ppo.entropy_coef * entropy_loss + ppo.value_coef * v_loss
+    return {"loss": loss, "pg_loss": pg_loss, "v_loss": v_loss, "entropy_loss": entropy_loss,
+            "approx_kl": approx_kl, "clipfrac": clipfrac, "adv_std": adv_std, "zero_std": zero_std}
+
+
+def anchor_loss(model, expert: dict):
+    """The BC anchor: cross-entropy of the network against the expert's labels on demonstration rows."""
+    torch = require_torch()
+    logits, _ = model(expert["features"], expert["action_mask"], expert.get("map"), shield=False)
+    return torch.nn.functional.cross_entropy(logits, expert["expert_actions"].long())
+
+
+# ----------------------------------------------------------------------------------------- the loop
 @dataclass
 class PPOStrategy:
     init_checkpoint: str | Path | None = None
@@ -137,17 +253,14 @@ class PPOStrategy:
     bc_weight: float = 0.0
     anchor_dataset: str | Path | None = None  # expert rows for the bc_weight anchor; default: replay_dataset
     cycle: int = 0
-    anneal: AnnealContext | None = None
     out: str | Path | None = None  # checkpoint directory; default <artifacts>/ppo
     name: str = "ppo"
-    evaluation: dict[str, float] = field(default_factory=dict)
     resume: bool = False  # also restore init_checkpoint's optimizer moments (continue a PPO run)
+    evaluate_towns: bool = True  # score the result on the guardrail towns (the anneal judges from it)
 
     def run(self, context: TrainingContext) -> PPOTrainingResult:
         torch = require_torch()
         from townlet_pipelines.training.checkpoints import model_for, restore_optimizer, save_checkpoint
-        from townlet_pipelines.training.evaluation import evaluate
-        from townlet_pipelines.training.policy import TorchPolicy
 
         config, ppo, device = context.config, context.config.ppo, context.device
         mode = self.data_mode or ppo.data_mode
@@ -159,16 +272,19 @@ class PPOStrategy:
             raise TrainingError(f"ppo: data_mode={mode} needs a replay dataset")
         if anchor is None and self.bc_weight > 0:
             raise TrainingError(f"ppo: bc_weight={self.bc_weight} needs expert rows (anchor_dataset)")
-        seed = ppo.seed + 7919 * self.cycle  # a new seed per cycle: successive cycles never replay one world
+
+        # ---- set-up: this cycle's own towns (a slice of seeds.ppo), the network, the optimizer
+        seed = ppo.seed + 7919 * self.cycle
         torch.manual_seed(seed)
+        first_town = config.seeds.ppo.start + PPO_CYCLE_SEEDS * self.cycle
         world = TownWorld(config, ppo.rollout_towns)
         episode = [0]
 
-        def next_seed():
+        def next_seed():  # config validation keeps a cycle's episodes inside its PPO_CYCLE_SEEDS slice
             episode[0] += 1
-            return town_seeds(seed * 1000 + episode[0] * ppo.rollout_towns, ppo.rollout_towns)
+            return town_seeds(first_town + ppo.budget_towns + episode[0] * ppo.rollout_towns, ppo.rollout_towns)
 
-        world.reset(town_seeds(seed * 1000, ppo.rollout_towns))
+        world.reset(town_seeds(first_town + ppo.budget_towns, ppo.rollout_towns))
         model, parent = model_for(world.spec, config.model, device.device, self.init_checkpoint)
         for source in (dataset, anchor):
             if source is not None and source.spec != world.spec:
@@ -177,6 +293,12 @@ class PPOStrategy:
         if self.resume and self.init_checkpoint is not None:
             restore_optimizer(self.init_checkpoint, optimizer, device.device)
         scaler = torch.amp.GradScaler("cuda", enabled=device.amp)
+        multiplier = None
+        if ppo.conflict_budget > 0 and mode != "replay":
+            expert_rate = expert_conflict_rate(config, tuple(range(first_town, first_town + ppo.budget_towns)))
+            multiplier = ConflictMultiplier(
+                budget=max(ppo.conflict_budget * expert_rate, 1e-3), learning_rate=ppo.lagrange_lr,
+                value=ppo.lagrange_init, window=max(1, -(-config.world.day_ticks // ppo.rollout_ticks)))
         replay_stream = replay_rows(dataset, ppo.gamma, ppo.gae_lambda, seed) if dataset is not None else None
         anchor_stream = None
         if anchor is not None:
@@ -184,123 +306,113 @@ class PPOStrategy:
                              for batch in anchor.iter_batches(256, seed=seed + epoch))
         pending: list = []
         log = context.log(self.name)
-        stats: dict[str, list[float]] = {key: [] for key in (
-            "loss_policy", "loss_value", "loss_entropy", "loss_total", "loss_bc", "clip_fraction", "kl", "grad_norm",
-            "adv_std")}
+        stats: dict[str, list[float]] = {key: [] for key in STAT_KEYS}
         counters = {"zero_std": 0, "clip_triggered": 0, "transitions": 0, "steps": 0, "rollout_seconds": 0.0}
         telemetry = {key: 0.0 for key in TELEMETRY_KEYS}
-        entropies, reward_adv = [], []
+        entropies, reward_adv, multipliers = [], [], []
+        agents = world.towns * world.agents
         start = time.perf_counter()
         progress = Progress(updates, f"ppo cycle {self.cycle}", context.progress)
         for update in range(updates):
-            # ---- data for this update
-            parts = []
-            rollout_rows = ppo.rollout_ticks * world.towns * world.agents
+            # ---- collect
+            parts, rate = [], None
             if mode in ("rollout", "mixed"):
-                rollout = collect_rollout(model, world, ppo.rollout_ticks, context, next_seed)
-                parts.append(rollout.rows)
+                rollout = collect_rollout(model, world, ppo.rollout_ticks, device, next_seed,
+                                          ppo.episode_ticks or config.evaluation.ticks)
+                penalty = multiplier.value if multiplier is not None else 0.0
+                parts.append(rollout_rows(rollout, penalty, ppo))
                 counters["steps"] += rollout.ticks
                 counters["rollout_seconds"] += rollout.seconds
-                entropies.append(rollout.entropy)
+                entropies.append(rollout.arrays["entropy"].reshape(-1))
                 for key in TELEMETRY_KEYS:
                     telemetry[key] += rollout.telemetry[key]
+                if multiplier is not None:
+                    multipliers.append(penalty)
+                    rate = multiplier.update(rollout.telemetry["queue_conflict_events"],
+                                             agents * rollout.ticks / config.world.day_ticks)
             if mode in ("replay", "mixed"):
+                target = ppo.rollout_ticks * agents
                 share = ppo.mixed_replay_fraction if mode == "mixed" else 1.0
-                count = rollout_rows if mode == "replay" else int(round(rollout_rows * share / max(1 - share, 1e-6)))
+                count = target if mode == "replay" else int(round(target * share / max(1 - share, 1e-6)))
                 if count > 0:
                     parts.append(take_rows(replay_stream, count, pending))
             keys = set.intersection(*(set(part) for part in parts))
             data = {key: np.concatenate([part[key] for part in parts]) for key in keys}
             rows = len(data["actions"])
             counters["transitions"] += rows
-            reward_adv.append(np.corrcoef(data["rewards"], data["advantages"])[0, 1] if data["rewards"].std() > 0 else 0.0)
+            reward_adv.append(np.corrcoef(data["rewards"], data["advantages"])[0, 1] if data["rewards"].std() > 0
+                              else 0.0)
 
-            # ---- PPO update: clipped surrogate, clipped value loss, entropy bonus
+            # ---- update: update_epochs passes of shuffled mini-batches
             model.train()
             minibatch = max(1, rows // ppo.minibatches)
             for epoch in range(ppo.update_epochs):
                 order = np.random.default_rng(seed + 31 * update + epoch).permutation(rows)
                 for begin in range(0, rows - minibatch + 1, minibatch):
-                    index = order[begin : begin + minibatch]
-                    batch = to_tensors({key: data[key][index] for key in data}, device, ROW_KEYS)
+                    batch = to_tensors({key: data[key][order[begin:begin + minibatch]] for key in data}, device,
+                                       ROW_KEYS)
                     with torch.autocast(device_type=device.device.type, dtype=torch.float16, enabled=device.amp):
-                        distribution, new_values = model.distribution(batch["features"], batch["action_mask"],
-                                                                      batch.get("map"))
-                        new_log_probs = distribution.log_prob(batch["actions"].long())
-                        entropy = distribution.entropy().mean()
-                        log_ratio = new_log_probs - batch["old_log_probs"]
-                        ratio = log_ratio.exp()
-                        with torch.no_grad():
-                            approx_kl = ((ratio - 1) - log_ratio).mean()
-                            clip_fraction = ((ratio - 1.0).abs() > ppo.clip_coef).float().mean()
-                        advantages = batch["advantages"]
-                        adv_std = advantages.std()
-                        if adv_std < 1e-8:  # a batch of identical advantages carries no signal
-                            counters["zero_std"] += 1
-                            advantages = advantages - advantages.mean()
-                        else:
-                            advantages = (advantages - advantages.mean()) / (adv_std + 1e-8)
-                        policy_loss = torch.max(-advantages * ratio,
-                                                -advantages * ratio.clamp(1 - ppo.clip_coef, 1 + ppo.clip_coef)).mean()
-                        old_values = batch["value_preds"]
-                        clipped_values = old_values + (new_values - old_values).clamp(-ppo.value_clip_coef,
-                                                                                      ppo.value_clip_coef)
-                        value_loss = 0.5 * torch.max((new_values - batch["returns"]) ** 2,
-                                                     (clipped_values - batch["returns"]) ** 2).mean()
-                        loss = policy_loss - ppo.entropy_coef * entropy + ppo.value_coef * value_loss
-                        bc_loss = torch.zeros((), device=device.device)
+                        out = ppo_losses(model, batch, ppo)
+                        loss_bc = torch.zeros((), device=device.device)
                         if anchor_stream is not None:
-                            expert = to_tensors(next(anchor_stream), device,
-                                                ("map", "features", "action_mask", "expert_actions"))
-                            logits, _ = model(expert["features"], expert["action_mask"], expert.get("map"))
-                            bc_loss = torch.nn.functional.cross_entropy(logits, expert["expert_actions"].long())
-                        total = loss + self.bc_weight * bc_loss
-                    if not torch.isfinite(total):
+                            loss_bc = anchor_loss(model, to_tensors(next(anchor_stream), device,
+                                                                    (*OBS_KEYS, "expert_actions")))
+                        objective = out["loss"] + self.bc_weight * loss_bc
+                    if not torch.isfinite(objective):
                         raise TrainingError(f"ppo: non-finite loss at update {update}; no checkpoint was written")
                     optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(total).backward()
+                    scaler.scale(objective).backward()
                     scaler.unscale_(optimizer)
                     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), ppo.max_grad_norm)
                     scaler.step(optimizer)
                     scaler.update()
-                    for key, value in (("loss_policy", policy_loss), ("loss_value", value_loss),
-                                       ("loss_entropy", entropy), ("loss_total", loss), ("loss_bc", bc_loss),
-                                       ("clip_fraction", clip_fraction), ("kl", approx_kl), ("grad_norm", grad_norm),
-                                       ("adv_std", adv_std)):
+                    for key, value in (("loss_policy", out["pg_loss"]), ("loss_value", out["v_loss"]),
+                                       ("loss_entropy", out["entropy_loss"]), ("loss_total", out["loss"]),
+                                       ("loss_bc", loss_bc), ("clip_fraction", out["clipfrac"]),
+                                       ("kl", out["approx_kl"]), ("grad_norm", grad_norm), ("adv_std", out["adv_std"])):
                         stats[key].append(float(value.detach()))
-                    counters["clip_triggered"] += int(float(clip_fraction) > 0)
-            last = {key: float(np.mean(values[-ppo.update_epochs * ppo.minibatches:])) for key, values in stats.items()}
-            log.write({"update": update, "cycle": self.cycle, "mode": mode, "rows": rows, **last})
-            progress.update(1, loss=last["loss_total"], kl=last["kl"])
+                    counters["zero_std"] += int(out["zero_std"])
+                    counters["clip_triggered"] += int(float(out["clipfrac"]) > 0)
+            last = _recent(stats, ppo)
+            entry = {"update": update, "cycle": self.cycle, "mode": mode, "rows": rows, **last}
+            if multiplier is not None:
+                entry.update(conflict_rate=rate, conflict_budget=multiplier.budget, lagrange_multiplier=multiplier.value)
+            log.write(entry)
+            progress.update(1, loss=last["loss_total"], kl=last["kl"],
+                            **({"conflicts": rate, "lam": multiplier.value} if multiplier is not None else {}))
 
+        # ---- finish: score on the guardrail towns, write the checkpoint, build the record
         duration = time.perf_counter() - start
-        evaluation = evaluate(config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act)
-        self.evaluation = evaluation
-        last = {key: float(np.mean(values[-ppo.update_epochs * ppo.minibatches:])) for key, values in stats.items()}
-        flags = judge(last["loss_total"], evaluation, self.anneal)
+        evaluation = {}
+        if self.evaluate_towns:
+            from townlet_pipelines.training.evaluation import evaluate
+            from townlet_pipelines.training.policy import TorchPolicy
+
+            evaluation = evaluate(config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act)
+        last = _recent(stats, ppo)
         metrics = {**{f"eval_{k}": v for k, v in evaluation.items()}, "loss_total": last["loss_total"],
                    "kl": last["kl"], "clip_fraction": last["clip_fraction"]}
-        out = Path(self.out) if self.out is not None else context.artifacts / "ppo"
+        out_dir = Path(self.out) if self.out is not None else context.artifacts / "ppo"
         source = dataset or anchor
-        record = save_checkpoint(out, model, "ppo", config.model_dump(mode="json"),
+        record = save_checkpoint(out_dir, model, "ppo", config.model_dump(mode="json"),
                                  source.identity if source is not None else None, parent, metrics, optimizer,
                                  progress={"updates": updates, "cycle": self.cycle})
         entropy_all = np.concatenate(entropies) if entropies else np.zeros(1)
-        anneal = self.anneal
-        baselines = anneal.baselines if anneal is not None else {}
         return PPOTrainingResult(
             epoch=ppo.update_epochs, updates=updates, transitions=counters["transitions"], steps=counters["steps"],
             loss_policy=last["loss_policy"], loss_value=last["loss_value"], loss_entropy=last["loss_entropy"],
-            loss_total=last["loss_total"], loss_bc=last["loss_bc"], clip_fraction=float(np.mean(stats["clip_fraction"])),
-            clip_fraction_max=float(np.max(stats["clip_fraction"])), adv_mean=float(data["advantages"].mean()),
-            adv_std=float(data["advantages"].std()), adv_min_std=float(np.min(stats["adv_std"])),
-            adv_zero_std_batches=counters["zero_std"], clip_triggered_minibatches=counters["clip_triggered"],
+            loss_total=last["loss_total"], loss_bc=last["loss_bc"],
+            clip_fraction=float(np.mean(stats["clip_fraction"])), clip_fraction_max=float(np.max(stats["clip_fraction"])),
+            adv_mean=float(data["advantages"].mean()), adv_std=float(data["advantages"].std()),
+            adv_min_std=float(np.min(stats["adv_std"])), adv_zero_std_batches=counters["zero_std"],
+            clip_triggered_minibatches=counters["clip_triggered"],
             grad_norm=float(np.mean(stats["grad_norm"])), grad_norm_max=float(np.max(stats["grad_norm"])),
             kl_divergence=float(np.mean(stats["kl"])), kl_divergence_max=float(np.max(stats["kl"])),
-            lr=ppo.learning_rate, batch_entropy_mean=float(entropy_all.mean()), batch_entropy_std=float(entropy_all.std()),
-            reward_advantage_corr=float(np.nanmean(reward_adv)), data_mode=mode, cycle_id=self.cycle,
-            rollout_ticks=ppo.rollout_ticks, epoch_duration_sec=duration / updates,
-            env_steps_per_sec=(counters["steps"] * world.towns * world.agents / counters["rollout_seconds"]
+            lr=ppo.learning_rate, batch_entropy_mean=float(entropy_all.mean()),
+            batch_entropy_std=float(entropy_all.std()), reward_advantage_corr=float(np.nanmean(reward_adv)),
+            data_mode=mode, cycle_id=self.cycle, rollout_ticks=ppo.rollout_ticks,
+            epoch_duration_sec=duration / updates,
+            env_steps_per_sec=(counters["steps"] * agents / counters["rollout_seconds"]
                                if counters["rollout_seconds"] else 0.0),
             device=device.name,
             queue_conflict_events=int(telemetry["queue_conflict_events"]),
@@ -311,33 +423,18 @@ class PPOStrategy:
             chat_success_events=int(telemetry["chat_success_events"]),
             chat_failure_events=int(telemetry["chat_failure_events"]),
             chat_quality=telemetry["chat_quality_sum"] / max(telemetry["chat_success_events"], 1.0),
-            anneal_cycle=anneal.cycle if anneal else None, anneal_stage=anneal.stage if anneal else None,
-            dataset_label=anneal.dataset_label if anneal else None,
-            bc_threshold=anneal.bc_threshold if anneal else None,
-            baseline_loss=baselines.get("loss"), baseline_queue_events=baselines.get("queue_events"),
-            baseline_queue_intensity=baselines.get("queue_intensity"),
-            loss_flag=flags["loss_flag"], queue_flag=flags["queue_flag"], intensity_flag=flags["intensity_flag"],
+            conflict_budget=multiplier.budget if multiplier is not None else None,
+            lagrange_multiplier=multiplier.value if multiplier is not None else None,
+            lagrange_multiplier_mean=float(np.mean(multipliers)) if multipliers else None,
             baseline_dataset_metrics=_dataset_metrics(source), evaluation=evaluation,
-            checkpoint_id=record.checkpoint_id, checkpoint_path=str(out), parent_checkpoint_id=parent,
+            checkpoint_id=record.checkpoint_id, checkpoint_path=str(out_dir), parent_checkpoint_id=parent,
         )
 
 
-def judge(loss_total: float, evaluation: dict[str, float], anneal: AnnealContext | None) -> dict[str, bool]:
-    """The PPO guardrails: loss within tolerance of its baseline; conflicts not rising past theirs."""
-    flags = {"loss_flag": False, "queue_flag": False, "intensity_flag": False}
-    if anneal is None:
-        return flags
-    baseline = anneal.baselines
-    if baseline.get("loss") is not None and baseline["loss"] != 0:
-        flags["loss_flag"] = abs(loss_total - baseline["loss"]) / abs(baseline["loss"]) > anneal.loss_tolerance
-    for flag, key, metric, tolerance in (
-        ("queue_flag", "queue_events", "queue_conflict_events_per_agent_day", anneal.queue_tolerance),
-        ("intensity_flag", "queue_intensity", "queue_conflict_intensity_per_agent_day", anneal.intensity_tolerance),
-    ):
-        reference = baseline.get(key)
-        if reference is not None:
-            flags[flag] = evaluation[metric] > reference * (1 + tolerance) + 1e-12
-    return flags
+def _recent(stats: dict[str, list[float]], ppo: PPOConfig) -> dict[str, float]:
+    """Means over the last update's mini-batches: the figures an update is logged and judged by."""
+    window = ppo.update_epochs * ppo.minibatches
+    return {key: float(np.mean(values[-window:])) for key, values in stats.items()}
 
 
 def _dataset_metrics(dataset: ReplayDataset | None) -> dict[str, float]:

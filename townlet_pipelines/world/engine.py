@@ -131,11 +131,13 @@ class TownWorld:
         s.target[who] = -1
         s.progress[who] = 0
 
-    def choose_targets(self, s: WorldState, town: np.ndarray, agent: np.ndarray, options: np.ndarray) -> np.ndarray:
+    def choose_targets(self, s: WorldState, town: np.ndarray, agent: np.ndarray, options: np.ndarray,
+                       extra_claims: np.ndarray | None = None) -> np.ndarray:
         """Object each (town, agent)'s option would walk to (-1: none eligible); only starters pay for this.
 
-        Nearest by path, where each occupant (user or waiter) counts as `busy_penalty` tiles and a rival
-        among them as `rival_penalty`; objects on the agent's fairness cooldown are excluded.
+        Nearest by path, where each occupant (user or waiter) counts as `busy_penalty` tiles, each agent
+        already walking to it as `claim_penalty` tiles, and a rival among the occupants as `rival_penalty`;
+        objects on the agent's fairness cooldown are excluded.
         """
         layout, queues = self.layout, self.config.world.queues
         otype = _OPTION_TYPE[options]
@@ -147,11 +149,40 @@ class TownWorld:
         present = np.where(s.holding | s.queued, s.target, -1)[town]  # (M, N) object each other agent is at
         rival_at = (rivals[:, :, None] & (present[:, :, None] == cand[:, None, :])).any(axis=1)  # (M, K)
         score = dist + queues.busy_penalty * occupancy[town[:, None], safe] + queues.rival_penalty * rival_at
+        if queues.claim_penalty:
+            walking = s.active & (s.target >= 0) & ~s.holding & ~s.queued  # (B, N)
+            flat = (np.arange(self.towns)[:, None] * layout.num_objects + s.target)[walking]
+            claims = np.bincount(flat, minlength=self.towns * layout.num_objects).reshape(self.towns, -1)
+            if extra_claims is not None:
+                claims = claims + extra_claims
+            score = score + queues.claim_penalty * claims[town[:, None], safe]
         cooling = s.cooldown_until[town[:, None], agent[:, None], safe] > s.tick
         score = np.where((cand >= 0) & (otype >= 0)[:, None] & ~cooling, score, np.inf)
         best = np.argmin(score, axis=1)
         target = np.where(np.isfinite(score[np.arange(len(best)), best]), cand[np.arange(len(best)), best], -1)
         return np.where(options == WORK, layout.desk_of_agent[agent], target).astype(np.int32)
+
+    def _spread_same_tick_claims(self, s, t, town, agent, options, targets, rounds: int = 2) -> np.ndarray:
+        """Agents that set out on the same tick claim in a seeded order: a later starter that picked an object an
+        earlier one already claimed this tick chooses again, seeing those claims (a couple of rounds suffice)."""
+        objects = self.layout.num_objects
+        priority = rng.uniform(s.seeds, t, rng.STREAM_TIE_BREAK, (self.agents,))[town, agent]
+        order = np.lexsort((priority, town))  # by town, then the seeded draw
+        for _ in range(rounds):
+            key = np.where(targets >= 0, town * objects + targets, -1 - np.arange(len(town)))[order]
+            _, first = np.unique(key, return_index=True)
+            later = np.ones(len(order), dtype=bool)
+            later[first] = False
+            if not later.any():
+                break
+            redo = order[later]
+            kept = order[~later]
+            kept = kept[targets[kept] >= 0]
+            extra = np.bincount(town[kept] * objects + targets[kept], minlength=self.towns * objects)
+            targets = targets.copy()
+            targets[redo] = self.choose_targets(s, town[redo], agent[redo], options[redo],
+                                                extra.reshape(self.towns, objects))
+        return targets
 
     # ------------------------------------------------------------------ step
     def step(self, actions: np.ndarray, observe: bool = True) -> StepResult:
@@ -184,9 +215,23 @@ class TownWorld:
         if starting.any():
             town, agent = np.nonzero(starting)
             targets = self.choose_targets(s, town, agent, actions[town, agent])
+            if self.config.world.queues.claim_penalty and len(town) > 1:
+                targets = self._spread_same_tick_claims(s, t, town, agent, actions[town, agent], targets)
             s.target[town, agent] = targets
             s.active[town[targets >= 0], agent[targets >= 0]] = True
             tel["failed_actions"] += np.bincount(town[targets < 0], minlength=B)
+
+        # 1b. Walkers re-pick: an agent still walking (not yet queued) to an object that someone now holds or
+        # waits at switches to a better one of the type if there is one (claims of others count as before).
+        if world.queues.retarget_walkers:
+            safe_target = np.maximum(s.target, 0)
+            walkers = s.active & ~s.holding & ~s.queued & ~starting & (s.option != WORK)
+            taken = ((s.holder >= 0) | (self.observer.queue_counts(s) > 0))[np.arange(B)[:, None], safe_target]
+            town, agent = np.nonzero(walkers & taken)
+            if len(town):
+                s.target[town, agent] = -1  # its own claim must not count against the alternatives
+                again = self.choose_targets(s, town, agent, s.option[town, agent])
+                s.target[town, agent] = np.where(again >= 0, again, safe_target[town, agent])
 
         # 2. Movement: explicit moves, and one step along the shortest path for walking options.
         safe_target = np.maximum(s.target, 0)

@@ -36,6 +36,8 @@ def feature_names() -> tuple[str, ...]:
     for kind in OBJECT_TYPES:
         names += [f"{kind}_dx", f"{kind}_dy", f"{kind}_distance"]
     names += [f"{kind}_queue" for kind in OBJECT_TYPES]
+    names += [f"{kind}_heading" for kind in OBJECT_TYPES]
+    names += [f"{kind}_free" for kind in OBJECT_TYPES]
     names += ["meals_in_stock"]
     for role in ("friend", "rival"):
         for rank in (1, 2):
@@ -213,6 +215,27 @@ class ObservationBuilder:
         out[:, :, 1, r, r] -= 1  # the agents channel counts others
         return out
 
+    def contention(self, s: WorldState) -> tuple[np.ndarray, np.ndarray]:
+        """Per agent and object type: other agents walking to or queued for that type (`heading`), and the
+        share of the type's objects that nobody holds or heads for and that the agent may use now (not on its
+        fairness cooldown): `free`. These let a policy see a conflict coming; the queue count alone shows
+        only who has already arrived."""
+        B, N = s.y.shape
+        objects, types = self.layout.num_objects, len(OBJECT_TYPES)
+        walking = s.active & (s.target >= 0) & ~s.holding  # (B, N)
+        target_type = self.layout.object_type[np.maximum(s.target, 0)]  # (B, N)
+        own = np.zeros((B, N, types), dtype=np.float32)
+        own[walking, target_type[walking]] = 1.0
+        heading = own.sum(axis=1, keepdims=True) - own  # (B, N, T): others only
+        flat = (np.arange(B)[:, None] * objects + s.target)[walking]
+        claimed = np.bincount(flat, minlength=B * objects).reshape(B, objects) + (s.holder >= 0)
+        usable = (claimed == 0)[:, None, :] & (s.cooldown_until <= s.tick)  # (B, N, O)
+        by_type = np.zeros((types, objects), dtype=np.float32)
+        by_type[self.layout.object_type, np.arange(objects)] = 1.0
+        per_type = np.maximum(by_type.sum(axis=1), 1.0)
+        free = (usable.astype(np.float32) @ by_type.T) / per_type  # (B, N, T)
+        return heading, free
+
     def queue_counts(self, s: WorldState) -> np.ndarray:
         B = s.y.shape[0]
         objects = self.layout.num_objects
@@ -295,6 +318,9 @@ class ObservationBuilder:
         occupancy = (s.holder >= 0) + self.queue_counts(s)  # (B, O)
         for kind in range(len(OBJECT_TYPES)):
             put(occupancy[rows, nearest[kind]])
+        heading, free = self.contention(s)
+        put(heading / N)
+        put(free)
         put(np.broadcast_to(s.meals[:, None] / 10.0, (B, N)))
 
         put(self._tie_features(s))

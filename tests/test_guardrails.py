@@ -1,0 +1,138 @@
+"""The guardrail judge, seed ranges, evaluation intervals and the loss pieces that must never drift silently."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from townlet_pipelines.config import AnnealConfig, ConfigError, config_from_mapping
+from townlet_pipelines.training.evaluation import evaluate, paired_difference
+from townlet_pipelines.world.policies import ScriptedExpert
+
+torch = pytest.importorskip("torch")
+
+from townlet_pipelines.training.anneal import judge  # noqa: E402
+
+ANNEAL = AnnealConfig(loss_tolerance=0.10, queue_tolerance=0.15, intensity_tolerance=0.15)
+BASELINES = {"loss": 2.0, "queue_events": 0.40, "queue_intensity": 0.60}
+
+
+def rates(conflicts: float, intensity: float) -> dict[str, float]:
+    return {"queue_conflict_events_per_agent_day": conflicts, "queue_conflict_intensity_per_agent_day": intensity}
+
+
+def test_queue_flag_fires_only_above_the_tolerance():
+    assert not judge(2.0, rates(0.46, 0.60), BASELINES, ANNEAL)["queue_flag"]  # 0.46 = 0.40 + 15%
+    assert judge(2.0, rates(0.461, 0.60), BASELINES, ANNEAL)["queue_flag"]
+    assert not judge(2.0, rates(0.10, 0.60), BASELINES, ANNEAL)["queue_flag"]  # fewer conflicts never flag
+
+
+def test_intensity_flag_is_judged_on_its_own():
+    flags = judge(2.0, rates(0.40, 0.70), BASELINES, ANNEAL)
+    assert flags == {"loss_flag": False, "queue_flag": False, "intensity_flag": True}
+
+
+def test_a_zero_conflict_baseline_flags_any_conflict():
+    zero = {"loss": 2.0, "queue_events": 0.0, "queue_intensity": 0.0}
+    assert not judge(2.0, rates(0.0, 0.0), zero, ANNEAL)["queue_flag"]
+    assert judge(2.0, rates(0.01, 0.02), zero, ANNEAL)["queue_flag"]
+
+
+@pytest.mark.parametrize("loss, flagged", [(2.2, False), (2.21, True), (1.8, False), (1.79, True), (-2.0, True)])
+def test_loss_flag_fires_in_both_directions(loss, flagged):
+    assert judge(loss, rates(0.4, 0.6), BASELINES, ANNEAL)["loss_flag"] is flagged
+
+
+def test_no_baseline_raises_no_flag():
+    assert not any(judge(9.9, rates(9.9, 9.9), {"loss": None, "queue_events": None}, ANNEAL).values())
+
+
+def test_overlapping_seed_ranges_are_refused_naming_both_fields():
+    with pytest.raises(ConfigError, match=r"seeds\.guardrail .* overlaps seeds\.test"):
+        config_from_mapping({"seeds": {"guardrail": {"start": 500, "count": 10},
+                                       "test": {"start": 505, "count": 10},
+                                       "expert": {"start": 10**9, "count": 10}}})
+    with pytest.raises(ConfigError, match=r"seeds\.dagger .* overlaps seeds\.ppo"):
+        config_from_mapping({"seeds": {"dagger": {"start": 1_000_000, "count": 10}}})
+
+
+def test_a_use_that_outgrows_its_range_is_refused():
+    with pytest.raises(ConfigError, match=r"seeds\.expert: 64 town seeds are needed but the range holds 10"):
+        config_from_mapping({"rollout": {"towns": 64}, "seeds": {"expert": {"start": 0, "count": 10}}})
+
+
+def test_default_seed_ranges_are_disjoint_and_the_test_set_is_far_from_the_rest():
+    seeds = config_from_mapping({}).seeds
+    test = set(seeds.test.seeds())
+    for name in ("expert", "dagger", "ppo", "policy_rollouts", "guardrail"):
+        assert not getattr(seeds, name).overlaps(seeds.test), name
+    assert len(test) >= 64
+
+
+def test_evaluation_reports_intervals_and_paired_differences():
+    config = config_from_mapping({"world": {"agents_per_town": 4, "day_ticks": 360, "episode_days": 1,
+                                            "jobs": {"work_window_before": 30, "jobs": [
+                                                {"name": "early", "shift_start": 90, "shift_end": 180}]}},
+                                  "evaluation": {"ticks": 120}})
+    towns: dict = {}
+    report = evaluate(config, ScriptedExpert(config.expert).act, seeds=(7, 8, 9, 10), per_town=towns)
+    assert report["towns"] == 4 and report["agent_days"] == pytest.approx(4 * 4 * 120 / 360)
+    assert report["reward_per_agent_day_ci95"] > 0
+    assert report["reward_per_agent_day"] == pytest.approx(np.mean(towns["reward_per_agent_day"]))
+    same, half = paired_difference(towns["reward_per_agent_day"], towns["reward_per_agent_day"])
+    assert same == 0 and half == 0
+    with pytest.raises(ValueError, match="no towns"):
+        evaluate(config, ScriptedExpert(config.expert).act, seeds=())
+
+
+def test_masked_logits_carry_no_probability_and_no_gradient():
+    from townlet_pipelines.training.model import PolicyNetwork
+    from townlet_pipelines.world.observations import ObservationSpec, feature_names
+
+    spec = ObservationSpec(variant="compact", map_shape=None, feature_names=feature_names())
+    model = PolicyNetwork(spec)
+    features = torch.randn(3, spec.feature_dim)
+    mask = torch.ones(3, len(spec.action_names), dtype=torch.bool)
+    mask[:, 2] = False
+    distribution, _ = model.distribution(features, mask)
+    assert torch.all(distribution.probs[:, 2] == 0)
+    assert torch.all(distribution.sample((200,))[:, :] != 2)
+    distribution.entropy().sum().backward()
+    assert torch.isfinite(model.policy_head.weight.grad).all()
+
+
+def test_decision_rows_weigh_more_than_continuations():
+    from townlet_pipelines.training.bc import bc_losses, option_columns
+    from townlet_pipelines.training.model import PolicyNetwork
+    from townlet_pipelines.world.actions import ACTION_NAMES
+    from townlet_pipelines.world.observations import ObservationSpec, feature_names
+
+    spec = ObservationSpec(variant="compact", map_shape=None, feature_names=feature_names())
+    torch.manual_seed(0)
+    model = PolicyNetwork(spec)
+    columns = option_columns(spec)
+    features = torch.zeros(2, spec.feature_dim)
+    eat = ACTION_NAMES.index("eat")
+    features[:, columns.start + eat] = 1.0  # both rows: an `eat` option is in progress
+    batch = {"features": features, "action_mask": torch.ones(2, len(ACTION_NAMES), dtype=torch.bool),
+             "expert_actions": torch.tensor([eat, ACTION_NAMES.index("sleep")]),  # continue, then a decision
+             "value_preds": torch.zeros(2)}
+    _, plain, _, _ = bc_losses(model, batch, 0.0, decision_weight=1.0, option_columns=columns)
+    _, weighted, _, _ = bc_losses(model, batch, 0.0, decision_weight=10.0, option_columns=columns)
+    logits, _ = model(features, batch["action_mask"])
+    per_row = torch.nn.functional.cross_entropy(logits, batch["expert_actions"], reduction="none")
+    assert plain.item() == pytest.approx(per_row.mean().item(), rel=1e-5)
+    assert weighted.item() == pytest.approx(((per_row[0] + 10 * per_row[1]) / 11).item(), rel=1e-5)
+
+
+def test_the_conflict_multiplier_rises_over_budget_and_never_goes_negative():
+    from townlet_pipelines.training.ppo import ConflictMultiplier
+
+    multiplier = ConflictMultiplier(budget=0.5, learning_rate=0.1, window=2)
+    rate = multiplier.update(conflicts=3.0, agent_days=2.0)  # 1.5 per agent-day: three times the budget
+    assert rate == pytest.approx(1.5) and multiplier.value == pytest.approx(0.2)
+    multiplier.update(conflicts=0.0, agent_days=2.0)  # window of two updates: 0.75 per agent-day
+    assert multiplier.value == pytest.approx(0.25)
+    for _ in range(20):
+        multiplier.update(conflicts=0.0, agent_days=2.0)
+    assert multiplier.value == 0.0
