@@ -45,3 +45,16 @@ def act(env: TownWorld, **chosen: int) -> np.ndarray:
 @pytest.fixture
 def small_world():
     return make_world({"agents_per_town": 2})
+
+
+@pytest.fixture(autouse=True, scope="session")
+def torch_threads():
+    """The suite runs with the project's torch thread setting (runtime.torch_threads: auto), as the CLI, the
+    Dagster steps and the benchmarks do; without torch there is nothing to set."""
+    try:
+        from townlet_pipelines.training.device import configure_threads
+
+        configure_threads(0)
+    except ImportError:
+        pass
+    yield

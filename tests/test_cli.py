@@ -9,6 +9,15 @@ import pytest
 from townlet_pipelines.cli import main
 
 
+def test_anneal_exit_codes_are_distinct_and_documented():
+    from townlet_pipelines.cli import ANNEAL_EXIT_CODES, build_parser
+
+    assert ANNEAL_EXIT_CODES == {"PASS": 0, "FAIL": 3, "HOLD": 4}
+    train = next(action for action in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                 if action.dest == "kind")
+    assert "3 on FAIL, 4 on HOLD" in train.choices["anneal"].format_help()
+
+
 def run(capsys, *argv: str) -> str:
     assert main(list(argv)) == 0
     return capsys.readouterr().out
@@ -33,13 +42,23 @@ def test_capture_and_inspect(tmp_path, capsys):
 
 def test_train_evaluate_promotion_and_soak(tmp_path, capsys):
     pytest.importorskip("torch")
+    from townlet_pipelines.cli import ANNEAL_EXIT_CODES
+
     root = str(tmp_path / "artifacts")
-    summary = json.loads(run(capsys, "train", "anneal", "--config", "smoke", "--artifacts", root, "--json"))
-    assert summary["status"] in ("PASS", "HOLD") and summary["final_checkpoint_path"]
+    code = main(["train", "anneal", "--config", "smoke", "--artifacts", root, "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == ANNEAL_EXIT_CODES[summary["status"]] and summary["final_checkpoint_path"]
+    assert summary["namespace"].startswith("smoke-")
     status = json.loads(run(capsys, "promotion", "status", "--config", "smoke", "--artifacts", root, "--json"))
     assert status["releases"] == (1 if summary["status"] == "PASS" else 0)
-    table = run(capsys, "evaluate", summary["final_checkpoint_path"], "--config", "smoke")
-    assert "scripted expert" in table and "random" in table and "checkpoint" in table
+    default_status = json.loads(run(capsys, "promotion", "status", "--artifacts", root, "--json"))
+    assert default_status["releases"] == 0  # the default profile's state is its own: smoke never touches it
+    table = run(capsys, "evaluate", summary["final_checkpoint_path"], "--config", "smoke", "--seeds", "50:52")
+    assert "scripted expert" in table and "random" in table and "checkpoint" in table and "2 towns" in table
+    assert main(["evaluate", summary["final_checkpoint_path"]]) == 2  # trained for smoke's world, not default's
+    assert "evaluate it with the config it was trained with" in capsys.readouterr().err
+    assert main(["evaluate", summary["final_checkpoint_path"], "--config", "smoke", "--seeds", "9:3"]) == 2
+    assert "--seeds" in capsys.readouterr().err
     report = run(capsys, "report", "--config", "smoke", "--artifacts", root)
     assert "latest anneal summary" in report
     soak = run(capsys, "soak", "--config", "smoke", "--cycles", "2", "--artifacts", root)

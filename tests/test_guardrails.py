@@ -136,3 +136,58 @@ def test_the_conflict_multiplier_rises_over_budget_and_never_goes_negative():
     for _ in range(20):
         multiplier.update(conflicts=0.0, agent_days=2.0)
     assert multiplier.value == 0.0
+
+
+def _shield_model(**model):
+    from townlet_pipelines.config import ModelConfig
+    from townlet_pipelines.training.model import PolicyNetwork
+    from townlet_pipelines.world.observations import ObservationSpec, feature_names
+
+    spec = ObservationSpec(variant="compact", map_shape=None, feature_names=feature_names())
+    return PolicyNetwork(spec, ModelConfig(**model)), spec
+
+
+def test_the_shield_stops_starting_into_a_full_type_but_never_stops_a_continuation():
+    from townlet_pipelines.world.actions import ACTION_NAMES, EAT, SHOWER
+
+    model, spec = _shield_model()
+    names = spec.feature_names
+    features = torch.zeros(4, spec.feature_dim)
+    features[:, names.index("hunger")] = 0.5
+    features[:, names.index("hygiene")] = 0.5
+    features[:, names.index("fridge_free")] = torch.tensor([0.0, 0.5, 0.0, 0.0])
+    features[:, names.index("shower_free")] = 1.0
+    features[2, names.index("option_eat")] = 1.0  # row 2 is already on its way to a fridge
+    features[3, names.index("hunger")] = 0.1  # row 3 is nearly starving: the shield stands aside
+    mask = torch.ones(4, len(ACTION_NAMES), dtype=torch.bool)
+    shielded = model.shield_mask(features, mask)
+    assert shielded[:, EAT].tolist() == [False, True, True, True]
+    assert shielded[:, SHOWER].all()
+    logits, _ = model(features, mask)
+    assert logits[0, EAT] == torch.finfo(logits.dtype).min
+    unshielded, _ = model(features, mask, shield=False)  # BC's loss sees the expert's every label
+    assert unshielded[0, EAT] > torch.finfo(logits.dtype).min
+    plain, _ = _shield_model(conflict_shield=False)
+    assert torch.equal(plain.shield_mask(features, mask), mask)
+
+
+def test_the_snapshot_selector_prefers_reward_within_the_budget():
+    from townlet_pipelines.training.ppo import SnapshotSelector
+
+    model, _ = _shield_model()
+    expert = {"reward_per_agent_day": -20.0, "queue_conflict_events_per_agent_day": 0.2, "faints_per_agent_day": 0.0,
+              "wages_per_agent_day": 3.0}
+    selector = SnapshotSelector(expert, ratio=1.1, wage_ratio=0.95)
+
+    def offer(update, reward, conflicts, faints=0.0, wages=3.0):
+        return selector.offer(update, {"reward_per_agent_day": reward, "queue_conflict_events_per_agent_day": conflicts,
+                                       "faints_per_agent_day": faints, "wages_per_agent_day": wages}, model)
+
+    assert offer(1, -30.0, 0.5)  # nothing qualifies yet: the fewest conflicts so far
+    assert offer(2, -40.0, 0.4)
+    assert offer(3, -25.0, 0.21)  # within 1.1 x 0.2: qualifies, beats any that does not
+    assert not offer(4, -10.0, 0.3)  # more reward, over the budget
+    assert not offer(5, -5.0, 0.1, faints=0.01)  # more reward, but agents faint
+    assert not offer(5, -5.0, 0.1, wages=2.8)  # more reward, but it skips work
+    assert offer(6, -24.0, 0.2)
+    assert selector.best_update == 6 and selector.best["reward_per_agent_day"] == -24.0

@@ -70,3 +70,16 @@ def test_jsonl_logs_rotate_and_continue_numbering_across_runs(tmp_path):
     assert entries == list(range(10))
     assert len((tmp_path / "bc.0002.jsonl").read_text().splitlines()) == 3
     assert (tmp_path / "bc.0003.jsonl").read_text().count("\n") == 1
+
+
+def test_torch_threads_are_chosen_not_inherited():
+    torch = pytest.importorskip("torch")
+    from townlet_pipelines.training.device import auto_threads, configure_threads
+
+    assert [auto_threads(cores) for cores in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4]
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(2) == 2 and torch.get_num_threads() == 2
+        assert configure_threads(0) == auto_threads() == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

@@ -321,3 +321,43 @@ def test_an_optional_conflict_penalty_is_charged_to_the_blocked_agent():
     assert result.conflicts.blocked.tolist() == [0]
     assert result.rewards[0, 0] == pytest.approx(plain_result.rewards[0, 0] - 0.1, abs=1e-6)
     assert result.rewards[0, 1] == pytest.approx(plain_result.rewards[0, 1], abs=1e-6)
+
+
+def _two_showers(**queues):
+    env = make_world({"agents_per_town": 3, "objects": {"showers": 2}, "queues": queues})
+    calm(env)
+    first, second = env.layout.type_slots[2, 0], env.layout.type_slots[2, 1]
+    return env, first, second
+
+
+def test_agents_setting_out_on_one_tick_claim_different_objects():
+    env, first, second = _two_showers()
+    ay, ax = env.layout.access_y[first], env.layout.access_x[first]
+    place(env, 0, ay, ax + 1)
+    place(env, 1, ay, ax + 1)  # both stand next to the first shower
+    env.step(act(env, a0=SHOWER, a1=SHOWER))
+    assert sorted(env.state.target[0, :2].tolist()) == sorted([first, second])
+    env, first, second = _two_showers(claim_penalty=0.0)  # without the rule both walk to the nearest one
+    place(env, 0, ay, ax + 1)
+    place(env, 1, ay, ax + 1)
+    env.step(act(env, a0=SHOWER, a1=SHOWER))
+    assert env.state.target[0, :2].tolist() == [first, first]
+
+
+def test_a_walker_whose_object_is_taken_re_picks_a_free_one():
+    env, first, second = _two_showers(claim_penalty=0.5)  # small: agent 0 below still takes the first one
+    ay, ax = env.layout.access_y[first], env.layout.access_x[first]
+    place(env, 0, ay, ax)  # on the first shower's access tile: takes it at once
+    place(env, 1, ay + 3, ax)  # a few tiles away
+    env.step(act(env, a1=SHOWER))
+    assert env.state.target[0, 1] == first  # nearest, and free when it set out
+    env.step(act(env, a0=SHOWER, a1=SHOWER))
+    assert env.state.holding[0, 0] and env.state.target[0, 0] == first
+    env.step(act(env, a0=SHOWER, a1=SHOWER))
+    assert env.state.target[0, 1] == second
+    env, first, second = _two_showers(claim_penalty=0.5, retarget_walkers=False)
+    place(env, 0, ay, ax)
+    place(env, 1, ay + 3, ax)
+    env.step(act(env, a1=SHOWER))
+    steps(env, 2, a0=SHOWER, a1=SHOWER)
+    assert env.state.target[0, 1] == first  # without the rule it walks on into the queue

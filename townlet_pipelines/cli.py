@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("ppo", "PPO fine-tuning (from --init when given)"),
                        ("anneal", "the BC/PPO schedule with guardrails, then the promotion rule; exits 0 on PASS, "
                                  "3 on FAIL, 4 on HOLD")):
-        sub = train_kinds.add_parser(kind, help=text)
+        sub = train_kinds.add_parser(kind, help=text, description=text)
         _add_config(sub)
         sub.add_argument("--dataset", default=None, help="replay dataset (default: capture the expert per config)")
         sub.add_argument("--artifacts", default=None, help="artifacts root (default $TOWNLET_ARTIFACTS or "

@@ -304,7 +304,8 @@ class BCConfig(_Strict):
         10.0, ge=1, description="cross-entropy weight of decision rows (the expert starts or switches an "
         "option) relative to rows that merely continue one; 1 is plain BC")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="share of episodes held out for validation")
-    dagger_rounds: int = Field(2, ge=0, description="DAgger rounds after the epochs on the demonstrations")
+    dagger_rounds: int = Field(4, ge=0, description="DAgger rounds after the epochs on the demonstrations (4: "
+                               "the clone's own conflicts fell from 0.15 to 0.07 per agent-day against 2 rounds)")
     dagger_epochs: int = Field(2, ge=1, description="epochs on each round's expert-labelled own rollouts")
     dagger_towns: int = Field(8, ge=1, description="towns of each round's rollouts (rollout.ticks long)")
     seed: int = 0
@@ -317,7 +318,9 @@ class PPOConfig(_Strict):
     """CleanRL's PPO, every hyperparameter named; the defaults follow CleanRL's Atari settings except where
     a comment says why."""
 
-    learning_rate: float = Field(3e-4, gt=0, description="Adam step size")
+    learning_rate: float = Field(
+        1e-4, gt=0, description="Adam step size; a third of CleanRL's 3e-4, since PPO here fine-tunes a cloned "
+        "policy: the larger step traded queue conflicts for reward within a few updates")
     gamma: float = Field(0.99, gt=0, le=1, description="discount of future reward")
     gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE's bias/variance trade-off")
     clip_coef: float = Field(0.2, gt=0, description="the surrogate's ratio is clipped to 1 +- clip_coef")
@@ -329,7 +332,8 @@ class PPOConfig(_Strict):
     update_epochs: int = Field(4, ge=1, description="passes over each update's rows")
     updates: int = Field(8, ge=1, description="rollout-then-update iterations of a PPO stage run alone")
     rollout_towns: int = Field(8, ge=1, description="towns driven by the network in each rollout")
-    rollout_ticks: int = Field(128, ge=2, description="ticks of each rollout; towns run on across updates")
+    rollout_ticks: int = Field(180, ge=2, description="ticks of each rollout; towns run on across updates (180 "
+                               "divides the default day, so every update sees one eighth of it)")
     episode_ticks: int | None = Field(
         None, ge=2, description="rollout towns restart on fresh seeds after this many ticks; default: "
         "evaluation.ticks, the horizon every policy is judged on (BC's demonstrations cover it too)")
@@ -338,9 +342,20 @@ class PPOConfig(_Strict):
     conflict_budget: float = Field(
         0.0, ge=0, description="PPO-Lagrangian: keep queue conflicts per agent-day under this multiple of the "
         "scripted expert's rate on the stage's own towns (0 turns the constraint off)")
-    lagrange_lr: float = Field(0.05, ge=0, description="dual ascent step of the conflict multiplier per update")
-    lagrange_init: float = Field(0.0, ge=0, description="the conflict multiplier's starting value")
-    budget_towns: int = Field(32, ge=1, description="towns on which the expert's conflict rate is measured")
+    lagrange_lr: float = Field(0.1, ge=0, description="dual ascent step of the conflict multiplier per update")
+    lagrange_init: float = Field(5.0, ge=0, description="the conflict multiplier's starting value: conflicts "
+                                 "are priced from the first update, before the policy learns to cause them")
+    select_conflict_ratio: float = Field(
+        0.95, gt=0, description="a snapshot qualifies when its validation conflicts are at most this multiple of "
+        "the expert's on the same towns (below 1: 64 validation towns are noisier than the guardrail's 128, "
+        "so the choice keeps a margin under the 15% queue tolerance)")
+    select_wage_ratio: float = Field(
+        0.96, ge=0, description="... and its wages at least this share of the expert's (a policy that skips work "
+        "to eat and wash more is not the one we want)")
+    validate_every: int = Field(
+        2, ge=0, description="every this many updates (and after the last), score the greedy policy on the "
+        "seeds.validation towns and keep the best snapshot: the highest reward among those within the conflict "
+        "budget and with no more faints than the expert, else the fewest conflicts (0 keeps the last update)")
     seed: int = Field(0, ge=0, description="seeds torch and the mini-batch order")
 
 
@@ -371,7 +386,7 @@ class AnnealConfig(_Strict):
     # so an unchanged recipe reproduces its accepted loss and a changed one is held for a look.
     schedule: tuple[AnnealStage, ...] = (
         AnnealStage(cycle=0, mode="bc", epochs=5, bc_weight=1.0),
-        AnnealStage(cycle=1, mode="ppo", epochs=8, bc_weight=0.1),
+        AnnealStage(cycle=1, mode="ppo", epochs=24, bc_weight=0.0),
     )
     bc_accuracy_threshold: float = Field(0.9, ge=0)
     loss_tolerance: float = Field(0.10, ge=0)
@@ -449,6 +464,7 @@ class SeedsConfig(_Strict):
     dagger: SeedRange = SeedRange(start=100_000, count=900_000)  # BC's DAgger rounds
     ppo: SeedRange = SeedRange(start=1_000_000, count=9_000_000)  # PPO rollouts, per cycle and episode
     policy_rollouts: SeedRange = SeedRange(start=10_000_000, count=1_000_000)  # rollout_dataset
+    validation: SeedRange = SeedRange(start=40_000_000, count=64)  # PPO's conflict budget and snapshot choice
     guardrail: SeedRange = SeedRange(start=50_000_000, count=128)  # guardrail evaluation and baselines
     test: SeedRange = SeedRange(start=90_000_000, count=128)  # held out: reported, never used
 
@@ -504,7 +520,7 @@ class TownletConfig(_Strict):
         }
         needs["ppo"] = PPO_CYCLE_SEEDS * (1 + max((s.cycle for s in self.anneal.schedule), default=0))
         ppo_episode = min(episode, self.ppo.episode_ticks or self.evaluation.ticks)
-        ppo_towns = self.ppo.budget_towns + self.ppo.rollout_towns * (
+        ppo_towns = self.ppo.rollout_towns * (
             2 + max(self.ppo.updates, *(s.epochs for s in self.anneal.schedule)) * self.ppo.rollout_ticks // ppo_episode)
         if ppo_towns > PPO_CYCLE_SEEDS:
             raise ValueError(f"ppo: a cycle needs {ppo_towns} town seeds, more than its {PPO_CYCLE_SEEDS}")

@@ -109,6 +109,10 @@ class PPOTrainingResult(_Record):
     conflict_budget: float | None = None
     lagrange_multiplier: float | None = None
     lagrange_multiplier_mean: float | None = None
+    # The snapshot the stage returns (ppo.validate_every): its update and its validation KPIs beside the expert's.
+    selected_update: int | None = None
+    validation: dict[str, float] = {}
+    validation_expert: dict[str, float] = {}
     # Anneal fields.
     anneal_cycle: int | None = None
     anneal_stage: int | None = None
@@ -141,7 +145,7 @@ class AnnealStageResult(_Record):
     loss_value: float | None = None
     loss_entropy: float | None = None
     loss_total: float | None = None
-    queue_conflict_events: float | None = None  # per agent-day on the evaluation seeds
+    queue_conflict_events: float | None = None  # per agent-day on the guardrail towns (seeds.guardrail)
     queue_conflict_intensity: float | None = None
     loss_flag: bool = False
     queue_flag: bool = False

@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> None:
                           "(default $TOWNLET_ARTIFACTS or dagster_home/artifacts)")
     learning.add_argument("--run", action="store_true", help="run `townlet train anneal`'s code first")
     learning.add_argument("--json", action="store_true")
+    noise = commands.add_parser("guardrail-noise", help="the expert's spread across disjoint town sets, by size")
+    noise.add_argument("--config", default="default")
+    noise.add_argument("--towns", type=lambda text: [int(v) for v in text.split(",")], default=[8, 32, 128])
+    noise.add_argument("--sets", type=int, default=5)
+    noise.add_argument("--start", type=int, default=60_000_000, help="first seed (outside every training range)")
     pipeline = commands.add_parser("pipeline", help="nightly_anneal through Dagster against the CLI")
     pipeline.add_argument("--profiles", type=lambda text: text.split(","), default=["smoke", "default"])
     one = commands.add_parser("world-one", help=argparse.SUPPRESS)
@@ -55,6 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         from townlet_pipelines.bench import learning
 
         learning.main(args)
+    elif args.command == "guardrail-noise":
+        from townlet_pipelines.bench import learning
+
+        learning.noise_main(args)
     elif args.command == "pipeline":
         from townlet_pipelines.bench import pipeline
 

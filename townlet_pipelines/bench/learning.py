@@ -99,3 +99,31 @@ def main(args) -> None:
         print(f"  {name:<30}  " + "; ".join(cells))
     if args.json:
         print(json.dumps(rows, indent=2))
+
+
+def noise_main(args) -> None:
+    """The expert's KPIs across disjoint town sets of each size: how many towns a guardrail needs."""
+    import numpy as np
+
+    from townlet_pipelines.config import load_config
+    from townlet_pipelines.training.evaluation import evaluate
+    from townlet_pipelines.world.policies import ScriptedExpert
+
+    config = load_config(args.config)
+    expert = ScriptedExpert(config.expert)
+    keys = ("reward_per_agent_day", "queue_conflict_events_per_agent_day", "queue_conflict_intensity_per_agent_day")
+    print(f"scripted expert on {args.sets} disjoint sets of towns per size (seeds from {args.start}); "
+          "relative spread = sd across sets / mean")
+    print(f"  {'towns':>6}" + "".join(f"{key.removesuffix('_per_agent_day'):>34}" for key in keys))
+    start = args.start
+    for towns in args.towns:
+        values = []
+        for _ in range(args.sets):
+            report = evaluate(config, expert.act, seeds=tuple(range(start, start + towns)))
+            values.append([report[key] for key in keys])
+            start += towns
+        values = np.asarray(values)
+        mean, spread = values.mean(axis=0), values.std(axis=0, ddof=1) / np.abs(values.mean(axis=0))
+        low, high = values.min(axis=0) / mean - 1, values.max(axis=0) / mean - 1
+        print(f"  {towns:>6}" + "".join(f"{m:>10.3f} ±{s:>6.1%} [{lo:+.0%}, {hi:+.0%}]" for m, s, lo, hi
+                                        in zip(mean, spread, low, high)))

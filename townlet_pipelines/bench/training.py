@@ -1,5 +1,5 @@
 """Training throughput and learning: BC samples/s and accuracy, PPO env-steps/s, and PPO-from-BC versus
-the expert and a random policy on the evaluation seeds (reward per agent-day)."""
+the expert and a random policy on the held-out towns (reward per agent-day)."""
 
 from __future__ import annotations
 
@@ -38,12 +38,13 @@ def main(args) -> None:
               f"{ppo.env_steps_per_sec:,.0f} env agent-steps/s while collecting; "
               f"{ppo.epoch_duration_sec:.2f} s per update; final loss {ppo.loss_total:.4f}, kl {ppo.kl_divergence:.4f}")
         rows = {}
+        seeds = config.seeds.test.seeds()
         for name, checkpoint in (("bc", bc.checkpoint_path), ("ppo (from bc)", ppo.checkpoint_path)):
             model, _ = load_checkpoint(checkpoint, device=context.device.device)
-            rows[name] = evaluate(config, TorchPolicy(model, context.device, greedy=True).act)
-        rows["scripted expert"] = evaluate(config, ScriptedExpert(config.expert).act)
-        rows["random"] = evaluate(config, RandomPolicy(0).act)
-        print(f"evaluation on seeds {list(config.evaluation.seeds)}, {config.evaluation.ticks} ticks:")
+            rows[name] = evaluate(config, TorchPolicy(model, context.device, greedy=True).act, seeds=seeds)
+        rows["scripted expert"] = evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds)
+        rows["random"] = evaluate(config, RandomPolicy(0).act, seeds=seeds)
+        print(f"held-out towns seeds.test ({len(seeds)} towns), {config.evaluation.ticks} ticks, greedy:")
         keys = ("reward_per_agent_day", "faints_per_agent_day", "wages_per_agent_day",
                 "queue_conflict_events_per_agent_day", "late_arrivals_per_agent_day")
         print(f"  {'policy':<18}" + "".join(f"{key.removesuffix('_per_agent_day'):>24}" for key in keys))

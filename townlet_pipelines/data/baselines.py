@@ -20,7 +20,7 @@ class Baseline(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     loss_total: float
-    queue_conflict_events: float  # per agent-day on the evaluation seeds
+    queue_conflict_events: float  # per agent-day on the guardrail towns (seeds.guardrail)
     queue_conflict_intensity: float  # per agent-day
     source: str  # the checkpoint (or run) that set it
     accepted_at: str

@@ -309,6 +309,8 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> 
             "evaluation_towns": MetadataValue.int(int(last.evaluation["towns"])),
             "intensity_tolerance": MetadataValue.float(config.anneal.intensity_tolerance),
             "lagrange_multiplier": _number(last.lagrange_multiplier),
+            "selected_update": MetadataValue.int(int(last.selected_update or last.updates)),
+            "validation": MetadataValue.json({"policy": last.validation, "expert": last.validation_expert}),
             "conflict_budget": _number(last.conflict_budget),
             "baseline_queue_conflicts": _number(baselines["baseline_queue_events"]),
             "baseline_queue_intensity": _number(baselines["baseline_queue_intensity"]),

@@ -129,7 +129,7 @@ class AnnealStrategy:
 
     def _expert_evaluation(self, context: TrainingContext) -> dict[str, float]:
         """The dataset's generator — the scripted expert, without the capture's DART noise — scored on the
-        evaluation seeds exactly as a candidate is: the queue baselines of a first run."""
+        guardrail towns (seeds.guardrail) exactly as a candidate is: the queue baselines of a first run."""
         if self._expert_cache is None:
             from townlet_pipelines.training.evaluation import evaluate
             from townlet_pipelines.world.policies import ScriptedExpert

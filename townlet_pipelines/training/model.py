@@ -10,7 +10,9 @@ import numpy as np
 
 from townlet_pipelines.config import ModelConfig
 from townlet_pipelines.training.torch_support import require_torch
-from townlet_pipelines.world.actions import ACTION_NAMES, COOK, EAT, OBJECT_TYPES, OPTION_OBJECT_TYPE, SHOWER, SLEEP
+from townlet_pipelines.world.actions import (
+    ACTION_NAMES, COOK, EAT, OBJECT_TYPES, OPTION_OBJECT_TYPE, SHOWER, SLEEP,
+)
 from townlet_pipelines.world.observations import ObservationSpec
 
 torch = require_torch()

@@ -194,12 +194,51 @@ class ConflictMultiplier:
         return rate
 
 
-def expert_conflict_rate(config: TownletConfig, seeds: tuple[int, ...]) -> float:
-    """The scripted expert's queue conflicts per agent-day on the given towns: the constraint's budget."""
-    from townlet_pipelines.training.evaluation import evaluate
-    from townlet_pipelines.world.policies import ScriptedExpert
+VALIDATION_KEYS = ("reward_per_agent_day", "faints_per_agent_day", "queue_conflict_events_per_agent_day",
+                   "wages_per_agent_day")
 
-    return evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds)["queue_conflict_events_per_agent_day"]
+
+def validation_scores(config: TownletConfig, act) -> dict[str, float]:
+    """A greedy policy's KPIs on the seeds.validation towns (never the guardrail or the held-out towns)."""
+    from townlet_pipelines.training.evaluation import evaluate
+
+    report = evaluate(config, act, seeds=config.seeds.validation.seeds())
+    return {key: report[key] for key in VALIDATION_KEYS}
+
+
+@dataclass
+class SnapshotSelector:
+    """Early stopping under the constraint: keep the snapshot with the highest validation reward among those
+    whose conflicts stay within `ratio` × the expert's, whose faints do not exceed the expert's and whose
+    wages reach `wage_ratio` × the expert's; while none qualifies, the one with the fewest conflicts."""
+
+    expert: dict[str, float]
+    ratio: float
+    wage_ratio: float = 0.0
+    best: dict[str, float] | None = None
+    best_state: dict | None = None
+    best_update: int = 0
+
+    def feasible(self, scores: dict[str, float]) -> bool:
+        return (scores["queue_conflict_events_per_agent_day"]
+                <= self.ratio * self.expert["queue_conflict_events_per_agent_day"] + 1e-9
+                and scores["faints_per_agent_day"] <= self.expert["faints_per_agent_day"] + 1e-9
+                and scores["wages_per_agent_day"] >= self.wage_ratio * self.expert["wages_per_agent_day"] - 1e-9)
+
+    def offer(self, update: int, scores: dict[str, float], model) -> bool:
+        better = self.best is None
+        if not better:
+            if self.feasible(scores) != self.feasible(self.best):
+                better = self.feasible(scores)
+            elif self.feasible(scores):
+                better = scores["reward_per_agent_day"] > self.best["reward_per_agent_day"]
+            else:
+                better = (scores["queue_conflict_events_per_agent_day"]
+                          < self.best["queue_conflict_events_per_agent_day"])
+        if better:
+            self.best, self.best_update = dict(scores), update
+            self.best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        return better
 
 
 # --------------------------------------------------------------------------------------- update
@@ -261,6 +300,9 @@ class PPOStrategy:
     def run(self, context: TrainingContext) -> PPOTrainingResult:
         torch = require_torch()
         from townlet_pipelines.training.checkpoints import model_for, restore_optimizer, save_checkpoint
+        from townlet_pipelines.training.evaluation import evaluate
+        from townlet_pipelines.training.policy import TorchPolicy
+        from townlet_pipelines.world.policies import ScriptedExpert
 
         config, ppo, device = context.config, context.config.ppo, context.device
         mode = self.data_mode or ppo.data_mode
@@ -274,6 +316,7 @@ class PPOStrategy:
             raise TrainingError(f"ppo: bc_weight={self.bc_weight} needs expert rows (anchor_dataset)")
 
         # ---- set-up: this cycle's own towns (a slice of seeds.ppo), the network, the optimizer
+        log = context.log(self.name)
         seed = ppo.seed + 7919 * self.cycle
         torch.manual_seed(seed)
         first_town = config.seeds.ppo.start + PPO_CYCLE_SEEDS * self.cycle
@@ -282,9 +325,9 @@ class PPOStrategy:
 
         def next_seed():  # config validation keeps a cycle's episodes inside its PPO_CYCLE_SEEDS slice
             episode[0] += 1
-            return town_seeds(first_town + ppo.budget_towns + episode[0] * ppo.rollout_towns, ppo.rollout_towns)
+            return town_seeds(first_town + episode[0] * ppo.rollout_towns, ppo.rollout_towns)
 
-        world.reset(town_seeds(first_town + ppo.budget_towns, ppo.rollout_towns))
+        world.reset(town_seeds(first_town, ppo.rollout_towns))
         model, parent = model_for(world.spec, config.model, device.device, self.init_checkpoint)
         for source in (dataset, anchor):
             if source is not None and source.spec != world.spec:
@@ -293,9 +336,13 @@ class PPOStrategy:
         if self.resume and self.init_checkpoint is not None:
             restore_optimizer(self.init_checkpoint, optimizer, device.device)
         scaler = torch.amp.GradScaler("cuda", enabled=device.amp)
-        multiplier = None
+        multiplier, selector = None, None
+        if (ppo.conflict_budget > 0 and mode != "replay") or ppo.validate_every:
+            expert = validation_scores(config, ScriptedExpert(config.expert).act)
+            selector = SnapshotSelector(expert, ppo.select_conflict_ratio, ppo.select_wage_ratio)
+            log.write({"update": -1, "cycle": self.cycle, "validation": "expert", **expert})
         if ppo.conflict_budget > 0 and mode != "replay":
-            expert_rate = expert_conflict_rate(config, tuple(range(first_town, first_town + ppo.budget_towns)))
+            expert_rate = expert["queue_conflict_events_per_agent_day"]
             multiplier = ConflictMultiplier(
                 budget=max(ppo.conflict_budget * expert_rate, 1e-3), learning_rate=ppo.lagrange_lr,
                 value=ppo.lagrange_init, window=max(1, -(-config.world.day_ticks // ppo.rollout_ticks)))
@@ -305,7 +352,6 @@ class PPOStrategy:
             anchor_stream = (batch for epoch in range(10**9)
                              for batch in anchor.iter_batches(256, seed=seed + epoch))
         pending: list = []
-        log = context.log(self.name)
         stats: dict[str, list[float]] = {key: [] for key in STAT_KEYS}
         counters = {"zero_std": 0, "clip_triggered": 0, "transitions": 0, "steps": 0, "rollout_seconds": 0.0}
         telemetry = {key: 0.0 for key in TELEMETRY_KEYS}
@@ -380,14 +426,17 @@ class PPOStrategy:
             log.write(entry)
             progress.update(1, loss=last["loss_total"], kl=last["kl"],
                             **({"conflicts": rate, "lam": multiplier.value} if multiplier is not None else {}))
+            if ppo.validate_every and ((update + 1) % ppo.validate_every == 0 or update + 1 == updates):
+                scores = validation_scores(config, TorchPolicy(model, device, greedy=True).act)
+                chosen = selector.offer(update + 1, scores, model)
+                log.write({"update": update, "cycle": self.cycle, "validation": "policy", "chosen": chosen, **scores})
+        if selector is not None and selector.best is not None:
+            model.load_state_dict(selector.best_state)  # the chosen snapshot becomes the stage's result
 
         # ---- finish: score on the guardrail towns, write the checkpoint, build the record
         duration = time.perf_counter() - start
         evaluation = {}
         if self.evaluate_towns:
-            from townlet_pipelines.training.evaluation import evaluate
-            from townlet_pipelines.training.policy import TorchPolicy
-
             evaluation = evaluate(config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act)
         last = _recent(stats, ppo)
         metrics = {**{f"eval_{k}": v for k, v in evaluation.items()}, "loss_total": last["loss_total"],
@@ -396,7 +445,8 @@ class PPOStrategy:
         source = dataset or anchor
         record = save_checkpoint(out_dir, model, "ppo", config.model_dump(mode="json"),
                                  source.identity if source is not None else None, parent, metrics, optimizer,
-                                 progress={"updates": updates, "cycle": self.cycle})
+                                 progress={"updates": updates, "cycle": self.cycle,
+                                           "selected_update": selector.best_update if selector else updates})
         entropy_all = np.concatenate(entropies) if entropies else np.zeros(1)
         return PPOTrainingResult(
             epoch=ppo.update_epochs, updates=updates, transitions=counters["transitions"], steps=counters["steps"],
@@ -426,6 +476,9 @@ class PPOStrategy:
             conflict_budget=multiplier.budget if multiplier is not None else None,
             lagrange_multiplier=multiplier.value if multiplier is not None else None,
             lagrange_multiplier_mean=float(np.mean(multipliers)) if multipliers else None,
+            selected_update=selector.best_update if selector is not None and selector.best is not None else updates,
+            validation=dict(selector.best) if selector is not None and selector.best is not None else {},
+            validation_expert=dict(selector.expert) if selector is not None else {},
             baseline_dataset_metrics=_dataset_metrics(source), evaluation=evaluation,
             checkpoint_id=record.checkpoint_id, checkpoint_path=str(out_dir), parent_checkpoint_id=parent,
         )
