@@ -456,8 +456,8 @@ class SeedsConfig(_Strict):
 
     `test` is the held-out set: no training, tuning or guardrail uses it; `townlet evaluate` and
     `python -m townlet_pipelines.bench learning` report on it. `guardrail` sizes the guardrail evaluation:
-    128 town-days put the expert's spread across disjoint sets at about 5% (docs/TRAINING.md), a third of
-    the 15% queue tolerance.
+    256 town-days put the expert's conflict rate within 4% across disjoint sets (128: 9%; 8: 47%), a quarter
+    of the 15% queue tolerance (`python -m townlet_pipelines.bench guardrail-noise`, docs/BENCHMARKS.md).
     """
 
     expert: SeedRange = SeedRange(start=0, count=100_000)  # expert demonstrations (BC data, PPO anchor)
@@ -465,7 +465,7 @@ class SeedsConfig(_Strict):
     ppo: SeedRange = SeedRange(start=1_000_000, count=9_000_000)  # PPO rollouts, per cycle and episode
     policy_rollouts: SeedRange = SeedRange(start=10_000_000, count=1_000_000)  # rollout_dataset
     validation: SeedRange = SeedRange(start=40_000_000, count=64)  # PPO's conflict budget and snapshot choice
-    guardrail: SeedRange = SeedRange(start=50_000_000, count=128)  # guardrail evaluation and baselines
+    guardrail: SeedRange = SeedRange(start=50_000_000, count=256)  # guardrail evaluation and baselines
     test: SeedRange = SeedRange(start=90_000_000, count=128)  # held out: reported, never used
 
     @model_validator(mode="after")
