@@ -172,3 +172,33 @@ def test_training_resumes_from_a_checkpoint_with_its_optimizer_moments(bc_run, e
                                   expert_dataset, first.checkpoint_path, resume=True)
     assert read_record(resumed.checkpoint_path).parent_checkpoint_id == first.checkpoint_id
     assert resumed.val_accuracy >= first.val_accuracy - 0.05
+
+
+def test_a_non_finite_loss_stops_ppo_and_bc_and_writes_no_checkpoint(bc_run, expert_dataset, monkeypatch, tmp_path):
+    from townlet_pipelines.training import bc as bc_module
+    from townlet_pipelines.training import ppo as ppo_module
+    from townlet_pipelines.training.ppo import PPOStrategy
+
+    context, bc = bc_run
+    real_ppo = ppo_module.ppo_losses
+
+    def poisoned_ppo(model, batch, ppo):
+        out = real_ppo(model, batch, ppo)
+        out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(ppo_module, "ppo_losses", poisoned_ppo)
+    with pytest.raises(TrainingError, match="ppo: non-finite loss at update 0; no checkpoint was written"):
+        PPOStrategy(init_checkpoint=bc.checkpoint_path, out=tmp_path / "ppo").run(context)
+    assert not (tmp_path / "ppo").exists()
+
+    real_bc = bc_module.bc_losses
+
+    def poisoned_bc(*args, **kwargs):
+        loss, *rest = real_bc(*args, **kwargs)
+        return (loss * float("inf"), *rest)
+
+    monkeypatch.setattr(bc_module, "bc_losses", poisoned_bc)
+    with pytest.raises(TrainingError, match="bc: non-finite loss; no checkpoint was written"):
+        bc_module.BCStrategy(expert_dataset, out=tmp_path / "bc", dagger_rounds=0).run(context)
+    assert not (tmp_path / "bc").exists()
