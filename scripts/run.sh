@@ -10,5 +10,5 @@ export TOWNLET_CONFIG="${1:-${TOWNLET_CONFIG:-default}}"
 export TOWNLET_ARTIFACTS="${TOWNLET_ARTIFACTS:-$PWD/dagster_home/artifacts}"
 status=0
 .venv/bin/dagster job execute -m townlet_pipelines.pipeline.definitions -j nightly_anneal || status=$?
-.venv/bin/townlet report --artifacts "$TOWNLET_ARTIFACTS"
+.venv/bin/townlet report --config "$TOWNLET_CONFIG" --artifacts "$TOWNLET_ARTIFACTS"
 exit $status

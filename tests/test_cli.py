@@ -61,6 +61,7 @@ def test_train_evaluate_promotion_and_soak(tmp_path, capsys):
     assert "--seeds" in capsys.readouterr().err
     report = run(capsys, "report", "--config", "smoke", "--artifacts", root)
     assert "latest anneal summary" in report
+    assert "no anneal summary" in run(capsys, "report", "--artifacts", root)  # smoke's run is not default's
     soak = run(capsys, "soak", "--config", "smoke", "--cycles", "2", "--artifacts", root)
     lines = [line.split() for line in soak.splitlines()[1:]]
     assert [line[1] for line in lines] == ["replay", "rollout"]

@@ -277,9 +277,20 @@ def _report(args: argparse.Namespace) -> int:
     from townlet_pipelines.data.promotion import PromotionStore
     from townlet_pipelines.training.orchestrator import artifacts_root, state_dir
 
+    from townlet_pipelines.training.namespaces import namespace
+
     config = load_config(args.config)
     root = artifacts_root(args.artifacts)
-    runs = sorted((root / "runs").glob("*/anneal_summary.json"), key=lambda path: path.stat().st_mtime)
+    own = namespace(config)
+
+    def mine(path) -> bool:  # summaries of this profile's namespace (older ones carry none)
+        try:
+            return json.loads(path.read_text()).get("namespace", own) == own
+        except (OSError, ValueError):
+            return False
+
+    runs = sorted((path for path in (root / "runs").glob("*/anneal_summary.json") if mine(path)),
+                  key=lambda path: path.stat().st_mtime)
     if runs:
         summary = json.loads(runs[-1].read_text())
         print(f"latest anneal summary: {runs[-1]}  status {summary['status']}, pass streak "
