@@ -90,6 +90,9 @@ class Observation:
 class ObservationBuilder:
     def __init__(self, config: TownletConfig, layout: Layout) -> None:
         self.config, self.layout = config, layout
+        self._objects_by_type = np.zeros((layout.num_objects, len(OBJECT_TYPES)), dtype=np.float32)
+        self._objects_by_type[np.arange(layout.num_objects), layout.object_type] = 1.0
+        self._objects_per_type = np.maximum(self._objects_by_type.sum(axis=0), 1.0)
         world, obs = config.world, config.observations
         self.variant = obs.variant
         if obs.variant == "compact":
@@ -223,18 +226,20 @@ class ObservationBuilder:
         B, N = s.y.shape
         objects, types = self.layout.num_objects, len(OBJECT_TYPES)
         walking = s.active & (s.target >= 0) & ~s.holding  # (B, N)
-        target_type = self.layout.object_type[np.maximum(s.target, 0)]  # (B, N)
-        own = np.zeros((B, N, types), dtype=np.float32)
-        own[walking, target_type[walking]] = 1.0
-        heading = own.sum(axis=1, keepdims=True) - own  # (B, N, T): others only
-        flat = (np.arange(B)[:, None] * objects + s.target)[walking]
-        claimed = np.bincount(flat, minlength=B * objects).reshape(B, objects) + (s.holder >= 0)
-        usable = (claimed == 0)[:, None, :] & (s.cooldown_until <= s.tick)  # (B, N, O)
-        by_type = np.zeros((types, objects), dtype=np.float32)
-        by_type[self.layout.object_type, np.arange(objects)] = 1.0
-        per_type = np.maximum(by_type.sum(axis=1), 1.0)
-        free = (usable.astype(np.float32) @ by_type.T) / per_type  # (B, N, T)
-        return heading, free
+        town, agent = np.nonzero(walking)  # few agents walk or wait at once: work on them alone
+        kind = self.layout.object_type[s.target[town, agent]]
+        per_town = np.bincount(town * types + kind, minlength=B * types).reshape(B, types).astype(np.float32)
+        heading = np.repeat(per_town[:, None, :], N, axis=1)  # (B, N, T)
+        heading[town, agent, kind] -= 1.0  # others only
+        claimed = np.bincount(town * objects + s.target[town, agent], minlength=B * objects).reshape(B, objects)
+        free_objects = (claimed + (s.holder >= 0)) == 0  # (B, O)
+        by_type = self._objects_by_type  # (O, T) one-hot
+        free = np.repeat((free_objects.astype(np.float32) @ by_type)[:, None, :], N, axis=1)  # (B, N, T)
+        cooling = s.cooldown_until > s.tick  # (B, N, O): a few agents have any; only their rows are redone
+        town, agent = np.nonzero(cooling.any(axis=2))
+        if len(town):
+            free[town, agent] -= (cooling[town, agent] & free_objects[town]).astype(np.float32) @ by_type
+        return heading, free / self._objects_per_type
 
     def queue_counts(self, s: WorldState) -> np.ndarray:
         B = s.y.shape[0]
