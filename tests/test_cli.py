@@ -65,3 +65,18 @@ def test_train_evaluate_promotion_and_soak(tmp_path, capsys):
     soak = run(capsys, "soak", "--config", "smoke", "--cycles", "2", "--artifacts", root)
     lines = [line.split() for line in soak.splitlines()[1:]]
     assert [line[1] for line in lines] == ["replay", "rollout"]
+
+
+def test_a_users_mistake_is_one_line_and_exit_two(tmp_path, capsys):
+    from townlet_pipelines.config import load_config
+    from townlet_pipelines.training.orchestrator import state_dir
+
+    root = str(tmp_path / "artifacts")
+    assert main(["promotion", "rollback", "--release", "nope", "--artifacts", root]) == 2
+    assert capsys.readouterr().err == "townlet: error: no release 'nope' to roll back to (releases: none)\n"
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    assert "not a checkpoint" in capsys.readouterr().err
+    (state_dir(root, load_config("default")) / "promotion.json").write_text("{bad")
+    assert main(["promotion", "status", "--artifacts", root]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "promotion.json" in err and "Traceback" not in err

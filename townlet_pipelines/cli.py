@@ -403,12 +403,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The project's own errors, and the operating system's (a full disk, a missing file): a user's mistake or
+    a broken environment, told as one line, never a traceback. A programming error still shows its trace."""
+    from townlet_pipelines.data.promotion import PromotionError
+    from townlet_pipelines.data.state_file import StateFileError
+    from townlet_pipelines.training.torch_support import TorchNotAvailableError, TrainingError
+
+    return (ConfigError, ValueError, OSError, TrainingError, StateFileError, PromotionError, TorchNotAvailableError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, ValueError, FileExistsError) as error:
-        print(f"townlet: error: {error}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - sorted below: user errors become one line, the rest re-raise
+        if not isinstance(error, _user_errors()) and type(error).__name__ != "SafetensorError":
+            raise
+        text = str(error) if isinstance(error, ConfigError) else " ".join(str(error).split())
+        print(f"townlet: error: {text or type(error).__name__}", file=sys.stderr)
         return 2
 
 
