@@ -259,16 +259,23 @@ def _soak(args: argparse.Namespace) -> int:
     config, context = _training_context(args)
     dataset = args.dataset or orchestrator.capture_expert(config, context.artifacts / "expert").path
     checkpoint = args.init
-    print(f"{'cycle':>5} {'mode':>7} {'loss':>9} {'kl':>8} {'clip':>6} {'entropy':>8} {'conflicts/ad':>13} "
-          f"{'reward/ad':>10}")
+    records = []
+    if not args.json:
+        print(f"{'cycle':>5} {'mode':>7} {'loss':>9} {'kl':>8} {'clip':>6} {'entropy':>8} {'conflicts/ad':>13} "
+              f"{'reward/ad':>10}")
     for cycle in range(args.cycles):
         mode = "replay" if cycle % 2 == 0 else "rollout"
         result = PPOStrategy(init_checkpoint=checkpoint, replay_dataset=dataset, data_mode=mode, cycle=cycle,
                              out=context.artifacts / f"soak-{cycle}", name=f"soak-{cycle}").run(context)
         checkpoint = result.checkpoint_path
+        records.append(result.model_dump(mode="json"))
+        if args.json:
+            continue
         print(f"{cycle:>5} {mode:>7} {result.loss_total:>9.4f} {result.kl_divergence:>8.4f} {result.clip_fraction:>6.3f} "
               f"{result.batch_entropy_mean:>8.3f} {result.evaluation['queue_conflict_events_per_agent_day']:>13.3f} "
               f"{result.evaluation['reward_per_agent_day']:>10.3f}", flush=True)
+    if args.json:
+        print(json.dumps(records, indent=2))
     return 0
 
 
