@@ -191,3 +191,19 @@ def test_the_snapshot_selector_prefers_reward_within_the_budget():
     assert not offer(5, -5.0, 0.1, wages=2.8)  # more reward, but it skips work
     assert offer(6, -24.0, 0.2)
     assert selector.best_update == 6 and selector.best["reward_per_agent_day"] == -24.0
+
+
+def test_ranges_refuse_values_that_would_disable_a_guardrail_or_break_a_record():
+    from pydantic import ValidationError
+
+    from townlet_pipelines.results import AnnealStageResult
+
+    for section, values, field in (("anneal", {"loss_tolerance": float("inf")}, "loss_tolerance"),
+                                   ("anneal", {"queue_tolerance": float("nan")}, "queue_tolerance"),
+                                   ("bc", {"val_fraction": 0}, "val_fraction")):
+        with pytest.raises(ConfigError, match=f"{section}.{field}"):
+            config_from_mapping({section: values})
+    with pytest.raises(ValidationError, match="mode"):
+        AnnealStageResult(cycle=0, mode="dqn", passed=True, bc_weight=1.0)
+    with pytest.raises(ValidationError, match="cycle"):
+        AnnealStageResult(cycle=-1, mode="bc", passed=True, bc_weight=1.0)

@@ -303,7 +303,7 @@ class BCConfig(_Strict):
     decision_weight: float = Field(
         10.0, ge=1, description="cross-entropy weight of decision rows (the expert starts or switches an "
         "option) relative to rows that merely continue one; 1 is plain BC")
-    val_fraction: float = Field(0.2, ge=0, lt=1, description="share of episodes held out for validation")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of episodes held out for validation")
     dagger_rounds: int = Field(4, ge=0, description="DAgger rounds after the epochs on the demonstrations (4: "
                                "the clone's own conflicts fell from 0.15 to 0.07 per agent-day against 2 rounds)")
     dagger_epochs: int = Field(2, ge=1, description="epochs on each round's expert-labelled own rollouts")
@@ -388,10 +388,10 @@ class AnnealConfig(_Strict):
         AnnealStage(cycle=0, mode="bc", epochs=5, bc_weight=1.0),
         AnnealStage(cycle=1, mode="ppo", epochs=24, bc_weight=0.0),
     )
-    bc_accuracy_threshold: float = Field(0.9, ge=0)
-    loss_tolerance: float = Field(0.10, ge=0)
-    queue_tolerance: float = Field(0.15, ge=0)
-    intensity_tolerance: float = Field(0.15, ge=0)
+    bc_accuracy_threshold: float = Field(0.9, ge=0, allow_inf_nan=False)
+    loss_tolerance: float = Field(0.10, ge=0, allow_inf_nan=False)  # infinite would switch a guardrail off
+    queue_tolerance: float = Field(0.15, ge=0, allow_inf_nan=False)
+    intensity_tolerance: float = Field(0.15, ge=0, allow_inf_nan=False)
     dataset_label: str = "expert"
 
     @model_validator(mode="after")

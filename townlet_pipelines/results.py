@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 RESULTS_SCHEMA_VERSION = 1
 
@@ -43,9 +45,9 @@ class SimulationReport(_Record):
 
 
 class BCTrainingResult(_Record):
-    accuracy: float  # over every training row of the last epoch, not one mini-batch
+    accuracy: float = Field(ge=0, le=1)  # over every training row of the last epoch, not one mini-batch
     loss: float
-    val_accuracy: float  # on held-out episodes
+    val_accuracy: float = Field(ge=0, le=1)  # on held-out episodes
     val_loss: float
     learning_rate: float
     batch_size: int
@@ -54,8 +56,8 @@ class BCTrainingResult(_Record):
     device: str
     manifest: str  # the dataset's manifest path
     dataset_identity: str
-    duration_sec: float
-    samples_per_sec: float
+    duration_sec: float = Field(ge=0)
+    samples_per_sec: float = Field(ge=0)
     train_rows: int
     val_rows: int
     seed: int
@@ -133,8 +135,8 @@ class PPOTrainingResult(_Record):
 
 
 class AnnealStageResult(_Record):
-    cycle: int
-    mode: str
+    cycle: int = Field(ge=0)
+    mode: Literal["bc", "ppo"]
     accuracy: float | None = None
     loss: float | None = None
     threshold: float | None = None
@@ -155,7 +157,7 @@ class AnnealStageResult(_Record):
 
 class AnnealSummary(_Record):
     stages: list[AnnealStageResult]
-    status: str  # PASS, FAIL or HOLD
+    status: Literal["PASS", "FAIL", "HOLD"]
     dataset_label: str
     dataset_identity: str
     baselines: dict[str, float | None]
@@ -165,5 +167,5 @@ class AnnealSummary(_Record):
     final_checkpoint_id: str | None
     final_checkpoint_path: str | None
     evaluation: dict[str, float] = {}
-    duration_sec: float
+    duration_sec: float = Field(ge=0)
     namespace: str | None = None  # the profile and world whose baselines and releases judged it
