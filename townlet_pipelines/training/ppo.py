@@ -430,8 +430,10 @@ class PPOStrategy:
                 scores = validation_scores(config, TorchPolicy(model, device, greedy=True).act)
                 chosen = selector.offer(update + 1, scores, model)
                 log.write({"update": update, "cycle": self.cycle, "validation": "policy", "chosen": chosen, **scores})
+        selected = updates  # the update whose weights the stage returns
         if selector is not None and selector.best is not None:
             model.load_state_dict(selector.best_state)  # the chosen snapshot becomes the stage's result
+            selected = selector.best_update
 
         # ---- finish: score on the guardrail towns, write the checkpoint, build the record
         duration = time.perf_counter() - start
@@ -446,7 +448,7 @@ class PPOStrategy:
         record = save_checkpoint(out_dir, model, "ppo", config.model_dump(mode="json"),
                                  source.identity if source is not None else None, parent, metrics, optimizer,
                                  progress={"updates": updates, "cycle": self.cycle,
-                                           "selected_update": selector.best_update if selector else updates})
+                                           "selected_update": selected})
         entropy_all = np.concatenate(entropies) if entropies else np.zeros(1)
         return PPOTrainingResult(
             epoch=ppo.update_epochs, updates=updates, transitions=counters["transitions"], steps=counters["steps"],
@@ -476,7 +478,7 @@ class PPOStrategy:
             conflict_budget=multiplier.budget if multiplier is not None else None,
             lagrange_multiplier=multiplier.value if multiplier is not None else None,
             lagrange_multiplier_mean=float(np.mean(multipliers)) if multipliers else None,
-            selected_update=selector.best_update if selector is not None and selector.best is not None else updates,
+            selected_update=selected,
             validation=dict(selector.best) if selector is not None and selector.best is not None else {},
             validation_expert=dict(selector.expert) if selector is not None else {},
             baseline_dataset_metrics=_dataset_metrics(source), evaluation=evaluation,
