@@ -288,9 +288,10 @@ class ModelConfig(_Strict):
     conv_channels: tuple[int, ...] = (16, 32)
     hidden: int = Field(128, ge=8)
     conflict_shield: bool = Field(
-        True, description="the policy may not *start* eating, cooking, showering or sleeping while every object "
-        "of that type is held or claimed by an agent walking to it, unless the need is below shield_floor: it "
-        "waits for a free one instead of walking into a queue (a shield in the sense of safe RL; docs/TRAINING.md)")
+        True, description="the policy may not *start* eating, cooking, showering or sleeping while no object of "
+        "that type is free for it (`<type>_free` = 0: all held, queued for, walked to, or on its cooldown), unless "
+        "the need is below shield_floor: it waits instead of walking into a queue (safe-RL shielding; "
+        "docs/TRAINING.md)")
     shield_floor: float = Field(0.2, ge=0, le=1, description="below this need level the shield stands aside")
 
 
@@ -341,21 +342,22 @@ class PPOConfig(_Strict):
     mixed_replay_fraction: float = Field(0.5, ge=0, le=1, description="share of replay rows in `mixed`")
     conflict_budget: float = Field(
         0.0, ge=0, description="PPO-Lagrangian: keep queue conflicts per agent-day under this multiple of the "
-        "scripted expert's rate on the stage's own towns (0 turns the constraint off)")
+        "scripted expert's rate on the seeds.validation towns (0, the default, turns it off: it did not pay here)")
     lagrange_lr: float = Field(0.1, ge=0, description="dual ascent step of the conflict multiplier per update")
     lagrange_init: float = Field(5.0, ge=0, description="the conflict multiplier's starting value: conflicts "
                                  "are priced from the first update, before the policy learns to cause them")
     select_conflict_ratio: float = Field(
         0.95, gt=0, description="a snapshot qualifies when its validation conflicts are at most this multiple of "
-        "the expert's on the same towns (below 1: 64 validation towns are noisier than the guardrail's 128, "
+        "the expert's on the same towns (below 1: 64 validation towns are noisier than the guardrail's 256, "
         "so the choice keeps a margin under the 15% queue tolerance)")
     select_wage_ratio: float = Field(
         0.96, ge=0, description="... and its wages at least this share of the expert's (a policy that skips work "
         "to eat and wash more is not the one we want)")
     validate_every: int = Field(
         2, ge=0, description="every this many updates (and after the last), score the greedy policy on the "
-        "seeds.validation towns and keep the best snapshot: the highest reward among those within the conflict "
-        "budget and with no more faints than the expert, else the fewest conflicts (0 keeps the last update)")
+        "seeds.validation towns and keep the best snapshot: the highest reward among those within "
+        "select_conflict_ratio and select_wage_ratio and with no more faints than the expert, else the fewest "
+        "conflicts (0 keeps the last update)")
     seed: int = Field(0, ge=0, description="seeds torch and the mini-batch order")
 
 
@@ -486,8 +488,8 @@ class RuntimeConfig(_Strict):
     amp: bool = True
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads; 0 = auto: a quarter of the cores, 1 to 4 (one on a 2-core "
-        "machine, where torch's default of every core measured 6.5x slower: the world and the data loader need "
-        "the other core, and this network's small ops gain nothing from splitting)")
+        "machine: the world and the data loader need the other core, and this network's small ops gain little "
+        "from splitting)")
     log_rotate_entries: int = Field(1000, ge=1)
 
 

@@ -46,7 +46,8 @@ def auto_threads(cores: int | None = None) -> int:
 def configure_threads(setting: int = 0) -> int:
     """Set torch's intra-op threads (`runtime.torch_threads`; 0 = `auto_threads()`) and return the count.
 
-    Torch's default, one thread per core, oversubscribes a small machine: measured 6.5x slower on 2 cores.
+    Torch's default, one thread per core, leaves no core to the world and the data loader on a small machine
+    (the speed issue reported 6.5x slower on 2 cores; on the smoke PPO here 1 and 2 threads timed the same).
     """
     torch = require_torch()
     threads = setting or auto_threads()

@@ -18,8 +18,8 @@ from townlet_pipelines.world.observations import ObservationSpec
 torch = require_torch()
 nn = torch.nn
 
-MAP_SCALE = 8.0
-SHIELDED_OPTIONS = ((EAT, "hunger"), (COOK, "hunger"), (SHOWER, "hygiene"), (SLEEP, "energy"))  # map cells are small counts and codes (0..6): scale to about [0, 1]
+MAP_SCALE = 8.0  # map cells are small counts and codes (0..6): scale to about [0, 1]
+SHIELDED_OPTIONS = ((EAT, "hunger"), (COOK, "hunger"), (SHOWER, "hygiene"), (SLEEP, "energy"))  # option, its need
 
 
 def _layer(layer, std: float = float(np.sqrt(2)), bias: float = 0.0):
