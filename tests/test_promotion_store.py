@@ -132,3 +132,70 @@ def test_an_orphaned_release_copy_is_replaced(tmp_path):
     release = store.promote("c", "abc", path=checkpoint)
     assert release.release_id == "r0001-abc"
     assert sorted(p.name for p in orphan.iterdir()) == ["weights.safetensors"]
+
+
+def test_an_evaluation_is_recorded_once_per_run_and_checkpoint(tmp_path):
+    store = PromotionStore(tmp_path, required_passes=2)
+    checkpoint = {"checkpoint_id": "abc"}
+    store.record_evaluation("c", "PASS", checkpoint=checkpoint, run_id="night-1")
+    again = store.record_evaluation("c", "PASS", checkpoint=checkpoint, run_id="night-1")  # judged twice
+    assert again.pass_streak == 1 and not again.ready
+    assert [event.run_id for event in store.history()] == ["night-1"]
+    assert store.record_evaluation("c", "PASS", checkpoint=checkpoint, run_id="night-2").ready
+
+
+def test_a_rolled_back_checkpoint_is_only_repromoted_by_an_operator_override(tmp_path):
+    from townlet_pipelines.results import AnnealSummary
+    from townlet_pipelines.training.orchestrator import apply_promotion
+
+    store = PromotionStore(tmp_path, required_passes=1)
+    store.promote("c", "good", first_release=True)
+    store.record_evaluation("c", "PASS", checkpoint={"checkpoint_id": "bad"}, run_id="n1")
+    bad = store.promote("c", "bad")
+    store.rollback(store.releases()[0].release_id)  # the operator withdraws "bad"
+    assert store.withdrawn("bad").release_id == store.releases()[0].release_id
+    summary = AnnealSummary(stages=[], status="PASS", dataset_label="x", dataset_identity="d", baselines={},
+                            promotion_pass_streak=1, promotion_candidate_ready=True, candidate_id="c",
+                            final_checkpoint_id="bad", final_checkpoint_path=None, evaluation={}, duration_sec=1.0)
+    store.record_evaluation("c", "PASS", checkpoint={"checkpoint_id": "bad"}, run_id="n2")
+    outcome = apply_promotion(store, summary)  # the same recipe passes again the next night
+    assert not outcome.promoted and "rolled back" in outcome.reason
+    assert store.status().current_release.checkpoint_id == "good"
+    with pytest.raises(PromotionError, match="rolled back .* --override"):
+        store.promote("c", "bad")
+    again = store.promote("c", "bad", override="fixed the eval towns; re-release")
+    assert again.release_id != bad.release_id and store.status().current_release.checkpoint_id == "bad"
+    assert store.history()[-1].note == "operator override: fixed the eval towns; re-release"
+    assert store.withdrawn("bad") is None
+
+
+def test_a_nan_in_the_history_is_reported_with_the_repair_and_never_rewritten(tmp_path):
+    store = PromotionStore(tmp_path, required_passes=2)
+    store.record_evaluation("c", "PASS", {"reward": 1.0}, run_id="n1")
+    store.record_evaluation("c", "HOLD", {"reward": 2.0}, run_id="n2")
+    damaged = store.path.read_text().replace('"reward": 2.0', '"reward": NaN')
+    store.path.write_text(damaged)
+    with pytest.raises(StateFileError, match=r"history\.1\.metrics\.reward.*cp .*promotion\.json\.prev"):
+        store.status()
+    with pytest.raises(StateFileError):
+        store.record_evaluation("c", "PASS", run_id="n3")
+    assert store.path.read_text() == damaged  # nothing rewrote it (no "null" written back)
+    store.path.write_bytes(store.path.with_name("promotion.json.prev").read_bytes())  # the documented repair
+    assert [event.run_id for event in store.history()] == ["n1"]
+
+
+def test_release_paths_are_relative_so_the_artifacts_root_can_move(tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "old" / "state"
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "weights.safetensors").write_bytes(b"w")
+    release = PromotionStore(old).promote("c", "abc", path=checkpoint, first_release=True)
+    assert release.path == str(old / "releases" / release.release_id)
+    assert json.loads((old / "promotion.json").read_text())["releases"][0]["path"] == f"releases/{release.release_id}"
+    shutil.move(str(tmp_path / "old"), str(tmp_path / "new"))
+    moved = PromotionStore(tmp_path / "new" / "state").status().current_release
+    assert moved.path == str(tmp_path / "new" / "state" / "releases" / release.release_id)
+    assert (tmp_path / "new" / "state" / "releases" / release.release_id / "weights.safetensors").exists()

@@ -238,7 +238,8 @@ def _promotion(args: argparse.Namespace) -> int:
     elif args.action == "promote":
         if not (args.candidate and args.checkpoint_id):
             raise ValueError("promotion promote: --candidate and --checkpoint-id are required")
-        store.promote(args.candidate, args.checkpoint_id, {"checkpoint_id": args.checkpoint_id}, {})
+        store.promote(args.candidate, args.checkpoint_id, {"checkpoint_id": args.checkpoint_id}, {},
+                      override=args.override)
     status = store.status()
     if args.json:
         print(status.model_dump_json(indent=2))
@@ -390,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     promotion.add_argument("--release", default=None, help="release id to roll back to")
     promotion.add_argument("--candidate", default=None)
     promotion.add_argument("--checkpoint-id", default=None)
+    promotion.add_argument("--override", default=None, metavar="REASON",
+                           help="promote even a checkpoint that was rolled back (or not ready); the reason is recorded")
     promotion.add_argument("--artifacts", default=None)
     promotion.add_argument("--json", action="store_true")
     promotion.set_defaults(handler=_promotion)

@@ -4,9 +4,13 @@ A PASS extends the candidate's pass streak, anything else resets it; the candida
 streak reaches `required_passes`. A candidate is a training recipe for a dataset label (see
 `training.anneal.candidate_id`): a streak belongs to one candidate, so a new candidate starts at zero.
 Promoting records a release (checkpoint id, hashes, metrics, the previous release) and copies the
-checkpoint into `releases/<release id>/`, so a release never depends on a run folder. A rollback makes a
-named earlier release current again. The history (evaluations, promotions, rollbacks, failed runs) is
-append-only. State is one JSON file, `promotion.json`, replaced atomically under a lock.
+checkpoint into `releases/<release id>/` (stored relative to the state folder, so the artifacts root can
+move), and a release never depends on a run folder. A rollback makes a named earlier release current again
+and withdraws the checkpoint it replaced: the rule never promotes that checkpoint again, only an operator
+who says why (`override`, recorded in the history). Recording an evaluation is idempotent by (run,
+checkpoint): judging the same run's candidate twice counts once. The history (evaluations, promotions,
+rollbacks, failed runs) is append-only. State is one JSON file, `promotion.json`, replaced atomically under
+a lock.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 from townlet_pipelines.data.state_file import StateModel, finite_metrics, locked_state, read_state
 
@@ -38,9 +42,9 @@ class Release(BaseModel):
     release_id: str
     candidate_id: str
     checkpoint_id: str
-    path: str | None = None  # the release's own copy of the checkpoint
+    path: str | None = None  # the release's own copy of the checkpoint, relative to the state folder
     hashes: dict[str, str] = {}
-    metrics: dict[str, float] = {}
+    metrics: dict[str, FiniteFloat] = {}
     previous_release_id: str | None = None
     promoted_at: str
     first_release: bool = False
@@ -53,8 +57,8 @@ class Event(BaseModel):
     at: str
     candidate_id: str | None = None
     status: str | None = None
-    pass_streak: int | None = None
-    metrics: dict[str, float] = {}
+    pass_streak: int | None = Field(default=None, ge=0)
+    metrics: dict[str, FiniteFloat] = {}
     checkpoint: dict[str, str | None] = {}
     note: str = ""
     release_id: str | None = None
@@ -104,6 +108,7 @@ class PromotionStore:
 
     def _snapshot(self, state: PromotionState) -> PromotionStatus:
         current = next((r for r in state.releases if r.release_id == state.current_release_id), None)
+        current = self._resolved(current) if current is not None else None
         evaluations = [event for event in state.history if event.kind == "evaluation"]
         effective = self._state(state)
         return PromotionStatus(
@@ -112,21 +117,49 @@ class PromotionStore:
             releases=len(state.releases), last_evaluations=evaluations[-5:],
         )
 
+    def _resolved(self, release: Release) -> Release:
+        """The release with its copy's absolute path (stored relative to this store's folder)."""
+        if release.path is None or Path(release.path).is_absolute():
+            return release
+        return release.model_copy(update={"path": str(self.root / release.path)})
+
+    def _read(self) -> PromotionState:
+        state = read_state(self.path, PromotionState)
+        state.releases = [self._resolved(release) for release in state.releases]
+        return state
+
     def status(self) -> PromotionStatus:
-        return self._snapshot(read_state(self.path, PromotionState))
+        return self._snapshot(self._read())
 
     def history(self) -> list[Event]:
-        return list(read_state(self.path, PromotionState).history)
+        return list(self._read().history)
 
     def releases(self) -> list[Release]:
-        return list(read_state(self.path, PromotionState).releases)
+        return list(self._read().releases)
+
+    def withdrawn(self, checkpoint_id: str) -> Event | None:
+        """The rollback that withdrew this checkpoint, unless an operator re-promoted it since."""
+        found = None
+        for event in self._read().history:
+            if event.kind == "rollback" and event.checkpoint.get("withdrawn_checkpoint_id") == checkpoint_id:
+                found = event
+            elif event.kind == "promotion" and event.checkpoint.get("checkpoint_id") == checkpoint_id and found:
+                found = None  # an explicit override re-promoted it
+        return found
 
     def record_evaluation(self, candidate_id: str, status: str, metrics: dict[str, float] | None = None,
-                          checkpoint: dict | None = None, note: str = "") -> PromotionStatus:
+                          checkpoint: dict | None = None, note: str = "", run_id: str | None = None) -> PromotionStatus:
+        """Record one evaluation; a second record for the same (run_id, checkpoint id) changes nothing."""
         if status not in ("PASS", "FAIL", "HOLD"):
             raise ValueError(f"status must be PASS, FAIL or HOLD, got {status!r}")
+        checkpoint_id = (checkpoint or {}).get("checkpoint_id")
         with locked_state(self.path, PromotionState) as holder:
             state = holder[0]
+            if run_id is not None and any(
+                    event.kind == "evaluation" and event.run_id == run_id
+                    and event.checkpoint.get("checkpoint_id") == (None if checkpoint_id is None else str(checkpoint_id))
+                    for event in state.history):
+                return self._snapshot(state)  # already judged: one evaluation per (run, checkpoint)
             streak = state.pass_streak if state.candidate_id == candidate_id else 0
             streak = streak + 1 if status == "PASS" else 0
             state.candidate_id, state.pass_streak = candidate_id, streak
@@ -135,16 +168,28 @@ class PromotionStore:
                 kind="evaluation", at=_now(), candidate_id=candidate_id, status=status, pass_streak=streak,
                 metrics=finite_metrics(metrics, "record_evaluation"),
                 checkpoint={k: (None if v is None else str(v)) for k, v in (checkpoint or {}).items()}, note=note,
+                run_id=run_id,
             ))
             return self._snapshot(state)
 
     def promote(self, candidate_id: str, checkpoint_id: str, hashes: dict[str, str] | None = None,
                 metrics: dict[str, float] | None = None, path: str | Path | None = None,
-                first_release: bool = False) -> Release:
-        """Promote when the candidate is ready, or (`first_release`) when nothing was ever released."""
+                first_release: bool = False, override: str | None = None) -> Release:
+        """Promote when the candidate is ready, or (`first_release`) when nothing was ever released.
+
+        A checkpoint an operator rolled back is refused unless `override` says why; the reason is recorded.
+        """
+        withdrawn = self.withdrawn(checkpoint_id)
+        if withdrawn is not None and not override:
+            raise PromotionError(
+                f"checkpoint {checkpoint_id} was rolled back at {withdrawn.at} (to release {withdrawn.release_id}); "
+                f"it is not promoted again unless an operator overrides: townlet promotion promote --candidate "
+                f"{candidate_id} --checkpoint-id {checkpoint_id} --override 'why'")
         with locked_state(self.path, PromotionState) as holder:
             state = holder[0]
-            if first_release:
+            if override:
+                pass  # the operator's explicit decision replaces the readiness rule
+            elif first_release:
                 if state.releases:
                     raise PromotionError(f"{self.path}: a first release exists already ({state.releases[0].release_id})")
             elif self._state(state) != "ready" or state.candidate_id != candidate_id:
@@ -162,8 +207,9 @@ class PromotionStore:
             state.current_release_id = release_id
             state.state, state.pass_streak = "promoted", 0
             state.history.append(Event(kind="promotion", at=release.promoted_at, candidate_id=candidate_id,
-                                       release_id=release_id, checkpoint={"checkpoint_id": checkpoint_id}))
-            return release
+                                       release_id=release_id, checkpoint={"checkpoint_id": checkpoint_id},
+                                       note=f"operator override: {override}" if override else ""))
+            return self._resolved(release)
 
     def _store_checkpoint(self, release_id: str, source: str | Path) -> str:
         """Copy the checkpoint next to the state: a release never depends on a run folder."""
@@ -174,7 +220,7 @@ class PromotionStore:
         shutil.rmtree(temporary, ignore_errors=True)
         shutil.copytree(source, temporary)
         temporary.rename(target)
-        return str(target)
+        return str(target.relative_to(self.root))
 
     def rollback(self, release_id: str) -> Release:
         with locked_state(self.path, PromotionState) as holder:
@@ -183,11 +229,14 @@ class PromotionStore:
             if release is None:
                 known = ", ".join(r.release_id for r in state.releases) or "none"
                 raise PromotionError(f"no release {release_id!r} to roll back to (releases: {known})")
+            left = next((r for r in state.releases if r.release_id == state.current_release_id), None)
             state.current_release_id = release_id
             state.state = "promoted"
+            withdrawn = left.checkpoint_id if left is not None and left.checkpoint_id != release.checkpoint_id else None
             state.history.append(Event(kind="rollback", at=_now(), release_id=release_id,
-                                       checkpoint={"checkpoint_id": release.checkpoint_id}))
-            return release
+                                       checkpoint={"checkpoint_id": release.checkpoint_id,
+                                                   "withdrawn_checkpoint_id": withdrawn}))
+            return self._resolved(release)
 
     def record_failure(self, run_id: str, message: str) -> None:
         """A run that failed before judging (a crash, not a guardrail): kept in the history."""

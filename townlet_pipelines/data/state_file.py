@@ -1,6 +1,8 @@
 """A small durable JSON state file: read-modify-write under an exclusive lock, replaced atomically.
 
-A file that cannot be parsed is reported (naming it) and never overwritten, so history is never lost.
+A file that cannot be parsed is reported (naming it and how to repair it) and never overwritten, so history
+is never lost. Every write keeps the version it replaces as `<file>.prev`: a damaged file has a known-good
+predecessor. Values JSON cannot hold (NaN, infinity) are refused on the way in and on the way out.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import ClassVar, Iterator, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from townlet_pipelines.data.files import atomic_write_text
+from townlet_pipelines.data.files import atomic_write_bytes, atomic_write_text
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -47,6 +49,13 @@ class StateFileError(RuntimeError):
     """A state file is unreadable; it was left exactly as it was."""
 
 
+def _repair_hint(path: Path) -> str:
+    previous = path.with_name(path.name + ".prev")
+    if previous.exists():
+        return f"to repair it, fix the named entry or restore the version before the last write: cp {previous} {path}"
+    return "to repair it, fix or remove the named entry (nothing reads a partial file)"
+
+
 def read_state(path: Path, model: type[Model]) -> Model:
     if not path.exists():
         return model()
@@ -55,9 +64,10 @@ def read_state(path: Path, model: type[Model]) -> Model:
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
                              for item in error.errors()[:3])
-        raise StateFileError(f"{path}: unreadable state file, left untouched ({problems})") from None
+        raise StateFileError(f"{path}: unreadable state file, left untouched ({problems}); {_repair_hint(path)}") from None
     except (ValueError, UnicodeDecodeError) as error:
-        raise StateFileError(f"{path}: unreadable state file, left untouched ({str(error).splitlines()[0]})") from None
+        raise StateFileError(f"{path}: unreadable state file, left untouched ({str(error).splitlines()[0]}); "
+                             f"{_repair_hint(path)}") from None
 
 
 @contextlib.contextmanager
@@ -69,6 +79,10 @@ def locked_state(path: Path, model: type[Model]) -> Iterator[list[Model]]:
         try:
             holder = [read_state(path, model)]
             yield holder
-            atomic_write_text(path, holder[0].model_dump_json(indent=2))
+            text = holder[0].model_dump_json(indent=2)
+            model.model_validate_json(text)  # never write what could not be read back
+            if path.exists():
+                atomic_write_bytes(path.with_name(path.name + ".prev"), path.read_bytes())
+            atomic_write_text(path, text)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

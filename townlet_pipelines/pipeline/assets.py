@@ -33,6 +33,14 @@ def latest_metadata(context, key: str) -> dict:
     return {name: value.value for name, value in event.asset_materialization.metadata.items()}
 
 
+def latest_run_id(context, key: str) -> str:
+    """The run that made the latest materialization of `key`."""
+    event = context.instance.get_latest_materialization_event(AssetKey(key))
+    if event is None:
+        raise Failure(f"{key} has never been materialized; materialize it first")
+    return event.run_id
+
+
 def _number(value) -> MetadataValue:
     """A float, or the text 'none' when a baseline does not exist yet."""
     return MetadataValue.text("none") if value is None else MetadataValue.float(float(value))
@@ -187,10 +195,10 @@ def _curve(log_dir: Path, prefix: str, keys: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def _summarize_and_store(strategy, training, bc, ppo, out: Path):
+def _summarize_and_store(strategy, training, bc, ppo, out: Path, run_id: str):
     summary = strategy.summarize(training, bc, ppo, sum(r.duration_sec if hasattr(r, "duration_sec")
                                                         else r.epoch_duration_sec * r.updates
-                                                        for r in bc.results + ppo.results))
+                                                        for r in bc.results + ppo.results), run_id=run_id)
     from townlet_pipelines.data.files import atomic_write_text
 
     atomic_write_text(out, summary.model_dump_json(indent=2))
@@ -225,7 +233,8 @@ def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> M
         atomic_write_text(record, outcome.to_json())
     if outcome.failed:  # the guardrail below fails this run; record the FAIL evaluation now
         empty = StagesOutcome([], [], outcome.checkpoint, outcome.checkpoint_id)
-        _summarize_and_store(strategy, training, outcome, empty, run_dir / "anneal_summary.json")
+        _summarize_and_store(strategy, training, outcome, empty, run_dir / "anneal_summary.json",
+                             context.run.run_id)
     last = outcome.results[-1]
     threshold = training.config.anneal.bc_accuracy_threshold
     return MaterializeResult(
@@ -281,7 +290,7 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> 
     atomic_write_text(record, outcome.to_json())
     flagged = any(not stage.passed for stage in outcome.stages)
     if flagged:  # a guardrail below fails this run; record the HOLD evaluation now
-        _summarize_and_store(strategy, training, bc, outcome, run_dir / "anneal_summary.json")
+        _summarize_and_store(strategy, training, bc, outcome, run_dir / "anneal_summary.json", context.run.run_id)
     last = outcome.results[-1]
     baselines = last.model_dump()
     return MaterializeResult(
@@ -367,7 +376,7 @@ def anneal_summary(context: AssetExecutionContext, townlet: TownletResource) -> 
     training = townlet.training_context(context.run.run_id)
     strategy = AnnealStrategy(latest_metadata(context, "replay_manifest")["path"])
     path = run_dir / "anneal_summary.json"
-    summary = _summarize_and_store(strategy, training, bc, ppo, path)
+    summary = _summarize_and_store(strategy, training, bc, ppo, path, latest_run_id(context, "ppo_checkpoint"))
     from townlet_pipelines.data.files import sha256_file
 
     return MaterializeResult(

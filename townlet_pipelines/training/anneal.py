@@ -175,8 +175,12 @@ class AnnealStrategy:
         return outcome
 
     def summarize(self, context: TrainingContext, bc: StagesOutcome, ppo: StagesOutcome,
-                  duration_sec: float) -> AnnealSummary:
-        """Judge the stages, record the evaluation for promotion, and accept a PASS as the new baseline."""
+                  duration_sec: float, run_id: str | None = None) -> AnnealSummary:
+        """Judge the stages, record the evaluation for promotion, and accept a PASS as the new baseline.
+
+        `run_id` names the run that trained the judged checkpoint (default: this context's run folder);
+        the promotion history records one evaluation per (run, checkpoint), however often it is summarized.
+        """
         label = self._label(context)
         stages = bc.stages + ppo.stages
         if bc.failed:
@@ -197,7 +201,7 @@ class AnnealStrategy:
             snapshot = context.promotion.record_evaluation(
                 candidate, status, metrics,
                 checkpoint={"checkpoint_id": ppo.checkpoint_id, "path": ppo.checkpoint},
-                note=f"anneal of dataset {label}",
+                note=f"anneal of dataset {label}", run_id=run_id or context.artifacts.name,
             )
             streak, ready = snapshot.pass_streak, snapshot.ready
         if status == "PASS" and context.baselines is not None and last_ppo is not None:

@@ -109,6 +109,15 @@ def apply_promotion(store: PromotionStore, summary: AnnealSummary) -> PromotionO
         return PromotionOutcome(
             False, f"pass streak {summary.promotion_pass_streak}/{store.required_passes}: monitoring", current,
             status.current_release.checkpoint_id if status.current_release else None)
+    withdrawn = store.withdrawn(summary.final_checkpoint_id)
+    if withdrawn is not None:
+        return PromotionOutcome(
+            False, f"checkpoint {summary.final_checkpoint_id} was rolled back at {withdrawn.at}: not promoted again "
+            "without an operator override (townlet promotion promote --override)", current,
+            status.current_release.checkpoint_id if status.current_release else None)
+    if status.current_release is not None and status.current_release.checkpoint_id == summary.final_checkpoint_id:
+        return PromotionOutcome(False, "this checkpoint is the current release already", current,
+                                status.current_release.checkpoint_id)
     hashes = {"checkpoint_id": summary.final_checkpoint_id, "dataset_identity": summary.dataset_identity}
     metrics = {key: float(value) for key, value in summary.evaluation.items()}
     release = store.promote(summary.candidate_id, summary.final_checkpoint_id, hashes, metrics,
