@@ -131,9 +131,11 @@ def test_anneal_pass_then_promotion_ready_after_two_passes(tmp_path, expert_data
     assert context.baselines.get("expert") is not None  # a PASS became the baseline for the next run
     second, context = _anneal(tmp_path, expert_dataset)  # promotion restarted the streak
     assert second.status == "PASS" and second.promotion_pass_streak == 1 and not second.promotion_candidate_ready
-    assert not orchestrator.apply_promotion(context.promotion, second).promoted
-    third, context = _anneal(tmp_path, expert_dataset)
+    assert orchestrator.apply_promotion(context.promotion, second).reason == "pass streak 1/2: monitoring"
+    # The same recipe on other PPO towns (as a new night's seeds would be): another checkpoint, the same candidate.
+    third, context = _anneal(tmp_path, expert_dataset, seeds={"ppo": {"start": 2_000_000, "count": 8_000_000}})
     assert third.promotion_pass_streak == 2 and third.promotion_candidate_ready
+    assert third.candidate_id == second.candidate_id and third.final_checkpoint_id != second.final_checkpoint_id
     outcome = orchestrator.apply_promotion(context.promotion, third)
     assert outcome.promoted and outcome.release_id != first.release_id
     release = context.promotion.status().current_release
@@ -158,7 +160,7 @@ def test_anneal_holds_when_a_tolerance_is_zero(tmp_path, expert_dataset):
     assert not orchestrator.apply_promotion(context.promotion, summary).promoted
 
 
-def test_training_resumes_from_a_checkpoint_with_its_optimizer_moments(bc_run, expert_dataset):
+def test_training_continues_from_a_checkpoint_with_its_optimizer_moments(bc_run, expert_dataset):
     from townlet_pipelines.training.checkpoints import restore_optimizer
 
     context, first = bc_run
@@ -169,7 +171,7 @@ def test_training_resumes_from_a_checkpoint_with_its_optimizer_moments(bc_run, e
     assert steps and min(steps) > 0  # Adam's moments came back, not a fresh optimizer
     resumed = orchestrator.run_bc(context.__class__(**{**context.__dict__,
                                                         "artifacts": orchestrator.new_run_dir(context.artifacts.parent.parent)}),
-                                  expert_dataset, first.checkpoint_path, resume=True)
+                                  expert_dataset, first.checkpoint_path, continue_optimizer=True)
     assert read_record(resumed.checkpoint_path).parent_checkpoint_id == first.checkpoint_id
     assert resumed.val_accuracy >= first.val_accuracy - 0.05
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from townlet_pipelines.config import ConfigError, load_config
 
@@ -133,24 +134,46 @@ def _training_context(args: argparse.Namespace):
     return config, make_context(config, run_dir, args.artifacts, progress=not args.json)
 
 
+BC_KEYS = ("accuracy", "val_accuracy", "loss", "val_loss", "samples_per_sec", "device", "checkpoint_id",
+           "checkpoint_path")
+PPO_KEYS = ("data_mode", "updates", "loss_total", "loss_policy", "loss_value", "kl_divergence", "clip_fraction",
+            "env_steps_per_sec", "checkpoint_id", "checkpoint_path")
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from townlet_pipelines.training import orchestrator
+
+    given = [flag for flag, value in (("--init", args.init), ("--dataset", args.dataset), ("--config", args.config),
+                                      ("--artifacts", args.artifacts)) if value is not None]
+    if given:
+        raise ValueError(f"--resume continues a run with its own settings; drop {', '.join(given)}")
+    result = orchestrator.resume_training(args.resume, args.kind, progress=not args.json)
+    _print_record(result, args.json, BC_KEYS if args.kind == "bc" else PPO_KEYS)
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from townlet_pipelines.training import orchestrator
 
+    if getattr(args, "resume", None):
+        return _resume(args)
     config, context = _training_context(args)
     if not args.json:
         print(f"run folder {context.artifacts}  (device {context.device.name})", file=sys.stderr)
     dataset = args.dataset
     if dataset is None and (args.kind in ("bc", "anneal") or getattr(args, "mode", None) in ("replay", "mixed")):
         dataset = orchestrator.capture_expert(config, context.artifacts / "expert").path
+    if args.kind in ("bc", "ppo"):
+        absolute = lambda path: None if path is None else str(Path(path).absolute())  # noqa: E731
+        orchestrator.record_invocation(context.artifacts, args.kind, config, dataset=absolute(dataset),
+                                       init=absolute(args.init),
+                                       mode=getattr(args, "mode", None), continue_optimizer=args.continue_optimizer)
     if args.kind == "bc":
-        result = orchestrator.run_bc(context, dataset, args.init, args.resume)
-        _print_record(result, args.json, ("accuracy", "val_accuracy", "loss", "val_loss", "samples_per_sec",
-                                          "device", "checkpoint_id", "checkpoint_path"))
+        result = orchestrator.run_bc(context, dataset, args.init, args.continue_optimizer)
+        _print_record(result, args.json, BC_KEYS)
     elif args.kind == "ppo":
-        result = orchestrator.run_ppo(context, args.init, dataset, args.mode, args.resume)
-        _print_record(result, args.json, ("data_mode", "updates", "loss_total", "loss_policy", "loss_value",
-                                          "kl_divergence", "clip_fraction", "env_steps_per_sec", "checkpoint_id",
-                                          "checkpoint_path"))
+        result = orchestrator.run_ppo(context, args.init, dataset, args.mode, args.continue_optimizer)
+        _print_record(result, args.json, PPO_KEYS)
     else:
         summary = orchestrator.run_anneal(context, dataset)
         outcome = orchestrator.apply_promotion(context.promotion, summary) if not args.no_promote else None
@@ -369,8 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="print the result record as JSON")
         if kind != "anneal":
             sub.add_argument("--init", default=None, help="checkpoint to start from")
-            sub.add_argument("--resume", action="store_true",
-                             help="continue --init's training: restore its optimizer moments too")
+            sub.add_argument("--continue-optimizer", action="store_true",
+                             help="also restore --init's optimizer moments (continue its training, not fine-tune)")
+            sub.add_argument("--resume", default=None, metavar="RUN_FOLDER",
+                             help="continue a killed run from its newest progress checkpoint, with its own settings")
         if kind == "ppo":
             sub.add_argument("--mode", choices=("rollout", "replay", "mixed"), default=None)
         if kind == "anneal":

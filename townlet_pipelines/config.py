@@ -491,6 +491,12 @@ class RuntimeConfig(_Strict):
         "machine: the world and the data loader need the other core, and this network's small ops gain little "
         "from splitting)")
     log_rotate_entries: int = Field(1000, ge=1)
+    progress_every_epochs: int = Field(
+        1, ge=1, description="BC writes a progress checkpoint (weights, optimizer, RNG, loop state) every this many "
+        "epochs; a killed run continues from the newest with `--resume RUN_FOLDER`")
+    progress_every_updates: int = Field(
+        4, ge=1, description="PPO writes a progress checkpoint every this many updates (about 0.1 s each on the "
+        "default profile)")
 
 
 class TownletConfig(_Strict):

@@ -73,12 +73,25 @@ class BCStrategy:
     bc_weight: float = 1.0
     out: str | Path | None = None  # checkpoint directory; default <artifacts>/bc
     name: str = "bc"
-    resume: bool = False  # also restore init_checkpoint's optimizer moments (continue, don't fine-tune)
+    continue_optimizer: bool = False  # also restore init_checkpoint's optimizer moments (continue, don't fine-tune)
     dagger_rounds: int | None = None  # default: config.bc.dagger_rounds
+    resume: bool = False  # continue a killed run of this stage from its progress checkpoint (`<out>.progress`)
+
+    def plan(self, config) -> list[tuple[int, str, str]]:
+        """Every epoch of the stage in order: (DAgger round, log label, data: expert or own)."""
+        bc = config.bc
+        epochs = self.epochs or bc.epochs
+        rounds = bc.dagger_rounds if self.dagger_rounds is None else self.dagger_rounds
+        steps = [(0, f"expert {epoch}", "expert") for epoch in range(epochs)]
+        for round_index in range(1, rounds + 1):
+            steps += [(round_index, f"dagger {round_index}.{epoch}", "own") for epoch in range(bc.dagger_epochs)]
+            steps.append((round_index, f"expert refresh {round_index}", "expert"))
+        return steps
 
     def run(self, context: TrainingContext) -> BCTrainingResult:
         torch = require_torch()
         from townlet_pipelines.training.checkpoints import model_for, restore_optimizer, save_checkpoint
+        from townlet_pipelines.training.resume import finish_progress, load_progress, progress_dir, save_progress
 
         config, bc = context.config, context.config.bc
         device = context.device
@@ -86,45 +99,64 @@ class BCStrategy:
         rounds = bc.dagger_rounds if self.dagger_rounds is None else self.dagger_rounds
         dataset = ReplayDataset.open(self.dataset)
         train_episodes, val_episodes = dataset.split(bc.val_fraction, seed=bc.seed)
+        if len(val_episodes) == 0:
+            raise TrainingError(f"bc: {dataset.directory} has {dataset.manifest.episodes} episode(s); "
+                                f"bc.val_fraction {bc.val_fraction} leaves none to validate on")
         torch.manual_seed(bc.seed)
         model, parent = model_for(dataset.spec, config.model, device.device, self.init_checkpoint)
         optimizer = torch.optim.Adam(model.parameters(), lr=bc.learning_rate, weight_decay=bc.weight_decay)
-        if self.resume and self.init_checkpoint is not None:
+        if self.continue_optimizer and self.init_checkpoint is not None:
             restore_optimizer(self.init_checkpoint, optimizer, device.device)
         trainer = _EpochTrainer(model, optimizer, context, self.bc_weight)
         out = Path(self.out) if self.out is not None else context.artifacts / "bc"
+        progress_folder = progress_dir(out)
         log = context.log(self.name)
-        start = time.perf_counter()
-        progress = Progress(epochs + rounds * (bc.dagger_epochs + 1), "bc", context.progress)
-        plan = [(dataset, train_episodes, f"expert {epoch}") for epoch in range(epochs)]
-        dagger_rows, step = 0, 0
-        for round_index in range(rounds + 1):
-            if round_index > 0:  # a DAgger round: the network's own states, labelled by the expert
-                own = self._capture_own(model, context, out.parent / f"{out.name}-dagger{round_index}", round_index)
-                dagger_rows += own.rows
-                plan = [(own, None, f"dagger {round_index}.{epoch}") for epoch in range(bc.dagger_epochs)]
-                plan.append((dataset, train_episodes, f"expert refresh {round_index}"))
-            for source, episodes, label in plan:
-                train_loss, train_accuracy, train_rows = trainer.epoch(source, episodes, seed=bc.seed + step)
-                val_loss, val_accuracy, val_rows = evaluate_bc(model, dataset, val_episodes, context, self.bc_weight)
-                log.write({"epoch": step, "phase": label, "loss": train_loss, "accuracy": train_accuracy,
-                           "val_loss": val_loss, "val_accuracy": val_accuracy, "rows": train_rows,
-                           "seconds": time.perf_counter() - start})
-                progress.update(1, acc=train_accuracy, val_acc=val_accuracy)
-                step += 1
+        plan = self.plan(config)
+        loop = {"next": 0, "dagger_rows": 0, "seconds": 0.0, "trainer_rows": 0, "trainer_seconds": 0.0,
+                "last": {}}
+        if self.resume:
+            loop, _ = load_progress(progress_folder, model, optimizer, device.device)
+            trainer.rows, trainer.seconds = loop["trainer_rows"], loop["trainer_seconds"]
+            log.truncate("epoch", loop["next"])
+        start = time.perf_counter() - loop["seconds"]
+        progress = Progress(len(plan), "bc", context.progress)
+        progress.update(loop["next"])
+        own, own_round = None, None
+        for step in range(loop["next"], len(plan)):
+            round_index, label, data = plan[step]
+            if data == "own" and own_round != round_index:  # a DAgger round: the network's own states
+                own_dir = out.parent / f"{out.name}-dagger{round_index}"
+                own, own_round = self._capture_own(model, context, own_dir, round_index), round_index
+                if plan[step - 1][0] != round_index:  # the round's first epoch (not a resume inside it)
+                    loop["dagger_rows"] += own.rows
+            source, episodes = (own, None) if data == "own" else (dataset, train_episodes)
+            train_loss, train_accuracy, train_rows = trainer.epoch(source, episodes, seed=bc.seed + step)
+            val_loss, val_accuracy, val_rows = evaluate_bc(model, dataset, val_episodes, context, self.bc_weight)
+            loop["last"] = {"loss": train_loss, "accuracy": train_accuracy, "rows": train_rows,
+                            "val_loss": val_loss, "val_accuracy": val_accuracy, "val_rows": val_rows}
+            log.write({"epoch": step, "phase": label, **loop["last"], "seconds": time.perf_counter() - start})
+            progress.update(1, acc=train_accuracy, val_acc=val_accuracy)
+            loop.update(next=step + 1, seconds=time.perf_counter() - start, trainer_rows=trainer.rows,
+                        trainer_seconds=trainer.seconds)
+            if (step + 1) % context.config.runtime.progress_every_epochs == 0 and step + 1 < len(plan):
+                save_progress(progress_folder, step + 1, model, optimizer, loop, {})
+        last = loop["last"]
         duration = time.perf_counter() - start
-        metrics = {"accuracy": train_accuracy, "loss": train_loss, "val_accuracy": val_accuracy, "val_loss": val_loss}
+        metrics = {key: last[key] for key in ("accuracy", "loss", "val_accuracy", "val_loss")}
+        if not all(np.isfinite(value) for value in metrics.values()):
+            raise TrainingError(f"bc: non-finite metrics {metrics}; no checkpoint was written")
         record = save_checkpoint(
             out, model, "bc", config.model_dump(mode="json"), dataset.identity, parent, metrics, optimizer,
             progress={"epochs": epochs, "dagger_rounds": rounds},
         )
+        finish_progress(progress_folder)
         return BCTrainingResult(
-            accuracy=train_accuracy, loss=train_loss, val_accuracy=val_accuracy, val_loss=val_loss,
+            accuracy=last["accuracy"], loss=last["loss"], val_accuracy=last["val_accuracy"], val_loss=last["val_loss"],
             learning_rate=bc.learning_rate, batch_size=bc.batch_size, epochs=epochs, weight_decay=bc.weight_decay,
             device=device.name, manifest=str(dataset.directory / "manifest.json"), dataset_identity=dataset.identity,
-            duration_sec=duration, samples_per_sec=trainer.rows / max(trainer.seconds, 1e-9), train_rows=train_rows,
-            val_rows=val_rows, seed=bc.seed, checkpoint_id=record.checkpoint_id, checkpoint_path=str(out),
-            dagger_rounds=rounds, dagger_rows=dagger_rows,
+            duration_sec=duration, samples_per_sec=trainer.rows / max(trainer.seconds, 1e-9),
+            train_rows=last["rows"], val_rows=last["val_rows"], seed=bc.seed, checkpoint_id=record.checkpoint_id,
+            checkpoint_path=str(out), dagger_rounds=rounds, dagger_rows=loop["dagger_rows"],
         )
 
     @staticmethod
@@ -136,9 +168,13 @@ class BCStrategy:
         config = context.config
         episodes = -(-config.rollout.ticks // config.world.episode_ticks)
         seed = config.seeds.dagger.start + (round_index - 1) * config.bc.dagger_towns * episodes
+        if out.exists():  # made before a kill: deterministic from the same weights and seed, so reuse it
+            return ReplayDataset.open(out, verify="files")
+        state = torch.get_rng_state()
         torch.manual_seed(seed)
         capture(config, TorchPolicy(model, context.device, greedy=False), config.bc.dagger_towns,
                 config.rollout.ticks, seed, out, shard_rows=config.rollout.shard_rows)
+        torch.set_rng_state(state)
         return ReplayDataset.open(out, verify="files")
 
 

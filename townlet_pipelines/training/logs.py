@@ -10,6 +10,8 @@ import json
 import re
 from pathlib import Path
 
+from townlet_pipelines.data.files import atomic_write_text
+
 
 class JsonlLog:
     def __init__(self, directory: str | Path, name: str, rotate_entries: int = 1000) -> None:
@@ -30,6 +32,15 @@ class JsonlLog:
     @staticmethod
     def _count(path: Path) -> int:
         return sum(1 for _ in path.open()) if path.exists() else 0
+
+    def truncate(self, key: str, first_dropped: int) -> None:
+        """Drop entries whose `key` is at least `first_dropped` (a resumed run re-logs them)."""
+        for path in sorted(self.directory.glob(f"{self.name}.*.jsonl")):
+            lines = path.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line).get(key, -1) < first_dropped]
+            if len(kept) != len(lines):
+                atomic_write_text(path, "".join(line + "\n" for line in kept))
+        self.entries = self._count(self.path)
 
     def write(self, entry: dict) -> None:
         if self.entries >= self.rotate_entries:

@@ -7,6 +7,7 @@ in `state/`.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -66,14 +67,59 @@ def capture_expert(config: TownletConfig, out: str | Path) -> CaptureResult:
 
 
 def run_bc(context: TrainingContext, dataset: str | Path, init_checkpoint: str | Path | None = None,
-           resume: bool = False) -> BCTrainingResult:
-    return BCStrategy(dataset, init_checkpoint, resume=resume).run(context)
+           continue_optimizer: bool = False, resume: bool = False) -> BCTrainingResult:
+    return BCStrategy(dataset, init_checkpoint, continue_optimizer=continue_optimizer, resume=resume).run(context)
 
 
 def run_ppo(context: TrainingContext, init_checkpoint: str | Path | None = None, dataset: str | Path | None = None,
-            data_mode: str | None = None, resume: bool = False) -> PPOTrainingResult:
+            data_mode: str | None = None, continue_optimizer: bool = False, resume: bool = False) -> PPOTrainingResult:
     return PPOStrategy(init_checkpoint=init_checkpoint, replay_dataset=dataset, data_mode=data_mode,
-                       resume=resume).run(context)
+                       continue_optimizer=continue_optimizer, resume=resume).run(context)
+
+
+INVOCATION = "invocation.json"
+
+
+def record_invocation(run_dir: Path, kind: str, config: TownletConfig, **arguments) -> None:
+    """What `--resume RUN_FOLDER` needs to run the same training again: the kind, the config, the arguments."""
+    from townlet_pipelines.data.files import atomic_write_text
+
+    atomic_write_text(Path(run_dir) / INVOCATION, json.dumps(
+        {"kind": kind, "config": config.model_dump(mode="json"), "arguments": arguments}, indent=2, default=str))
+
+
+def resume_training(run_dir: str | Path, expected_kind: str | None = None, progress: bool = False):
+    """Continue the BC or PPO run that was killed in `run_dir`, from its newest progress checkpoint."""
+    from townlet_pipelines.config import config_from_mapping
+    from townlet_pipelines.training.torch_support import TrainingError
+
+    run_dir = Path(run_dir).absolute()
+    path = run_dir / INVOCATION
+    if not path.is_file():
+        raise TrainingError(f"{run_dir}: not a training run folder to resume (no {INVOCATION}; `townlet train "
+                            "bc|ppo` writes one)")
+    try:
+        invocation = json.loads(path.read_text())
+        kind, arguments = invocation["kind"], invocation["arguments"]
+    except (ValueError, KeyError) as error:
+        raise TrainingError(f"{path}: unreadable ({error}); the run cannot be resumed") from None
+    if expected_kind is not None and kind != expected_kind:
+        raise TrainingError(f"{run_dir}: holds a {kind} run, not {expected_kind}; resume it with townlet train {kind}")
+    final = run_dir / kind
+    if (final / "checkpoint.json").is_file():
+        raise TrainingError(f"{run_dir}: this {kind} run finished (checkpoint {final}); nothing to resume")
+    from townlet_pipelines.training.resume import progress_dir, require_progress
+
+    require_progress(progress_dir(final))
+    config = config_from_mapping(invocation["config"], str(path))
+    context = make_context(config, run_dir, run_dir.parent.parent, progress=progress)
+    if kind == "bc":
+        return run_bc(context, arguments["dataset"], arguments.get("init"), arguments.get("continue_optimizer", False),
+                      resume=True)
+    if kind == "ppo":
+        return run_ppo(context, arguments.get("init"), arguments.get("dataset"), arguments.get("mode"),
+                       arguments.get("continue_optimizer", False), resume=True)
+    raise TrainingError(f"{path}: kind {kind!r} cannot be resumed (bc or ppo)")
 
 
 def run_anneal(context: TrainingContext, dataset: str | Path) -> AnnealSummary:

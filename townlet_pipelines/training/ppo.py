@@ -294,7 +294,8 @@ class PPOStrategy:
     cycle: int = 0
     out: str | Path | None = None  # checkpoint directory; default <artifacts>/ppo
     name: str = "ppo"
-    resume: bool = False  # also restore init_checkpoint's optimizer moments (continue a PPO run)
+    continue_optimizer: bool = False  # also restore init_checkpoint's optimizer moments (continue a PPO run)
+    resume: bool = False  # continue a killed run of this stage from its progress checkpoint (`<out>.progress`)
     evaluate_towns: bool = True  # score the result on the guardrail towns (the anneal judges from it)
 
     def run(self, context: TrainingContext) -> PPOTrainingResult:
@@ -302,6 +303,7 @@ class PPOStrategy:
         from townlet_pipelines.training.checkpoints import model_for, restore_optimizer, save_checkpoint
         from townlet_pipelines.training.evaluation import evaluate
         from townlet_pipelines.training.policy import TorchPolicy
+        from townlet_pipelines.training.resume import finish_progress, load_progress, progress_dir, restore_world
         from townlet_pipelines.world.policies import ScriptedExpert
 
         config, ppo, device = context.config, context.config.ppo, context.device
@@ -333,33 +335,59 @@ class PPOStrategy:
             if source is not None and source.spec != world.spec:
                 raise TrainingError(f"ppo: dataset {source.directory} has another observation spec than the world")
         optimizer = torch.optim.Adam(model.parameters(), lr=ppo.learning_rate, eps=1e-5)
-        if self.resume and self.init_checkpoint is not None:
+        if self.continue_optimizer and self.init_checkpoint is not None:
             restore_optimizer(self.init_checkpoint, optimizer, device.device)
+        out_dir = Path(self.out) if self.out is not None else context.artifacts / "ppo"
+        progress_folder = progress_dir(out_dir)
+        loop: dict = {"next": 0, "seconds": 0.0, "anchor_batches": 0, "reward_adv": [], "multipliers": [],
+                      "adv": [0.0, 0.0], "stats": {key: [] for key in STAT_KEYS}, "counters": {
+                          "zero_std": 0, "clip_triggered": 0, "transitions": 0, "steps": 0, "rollout_seconds": 0.0},
+                      "telemetry": {key: 0.0 for key in TELEMETRY_KEYS}}
+        arrays: dict[str, np.ndarray] = {}
+        if self.resume:  # the killed run's loop state, weights, moments and RNG; its world mid-episode
+            loop, arrays = load_progress(progress_folder, model, optimizer, device.device)
+            restore_world(world, arrays, loop["world_tick"])
+            episode[0] = loop["episode"]
+            log.truncate("update", loop["next"])
         scaler = torch.amp.GradScaler("cuda", enabled=device.amp)
         multiplier, selector = None, None
         if (ppo.conflict_budget > 0 and mode != "replay") or ppo.validate_every:
-            expert = validation_scores(config, ScriptedExpert(config.expert).act)
+            expert = loop.get("expert") or validation_scores(config, ScriptedExpert(config.expert).act)
             selector = SnapshotSelector(expert, ppo.select_conflict_ratio, ppo.select_wage_ratio)
-            log.write({"update": -1, "cycle": self.cycle, "validation": "expert", **expert})
+            if "expert" not in loop:
+                log.write({"update": -1, "cycle": self.cycle, "validation": "expert", **expert})
+            loop["expert"] = expert
+            if loop.get("selected") is not None:
+                selector.best, selector.best_update = loop["selected"]["scores"], loop["selected"]["update"]
+                selector.best_state = {name[len("best."):]: torch.from_numpy(value).to(device.device)
+                                       for name, value in arrays.items() if name.startswith("best.")}
         if ppo.conflict_budget > 0 and mode != "replay":
             expert_rate = expert["queue_conflict_events_per_agent_day"]
             multiplier = ConflictMultiplier(
                 budget=max(ppo.conflict_budget * expert_rate, 1e-3), learning_rate=ppo.lagrange_lr,
                 value=ppo.lagrange_init, window=max(1, -(-config.world.day_ticks // ppo.rollout_ticks)))
+            if "lagrange" in loop:
+                multiplier.value = loop["lagrange"]["value"]
+                multiplier.history.extend(tuple(item) for item in loop["lagrange"]["history"])
+        agents = world.towns * world.agents
         replay_stream = replay_rows(dataset, ppo.gamma, ppo.gae_lambda, seed) if dataset is not None else None
+        pending: list = []
+        replay_count = self._replay_count(mode, ppo.rollout_ticks * agents, ppo.mixed_replay_fraction)
+        for _ in range(loop["next"] if mode in ("replay", "mixed") and replay_count > 0 else 0):
+            take_rows(replay_stream, replay_count, pending)  # resumed: the stream where the killed run left it
         anchor_stream = None
         if anchor is not None:
             anchor_stream = (batch for epoch in range(10**9)
                              for batch in anchor.iter_batches(256, seed=seed + epoch))
-        pending: list = []
-        stats: dict[str, list[float]] = {key: [] for key in STAT_KEYS}
-        counters = {"zero_std": 0, "clip_triggered": 0, "transitions": 0, "steps": 0, "rollout_seconds": 0.0}
-        telemetry = {key: 0.0 for key in TELEMETRY_KEYS}
-        entropies, reward_adv, multipliers = [], [], []
-        agents = world.towns * world.agents
-        start = time.perf_counter()
+            for _ in range(loop["anchor_batches"]):
+                next(anchor_stream)
+        stats, counters, telemetry = loop["stats"], loop["counters"], loop["telemetry"]
+        reward_adv, multipliers = loop["reward_adv"], loop["multipliers"]
+        entropies = [arrays["entropies"]] if "entropies" in arrays else []
+        start = time.perf_counter() - loop["seconds"]
         progress = Progress(updates, f"ppo cycle {self.cycle}", context.progress)
-        for update in range(updates):
+        progress.update(loop["next"])
+        for update in range(loop["next"], updates):
             # ---- collect
             parts, rate = [], None
             if mode in ("rollout", "mixed"):
@@ -376,12 +404,8 @@ class PPOStrategy:
                     multipliers.append(penalty)
                     rate = multiplier.update(rollout.telemetry["queue_conflict_events"],
                                              agents * rollout.ticks / config.world.day_ticks)
-            if mode in ("replay", "mixed"):
-                target = ppo.rollout_ticks * agents
-                share = ppo.mixed_replay_fraction if mode == "mixed" else 1.0
-                count = target if mode == "replay" else int(round(target * share / max(1 - share, 1e-6)))
-                if count > 0:
-                    parts.append(take_rows(replay_stream, count, pending))
+            if mode in ("replay", "mixed") and replay_count > 0:
+                parts.append(take_rows(replay_stream, replay_count, pending))
             keys = set.intersection(*(set(part) for part in parts))
             data = {key: np.concatenate([part[key] for part in parts]) for key in keys}
             rows = len(data["actions"])
@@ -403,6 +427,7 @@ class PPOStrategy:
                         if anchor_stream is not None:
                             loss_bc = anchor_loss(model, to_tensors(next(anchor_stream), device,
                                                                     (*OBS_KEYS, "expert_actions")))
+                            loop["anchor_batches"] += 1
                         objective = out["loss"] + self.bc_weight * loss_bc
                     if not torch.isfinite(objective):
                         raise TrainingError(f"ppo: non-finite loss at update {update}; no checkpoint was written")
@@ -430,6 +455,11 @@ class PPOStrategy:
                 scores = validation_scores(config, TorchPolicy(model, device, greedy=True).act)
                 chosen = selector.offer(update + 1, scores, model)
                 log.write({"update": update, "cycle": self.cycle, "validation": "policy", "chosen": chosen, **scores})
+            loop.update(next=update + 1, seconds=time.perf_counter() - start, episode=episode[0],
+                        world_tick=world.state.tick, adv=[float(data["advantages"].mean()), float(data["advantages"].std())])
+            if (update + 1) % config.runtime.progress_every_updates == 0 and update + 1 < updates:
+                self._save_progress(progress_folder, update + 1, model, optimizer, loop, world, entropies,
+                                    multiplier, selector)
         selected = updates  # the update whose weights the stage returns
         if selector is not None and selector.best is not None:
             model.load_state_dict(selector.best_state)  # the chosen snapshot becomes the stage's result
@@ -443,19 +473,19 @@ class PPOStrategy:
         last = _recent(stats, ppo)
         metrics = {**{f"eval_{k}": v for k, v in evaluation.items()}, "loss_total": last["loss_total"],
                    "kl": last["kl"], "clip_fraction": last["clip_fraction"]}
-        out_dir = Path(self.out) if self.out is not None else context.artifacts / "ppo"
         source = dataset or anchor
         record = save_checkpoint(out_dir, model, "ppo", config.model_dump(mode="json"),
                                  source.identity if source is not None else None, parent, metrics, optimizer,
                                  progress={"updates": updates, "cycle": self.cycle,
                                            "selected_update": selected})
+        finish_progress(progress_folder)
         entropy_all = np.concatenate(entropies) if entropies else np.zeros(1)
         return PPOTrainingResult(
             epoch=ppo.update_epochs, updates=updates, transitions=counters["transitions"], steps=counters["steps"],
             loss_policy=last["loss_policy"], loss_value=last["loss_value"], loss_entropy=last["loss_entropy"],
             loss_total=last["loss_total"], loss_bc=last["loss_bc"],
             clip_fraction=float(np.mean(stats["clip_fraction"])), clip_fraction_max=float(np.max(stats["clip_fraction"])),
-            adv_mean=float(data["advantages"].mean()), adv_std=float(data["advantages"].std()),
+            adv_mean=loop["adv"][0], adv_std=loop["adv"][1],
             adv_min_std=float(np.min(stats["adv_std"])), adv_zero_std_batches=counters["zero_std"],
             clip_triggered_minibatches=counters["clip_triggered"],
             grad_norm=float(np.mean(stats["grad_norm"])), grad_norm_max=float(np.max(stats["grad_norm"])),
@@ -484,6 +514,30 @@ class PPOStrategy:
             baseline_dataset_metrics=_dataset_metrics(source), evaluation=evaluation,
             checkpoint_id=record.checkpoint_id, checkpoint_path=str(out_dir), parent_checkpoint_id=parent,
         )
+
+
+    @staticmethod
+    def _replay_count(mode: str, target: int, share: float) -> int:
+        """Stored rows per update: all of it in `replay`, `share` of the mini-batches in `mixed`."""
+        if mode == "replay":
+            return target
+        return int(round(target * share / max(1 - share, 1e-6))) if mode == "mixed" else 0
+
+    @staticmethod
+    def _save_progress(folder: Path, step: int, model, optimizer, loop: dict, world: TownWorld, entropies: list,
+                       multiplier: ConflictMultiplier | None, selector: SnapshotSelector | None) -> None:
+        from townlet_pipelines.training.resume import save_progress, world_arrays
+
+        arrays = world_arrays(world)
+        if entropies:
+            entropies[:] = [np.concatenate(entropies)]
+            arrays["entropies"] = entropies[0]
+        if multiplier is not None:
+            loop["lagrange"] = {"value": multiplier.value, "history": [list(item) for item in multiplier.history]}
+        if selector is not None and selector.best is not None:
+            loop["selected"] = {"scores": selector.best, "update": selector.best_update}
+            arrays.update({f"best.{name}": tensor.cpu().numpy() for name, tensor in selector.best_state.items()})
+        save_progress(folder, step, model, optimizer, loop, arrays)
 
 
 def _recent(stats: dict[str, list[float]], ppo: PPOConfig) -> dict[str, float]:

@@ -1,0 +1,112 @@
+"""Progress checkpoints: what a killed BC or PPO run needs to continue exactly where it stopped.
+
+Every `runtime.progress_every_epochs` BC epochs (`progress_every_updates` PPO updates) a strategy writes
+`<checkpoint dir>.progress/step-NNNNNN/` as one atomic directory: the weights, the optimizer's moments,
+torch's RNG state, the loop's own state (JSON) and its arrays (a world snapshot, a selected snapshot's
+weights). Older steps are removed after the new one is complete, so a kill at any instant leaves at least
+one complete step. Resuming loads the newest step and replays nothing: the loop is deterministic given
+that state, so the resumed run writes the checkpoint an uninterrupted run writes (bit-identical on CPU
+with the same thread count). A finished stage removes its progress folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from townlet_pipelines.data.files import atomic_directory, npz_bytes
+from townlet_pipelines.training.torch_support import TrainingError, require_torch
+
+WEIGHTS, OPTIMIZER, STATE, ARRAYS = "weights.safetensors", "optimizer.safetensors", "state.json", "arrays.npz"
+_STEP = re.compile(r"^step-(\d{6})$")
+
+
+def progress_dir(checkpoint_dir: str | Path) -> Path:
+    checkpoint_dir = Path(checkpoint_dir)
+    return checkpoint_dir.with_name(checkpoint_dir.name + ".progress")
+
+
+def _steps(directory: Path) -> list[tuple[int, Path]]:
+    if not directory.is_dir():
+        return []
+    return sorted((int(match.group(1)), path) for path in directory.iterdir() if (match := _STEP.match(path.name)))
+
+
+def require_progress(directory: Path) -> Path:
+    """The newest complete step, or a TrainingError naming the folder when there is nothing to resume."""
+    steps = _steps(directory)
+    if not steps:
+        raise TrainingError(f"{directory}: nothing to resume (no progress checkpoint; a run writes one every "
+                            "runtime.progress_every_epochs / progress_every_updates)")
+    return steps[-1][1]
+
+
+def save_progress(directory: Path, step: int, model, optimizer, state: dict, arrays: dict[str, np.ndarray]) -> Path:
+    """Write step `step` atomically, then drop the older ones."""
+    torch = require_torch()
+    from safetensors.torch import save_file
+
+    from townlet_pipelines.training.checkpoints import _optimizer_tensors
+
+    arrays = {**arrays, "torch_rng": torch.get_rng_state().numpy()}
+    with atomic_directory(directory / f"step-{step:06d}") as temporary:
+        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()},
+                  str(temporary / WEIGHTS))
+        tensors, layout = _optimizer_tensors(optimizer)
+        save_file(tensors, str(temporary / OPTIMIZER), metadata={"layout": json.dumps(layout)})
+        (temporary / ARRAYS).write_bytes(npz_bytes(arrays, compress=False))
+        (temporary / STATE).write_text(json.dumps({"step": step, **state}, sort_keys=True))
+    for older, path in _steps(directory):
+        if older < step:
+            shutil.rmtree(path, ignore_errors=True)
+    return directory / f"step-{step:06d}"
+
+
+def load_progress(directory: Path, model, optimizer, device) -> tuple[dict, dict[str, np.ndarray]]:
+    """Restore the newest complete step into `model` and `optimizer`; (loop state, arrays).
+
+    Raises a TrainingError naming the folder when there is nothing to resume from.
+    """
+    torch = require_torch()
+    from safetensors.torch import load_file
+
+    from townlet_pipelines.training.checkpoints import restore_optimizer
+
+    path = require_progress(directory)
+    try:
+        state = json.loads((path / STATE).read_text())
+        model.load_state_dict(load_file(str(path / WEIGHTS)))
+        restore_optimizer(path, optimizer, device)
+        with np.load(path / ARRAYS, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise TrainingError(f"{path}: damaged progress checkpoint ({' '.join(str(error).split())[:200]}); "
+                            "remove it to resume from the step before") from None
+    torch.set_rng_state(torch.from_numpy(arrays.pop("torch_rng")))
+    return state, arrays
+
+
+def finish_progress(directory: Path) -> None:
+    """The stage wrote its final checkpoint: its progress is no longer needed."""
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def world_arrays(world) -> dict[str, np.ndarray]:
+    """The batched world's state as named arrays (its RNG is counter-based: the state is all there is)."""
+    from dataclasses import fields
+
+    return {f"world.{item.name}": getattr(world.state, item.name) for item in fields(world.state)
+            if isinstance(getattr(world.state, item.name), np.ndarray)}
+
+
+def restore_world(world, arrays: dict[str, np.ndarray], tick: int) -> None:
+    """Put a snapshot from `world_arrays` back, mid-episode, and observe it as the world would."""
+    from townlet_pipelines.world.state import WorldState
+
+    values = {name[len("world."):]: value.copy() for name, value in arrays.items() if name.startswith("world.")}
+    world.state = WorldState(tick=int(tick), **values)
+    world.action_mask, world.observation = world.observer.mask_and_observe(world.state)
