@@ -158,39 +158,93 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_dagster_dev_serves_the_asset_graph(tmp_path):
+def _graphql(base: str, query: str, variables: dict | None = None) -> dict:
+    request = urllib.request.Request(f"{base}/graphql", data=json.dumps({"query": query, "variables": variables or {}})
+                                     .encode(), headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(request, timeout=30).read())
+
+
+LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+
+
+def _launch(base: str) -> str:
+    params = {"selector": {"repositoryLocationName": "townlet_pipelines.pipeline.definitions",
+                           "repositoryName": "__repository__", "jobName": "nightly_anneal"}, "runConfigData": {}}
+    payload = _graphql(base, LAUNCH, {"params": params})["data"]["launchRun"]
+    assert payload["__typename"] == "LaunchRunSuccess", payload
+    return payload["run"]["runId"]
+
+
+def _wait(what, timeout: float, every: float = 0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what.__doc__ or what}")
+
+
+def test_dagster_dev_serves_the_graph_and_recovers_from_a_killed_run(tmp_path, tiny_config):
+    """The UI's asset graph; then a nightly killed with SIGKILL mid-training is failed by run monitoring,
+    its `gpu` pool slot is freed, and the next nightly completes (no person involved)."""
+    import yaml
+    from dagster import DagsterEventType, DagsterRunStatus
+
     port = _free_port()
-    env = dict(os.environ, DAGSTER_HOME=str(tmp_path), TOWNLET_ARTIFACTS=str(tmp_path / "artifacts"))
-    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster_home" / "dagster.yaml").read_text())
+    env = dict(os.environ, DAGSTER_HOME=str(tmp_path), TOWNLET_ARTIFACTS=str(tmp_path / "artifacts"),
+               TOWNLET_CONFIG=str(tiny_config))
+    instance_yaml = yaml.safe_load((ROOT / "dagster_home" / "dagster.yaml").read_text())
+    instance_yaml["run_monitoring"].update(poll_interval_seconds=1, free_slots_after_run_end_seconds=1)
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
     dagster_bin = Path(sys.executable).parent / "dagster"
     process = subprocess.Popen([str(dagster_bin), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1",
                                 "-p", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while True:
+
+        def served():
+            """dagster dev answering"""
+            assert process.poll() is None, "dagster dev exited"
             try:
                 urllib.request.urlopen(f"{base}/server_info", timeout=2)
-                break
+                return True
             except OSError:
-                if time.time() > deadline or process.poll() is not None:
-                    raise AssertionError("dagster dev did not start") from None
-                time.sleep(1)
+                return False
+
+        _wait(served, 90, every=1)
         query = "{ assetNodes { assetKey { path } assetChecksOrError { ... on AssetChecks { checks { name } } } } }"
-        nodes = None
-        while time.time() < deadline:
-            request = urllib.request.Request(f"{base}/graphql", data=json.dumps({"query": query}).encode(),
-                                             headers={"Content-Type": "application/json"})
-            payload = json.loads(urllib.request.urlopen(request, timeout=10).read())
-            nodes = (payload.get("data") or {}).get("assetNodes") or []
-            if nodes:
-                break
-            time.sleep(1)  # the code location is still loading
+        nodes = _wait(lambda: (_graphql(base, query).get("data") or {}).get("assetNodes"), 90, every=1)
         keys = {"/".join(node["assetKey"]["path"]) for node in nodes}
         checks = {check["name"] for node in nodes for check in node["assetChecksOrError"].get("checks", [])}
         assert keys == ASSET_KEYS
         assert GUARDRAILS <= checks
+
+        with DagsterInstance.from_config(str(tmp_path)) as instance:
+            first = _launch(base)
+
+            def training():
+                """the first run's bc_checkpoint step to start"""
+                return any(event.step_key == "bc_checkpoint"
+                           for event in instance.all_logs(first, of_type=DagsterEventType.STEP_START))
+
+            _wait(training, 120)
+            started = [event for event in instance.all_logs(first, of_type=DagsterEventType.ENGINE_EVENT)
+                       if (event.message or "").startswith("Started process for run")]
+            os.kill(int(started[-1].dagster_event.engine_event_data.metadata["pid"].value), signal.SIGKILL)
+            second = _launch(base)
+
+            def finished():
+                """the second run to finish"""
+                run = instance.get_run_by_id(second)
+                return run.status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE) and run
+
+            assert _wait(finished, 240, every=1).status == DagsterRunStatus.SUCCESS
+            assert instance.get_run_by_id(first).status == DagsterRunStatus.FAILURE
+            failure = instance.all_logs(first, of_type=DagsterEventType.RUN_FAILURE)[-1]
+            assert "is gone" in failure.message
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
