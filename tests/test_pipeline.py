@@ -277,3 +277,19 @@ def test_training_assets_ask_for_a_gpu_and_share_one_pool():
     assert replay_manifest.op.pool is None  # capture is CPU work
     instance_yaml = (ROOT / "dagster_home" / "dagster.yaml").read_text()
     assert "default_limit: 1" in instance_yaml
+
+
+def test_a_users_mistake_fails_the_step_with_the_clis_one_line_sentence(tiny_config, tmp_path):
+    from townlet_pipelines.config import ConfigError, config_from_mapping
+    from townlet_pipelines.errors import one_line
+
+    with DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_job_def("capture_only").execute_in_process(
+            run_config=run_config(tiny_config, tmp_path, "bc: {val_fraction: 0}"), instance=instance,
+            raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data
+    with pytest.raises(ConfigError) as expected:
+        config_from_mapping({"bc": {"val_fraction": 0}}, f"{tiny_config} + overrides")
+    assert failure.user_failure_data.description == one_line(expected.value)  # what `townlet` would print
+    assert "bc.val_fraction: Input should be greater than 0" in failure.user_failure_data.description

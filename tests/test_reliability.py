@@ -99,3 +99,115 @@ def test_resume_with_nothing_to_resume_is_an_error(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
     assert main(["train", "ppo", "--resume", str(empty)]) == 2
     assert "holds a bc run, not ppo" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- leftovers, caches, full disks
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_killed_writers_temporaries_are_swept_by_the_next_write(tmp_path):
+    from townlet_pipelines.data.files import _HOST, atomic_directory
+
+    dead = tmp_path / f".expert-x.{_HOST}-{_dead_pid()}.abc123.tmp"
+    (dead / "shard").mkdir(parents=True)
+    dead_file = tmp_path / f".promotion.json.{_HOST}-{_dead_pid()}.zz9.tmp"
+    dead_file.write_text("half")
+    live = tmp_path / f".other.{_HOST}-{os.getpid()}.def456.tmp"  # a writer still at work
+    live.mkdir()
+    foreign = tmp_path / f".other.another_host-{_dead_pid()}.ghi789.tmp"  # not ours to judge
+    foreign.mkdir()
+    with atomic_directory(tmp_path / "new") as folder:
+        (folder / "file").write_text("x")
+    assert not dead.exists() and not dead_file.exists()
+    assert live.exists() and foreign.exists() and (tmp_path / "new" / "file").exists()
+
+
+def test_a_capture_killed_midway_leaves_nothing_after_the_next_one(tmp_path):
+    process = _townlet("capture", "--config", "smoke", "--towns", "64", "--days", "3", "--out", str(tmp_path / "a"))
+    leftover = _kill_when(process, ".a.*.tmp/*.npz", tmp_path).parent
+    assert leftover.exists() and not (tmp_path / "a").exists()
+    done = _townlet("capture", "--config", "smoke", "--towns", "1", "--ticks", "10", "--out", str(tmp_path / "b"))
+    assert done.wait(timeout=120) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["b"]
+
+
+def test_a_full_disk_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from townlet_pipelines.cli import main
+    from townlet_pipelines.data import capture
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(capture, "npz_bytes", full)
+    assert main(["capture", "--config", "smoke", "--towns", "1", "--ticks", "10", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "the disk is full" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_promotion_that_runs_out_of_disk_keeps_the_previous_release(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from townlet_pipelines.data import promotion
+    from townlet_pipelines.data.promotion import PromotionStore
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "weights.safetensors").write_bytes(b"w" * 1000)
+    store = PromotionStore(tmp_path / "state", required_passes=1)
+    first = store.promote("c", "aaa", path=checkpoint, first_release=True)
+    state_before = store.path.read_bytes()
+
+    real_copytree = shutil.copytree
+
+    def copy_then_fail(source, target, **kwargs):
+        real_copytree(source, target)  # part of the copy lands, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    store.record_evaluation("c", "PASS", run_id="n1")
+    monkeypatch.setattr(promotion.shutil, "copytree", copy_then_fail)
+    with pytest.raises(OSError):
+        store.promote("c", "bbb", path=checkpoint)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "state" / "releases").iterdir()) == [first.release_id]
+    assert store.status().current_release.release_id == first.release_id
+    assert json.loads(store.path.read_bytes())["releases"] == json.loads(state_before)["releases"]
+
+
+def test_damaged_cache_entries_are_rebuilt_not_trusted(tmp_path, dataset):
+    import shutil
+
+    from townlet_pipelines.training.anneal import AnnealStrategy
+    from townlet_pipelines.training.cache import cached_bc_stages, cached_expert_dataset, expert_dataset_key
+
+    config = config_from_mapping({**TINY, "rollout": {**TINY["rollout"], "towns": 2, "ticks": 120},
+                                  "bc": {**TINY["bc"], "epochs": 1, "dagger_rounds": 0},
+                                  "anneal": {**TINY["anneal"], "schedule": [{"cycle": 0, "mode": "bc", "epochs": 1}],
+                                             "bc_accuracy_threshold": 0.0}}, "tiny")
+    said = []
+    first, reused = cached_expert_dataset(config, tmp_path, said.append)
+    assert not reused and cached_expert_dataset(config, tmp_path, said.append)[1]
+    shard = sorted(first.directory.glob("*.npz"))[0]
+    shard.write_bytes(shard.read_bytes()[:-10])  # truncated on disk
+    again, reused = cached_expert_dataset(config, tmp_path, said.append)
+    assert not reused and "damaged" in said[-1] and again.identity == first.identity
+    assert again.directory.name == f"expert-{expert_dataset_key(config)}"
+
+    context = orchestrator.make_context(config, orchestrator.new_run_dir(tmp_path), tmp_path)
+    strategy = AnnealStrategy(again.directory)
+    outcome, record, reused = cached_bc_stages(strategy, context, again.identity, tmp_path, said.append)
+    assert not reused and "$ARTIFACTS" in record.read_text()  # stored relative to the artifacts root
+    weights = Path(outcome.checkpoint) / "weights.safetensors"
+    weights.write_bytes(b"garbage")
+    rebuilt, _, reused = cached_bc_stages(strategy, context, again.identity, tmp_path, said.append)
+    assert not reused and "retraining" in said[-1] and rebuilt.checkpoint_id == outcome.checkpoint_id
+    moved = tmp_path.parent / (tmp_path.name + "-moved")  # the artifacts root moves: the entry still verifies
+    shutil.move(str(tmp_path), str(moved))
+    _, _, reused = cached_bc_stages(strategy, context, again.identity, moved, said.append)
+    assert reused

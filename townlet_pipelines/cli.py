@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from townlet_pipelines.config import ConfigError, load_config
+from townlet_pipelines.config import load_config
 
 
 # `townlet train anneal` exits with the verdict, so scripts can gate on it (2 is any usage or input error).
@@ -227,7 +227,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"evaluate it with the config it was trained with")
     seeds = parse_seeds(args.seeds, config)
     device = device_context(config.runtime.device, config.runtime.amp, config.runtime.torch_threads)
-    model, record = load_checkpoint(args.checkpoint, device=device.device)
+    from townlet_pipelines.world.engine import TownWorld
+
+    # A checkpoint for another map size or action set is named here, before torch multiplies mismatched shapes.
+    model, record = load_checkpoint(args.checkpoint, TownWorld(config, 1).spec, device=device.device)
     rows = {
         f"checkpoint {record.checkpoint_id}": evaluate(
             config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act, seeds=seeds),
@@ -438,25 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The project's own errors, and the operating system's (a full disk, a missing file): a user's mistake or
-    a broken environment, told as one line, never a traceback. A programming error still shows its trace."""
-    from townlet_pipelines.data.promotion import PromotionError
-    from townlet_pipelines.data.state_file import StateFileError
-    from townlet_pipelines.training.torch_support import TorchNotAvailableError, TrainingError
-
-    return (ConfigError, ValueError, OSError, TrainingError, StateFileError, PromotionError, TorchNotAvailableError)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except Exception as error:  # noqa: BLE001 - sorted below: user errors become one line, the rest re-raise
-        if not isinstance(error, _user_errors()) and type(error).__name__ != "SafetensorError":
+        from townlet_pipelines.errors import is_user_error, one_line
+
+        if not is_user_error(error):
             raise
-        text = str(error) if isinstance(error, ConfigError) else " ".join(str(error).split())
-        print(f"townlet: error: {text or type(error).__name__}", file=sys.stderr)
+        print(f"townlet: error: {one_line(error)}", file=sys.stderr)
         return 2
 
 

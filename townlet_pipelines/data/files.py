@@ -1,7 +1,9 @@
 """Atomic, reproducible file writing: a failed run never leaves a half-written file or dataset behind.
 
 Files are written to a temporary sibling and renamed into place; a dataset is built in a temporary
-sibling directory and renamed as a whole. `.npz` archives are written with fixed zip timestamps so the
+sibling directory and renamed as a whole. A temporary's name carries its writer's host and pid
+(`.<name>.<host>-<pid>.<random>.tmp`): a writer that was killed leaves one behind, and the next write in
+the same folder removes it once that process is gone (`sweep_leftovers`). `.npz` archives are written with fixed zip timestamps so the
 same arrays always give the same bytes, and therefore the same sha256.
 """
 
@@ -11,7 +13,9 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import shutil
+import socket
 import tempfile
 import zipfile
 from pathlib import Path
@@ -30,10 +34,46 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40]
+_LEFTOVER = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+def pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_leftovers(folder: str | Path) -> list[Path]:
+    """Remove the temporaries that killed writers on this host left in `folder`; the paths removed."""
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _LEFTOVER.match(entry.name)
+        if match is None or match["host"] != _HOST or pid_exists(int(match["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        removed.append(entry)
+    return removed
+
+
+def _prefix(name: str) -> str:
+    return f".{name}.{_HOST}-{os.getpid()}."
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
@@ -71,7 +111,8 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     if final.exists():
         raise FileExistsError(f"{final}: already exists; choose a new output directory")
     final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    sweep_leftovers(final.parent)
+    temporary = Path(tempfile.mkdtemp(prefix=_prefix(final.name), suffix=".tmp", dir=final.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(temporary, 0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any new folder

@@ -185,31 +185,38 @@ class PromotionStore:
                 f"checkpoint {checkpoint_id} was rolled back at {withdrawn.at} (to release {withdrawn.release_id}); "
                 f"it is not promoted again unless an operator overrides: townlet promotion promote --candidate "
                 f"{candidate_id} --checkpoint-id {checkpoint_id} --override 'why'")
-        with locked_state(self.path, PromotionState) as holder:
-            state = holder[0]
-            if override:
-                pass  # the operator's explicit decision replaces the readiness rule
-            elif first_release:
-                if state.releases:
-                    raise PromotionError(f"{self.path}: a first release exists already ({state.releases[0].release_id})")
-            elif self._state(state) != "ready" or state.candidate_id != candidate_id:
-                raise PromotionError(
-                    f"candidate {candidate_id} is not ready: state {state.state}, candidate {state.candidate_id}, "
-                    f"pass streak {state.pass_streak}/{self.required_passes}")
-            release_id = f"r{len(state.releases) + 1:04d}-{checkpoint_id[:12]}"
-            stored = self._store_checkpoint(release_id, path) if path else None
-            release = Release(
-                release_id=release_id, candidate_id=candidate_id, checkpoint_id=checkpoint_id, path=stored,
-                hashes=dict(hashes or {}), metrics=finite_metrics(metrics, "promote"),
-                previous_release_id=state.current_release_id, promoted_at=_now(), first_release=first_release,
-            )
-            state.releases.append(release)
-            state.current_release_id = release_id
-            state.state, state.pass_streak = "promoted", 0
-            state.history.append(Event(kind="promotion", at=release.promoted_at, candidate_id=candidate_id,
-                                       release_id=release_id, checkpoint={"checkpoint_id": checkpoint_id},
-                                       note=f"operator override: {override}" if override else ""))
-            return self._resolved(release)
+        stored = None
+        try:
+            with locked_state(self.path, PromotionState) as holder:
+                state = holder[0]
+                if override:
+                    pass  # the operator's explicit decision replaces the readiness rule
+                elif first_release:
+                    if state.releases:
+                        raise PromotionError(f"{self.path}: a first release exists already "
+                                             f"({state.releases[0].release_id})")
+                elif self._state(state) != "ready" or state.candidate_id != candidate_id:
+                    raise PromotionError(
+                        f"candidate {candidate_id} is not ready: state {state.state}, candidate {state.candidate_id}, "
+                        f"pass streak {state.pass_streak}/{self.required_passes}")
+                release_id = f"r{len(state.releases) + 1:04d}-{checkpoint_id[:12]}"
+                stored = self._store_checkpoint(release_id, path) if path else None
+                release = Release(
+                    release_id=release_id, candidate_id=candidate_id, checkpoint_id=checkpoint_id, path=stored,
+                    hashes=dict(hashes or {}), metrics=finite_metrics(metrics, "promote"),
+                    previous_release_id=state.current_release_id, promoted_at=_now(), first_release=first_release,
+                )
+                state.releases.append(release)
+                state.current_release_id = release_id
+                state.state, state.pass_streak = "promoted", 0
+                state.history.append(Event(kind="promotion", at=release.promoted_at, candidate_id=candidate_id,
+                                           release_id=release_id, checkpoint={"checkpoint_id": checkpoint_id},
+                                           note=f"operator override: {override}" if override else ""))
+        except BaseException:  # a full disk, a kill: a copy that no release names does not stay behind
+            if stored is not None and not any(r.path == stored for r in read_state(self.path, PromotionState).releases):
+                shutil.rmtree(self.root / stored, ignore_errors=True)
+            raise
+        return self._resolved(release)
 
     def _store_checkpoint(self, release_id: str, source: str | Path) -> str:
         """Copy the checkpoint next to the state: a release never depends on a run folder."""
@@ -218,8 +225,12 @@ class PromotionStore:
             shutil.rmtree(target)
         temporary = target.with_name(f".{release_id}.tmp")
         shutil.rmtree(temporary, ignore_errors=True)
-        shutil.copytree(source, temporary)
-        temporary.rename(target)
+        try:
+            shutil.copytree(source, temporary)
+            temporary.rename(target)
+        except BaseException:  # a full disk, a kill: no half copy stays behind
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
         return str(target.relative_to(self.root))
 
     def rollback(self, release_id: str) -> Release:

@@ -7,6 +7,7 @@ stays fast and works without it.
 """
 
 
+import functools
 import json
 from pathlib import Path
 
@@ -23,6 +24,26 @@ CODE_VERSION = "1"
 # the `gpu` pool (dagster_home/dagster.yaml: one slot) keeps two training steps off one device.
 GPU_OP_TAGS = {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}}
 GPU_POOL = "gpu"
+
+
+def told_in_one_line(function):
+    """A user's or the environment's error (bad config, damaged data, a full disk) fails the step with the
+    same one-line sentence the CLI prints, instead of a traceback; programming errors keep theirs."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except Failure:
+            raise
+        except Exception as error:  # noqa: BLE001 - sorted: only user errors are re-told
+            from townlet_pipelines.errors import is_user_error, one_line
+
+            if not is_user_error(error):
+                raise
+            raise Failure(description=one_line(error)) from None
+
+    return wrapper
 
 
 def latest_metadata(context, key: str) -> dict:
@@ -83,18 +104,11 @@ def dataset_metadata(dataset) -> dict:
 # ---------------------------------------------------------------------------- datasets
 @asset(group_name=GROUP, code_version=CODE_VERSION, kinds={"numpy"},
        description="Expert demonstrations captured from the scripted policy, verified against their manifest.")
+@told_in_one_line
 def replay_manifest(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
-    from townlet_pipelines.data.replay import ReplayDataset
-    from townlet_pipelines.training.orchestrator import capture_expert
+    from townlet_pipelines.training.cache import cached_expert_dataset
 
-    from townlet_pipelines.pipeline.cache import expert_dataset_key
-
-    config = townlet.load_config()
-    path = townlet.root() / "datasets" / f"expert-{expert_dataset_key(config)}"
-    reused = path.exists()  # datasets are immutable and built atomically: present means complete
-    if not reused:
-        capture_expert(config, path)
-    dataset = ReplayDataset.open(path)
+    dataset, reused = cached_expert_dataset(townlet.load_config(), townlet.root(), context.log.warning)
     metadata = dataset_metadata(dataset)
     metadata["reused"] = reused
     return MaterializeResult(metadata=metadata, data_version=DataVersion(dataset.identity))
@@ -102,6 +116,7 @@ def replay_manifest(context: AssetExecutionContext, townlet: TownletResource) ->
 
 @asset(group_name=GROUP, code_version=CODE_VERSION, kinds={"numpy"},
        description="Rollouts of the current promoted policy (the expert while nothing is promoted).")
+@told_in_one_line
 def rollout_dataset(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
     from townlet_pipelines.data.capture import acting_policy, capture
     from townlet_pipelines.data.replay import ReplayDataset
@@ -118,7 +133,9 @@ def rollout_dataset(context: AssetExecutionContext, townlet: TownletResource) ->
         from townlet_pipelines.training.checkpoints import load_checkpoint
         from townlet_pipelines.training.policy import TorchPolicy
 
-        model, record = load_checkpoint(release.path, device=training.device.device)
+        from townlet_pipelines.world.engine import TownWorld
+
+        model, record = load_checkpoint(release.path, TownWorld(config, 1).spec, device=training.device.device)
         policy = TorchPolicy(model, training.device, checkpoint_id=record.checkpoint_id)
     towns = max(1, rollout.towns // 2)
     result = capture(config, policy, towns, rollout.ticks, config.seeds.policy_rollouts.start, out, shard_rows=rollout.shard_rows)
@@ -133,6 +150,7 @@ def _dataset_checks(asset_name: str):
 
     @asset_check(asset=asset_name, name="manifest_verified", blocking=True,
                  description="Paths, sizes, sha256, array headers and every row agree with the manifest.")
+    @told_in_one_line
     def manifest_verified(context) -> AssetCheckResult:
         from townlet_pipelines.data.manifest import DatasetError
         from townlet_pipelines.data.replay import ReplayDataset
@@ -146,6 +164,7 @@ def _dataset_checks(asset_name: str):
 
     @asset_check(asset=asset_name, name="no_nan", blocking=True,
                  description="Rewards, values, log-probs and features are finite in every shard.")
+    @told_in_one_line
     def no_nan(context) -> AssetCheckResult:
         import numpy as np
 
@@ -163,6 +182,7 @@ def _dataset_checks(asset_name: str):
 
     @asset_check(asset=asset_name, name="action_distribution_sane",
                  description="More than one action is used and none is nearly everything (a warning).")
+    @told_in_one_line
     def action_distribution_sane(context) -> AssetCheckResult:
         counts = latest_metadata(context, asset_name)["action_counts"]
         total = max(sum(counts.values()), 1)
@@ -208,29 +228,17 @@ def _summarize_and_store(strategy, training, bc, ppo, out: Path, run_id: str):
 @asset(group_name=GROUP, code_version=CODE_VERSION, deps=[replay_manifest], kinds={"pytorch"},
        op_tags=GPU_OP_TAGS, pool=GPU_POOL,
        description="The anneal schedule's BC stages on the expert demonstrations.")
+@told_in_one_line
 def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
-    from townlet_pipelines.training.anneal import AnnealStrategy
-
-    import dataclasses
-    import shutil
-
-    from townlet_pipelines.data.files import atomic_write_text
-    from townlet_pipelines.pipeline.cache import bc_stages_key
-    from townlet_pipelines.training.anneal import StagesOutcome
+    from townlet_pipelines.training.anneal import AnnealStrategy, StagesOutcome
+    from townlet_pipelines.training.cache import cached_bc_stages
 
     dataset_meta = latest_metadata(context, "replay_manifest")
     run_dir = townlet.run_dir(context.run.run_id)
     training = townlet.training_context(context.run.run_id)
     strategy = AnnealStrategy(dataset_meta["path"])
-    cache = townlet.root() / "cache" / f"bc-{bc_stages_key(training.config, dataset_meta['dataset_identity'])}"
-    record = cache / "bc_stages.json"  # written last: its presence marks a complete entry
-    reused = record.exists()
-    if reused:
-        outcome = StagesOutcome.from_json(record.read_text())
-    else:
-        shutil.rmtree(cache, ignore_errors=True)  # an interrupted earlier attempt
-        outcome = strategy.run_bc_stages(dataclasses.replace(training, artifacts=cache))
-        atomic_write_text(record, outcome.to_json())
+    outcome, record, reused = cached_bc_stages(strategy, training, dataset_meta["dataset_identity"], townlet.root(),
+                                               context.log.warning)
     if outcome.failed:  # the guardrail below fails this run; record the FAIL evaluation now
         empty = StagesOutcome([], [], outcome.checkpoint, outcome.checkpoint_id)
         _summarize_and_store(strategy, training, outcome, empty, run_dir / "anneal_summary.json",
@@ -253,7 +261,7 @@ def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> M
             "device": last.device,
             "duration_sec": MetadataValue.float(sum(r.duration_sec for r in outcome.results)),
             "stages": MetadataValue.md(_stage_table(outcome.stages)),
-            "training_curve": MetadataValue.md(_curve(cache / "logs", "bc", ("loss", "accuracy", "val_loss",
+            "training_curve": MetadataValue.md(_curve(record.parent / "logs", "bc", ("loss", "accuracy", "val_loss",
                                                                              "val_accuracy"))),
         },
         data_version=DataVersion(last.checkpoint_id),
@@ -262,6 +270,7 @@ def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> M
 
 @asset_check(asset=bc_checkpoint, blocking=True, description="Every BC stage reached bc_accuracy_threshold "
              "(validation accuracy on held-out episodes).")
+@told_in_one_line
 def bc_accuracy_guardrail(context) -> AssetCheckResult:
     meta = latest_metadata(context, "bc_checkpoint")
     return AssetCheckResult(
@@ -274,12 +283,14 @@ def bc_accuracy_guardrail(context) -> AssetCheckResult:
 @asset(group_name=GROUP, code_version=CODE_VERSION, deps=[bc_checkpoint, replay_manifest, rollout_dataset],
        kinds={"pytorch"}, op_tags=GPU_OP_TAGS, pool=GPU_POOL,
        description="The anneal schedule's PPO stages, starting from the BC weights.")
+@told_in_one_line
 def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
     from townlet_pipelines.data.files import atomic_write_text
-    from townlet_pipelines.training.anneal import AnnealStrategy, StagesOutcome
+    from townlet_pipelines.training.anneal import AnnealStrategy
+    from townlet_pipelines.training.cache import read_stages
 
     bc_meta = latest_metadata(context, "bc_checkpoint")
-    bc = StagesOutcome.from_json(Path(bc_meta["stages_record"]).read_text())
+    bc = read_stages(bc_meta["stages_record"], townlet.root())
     run_dir = townlet.run_dir(context.run.run_id)
     training = townlet.training_context(context.run.run_id)
     config = training.config
@@ -335,6 +346,7 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> 
 
 @asset_check(asset=ppo_checkpoint, blocking=True,
              description="Every PPO stage's loss lies within loss_tolerance of the baseline for its dataset.")
+@told_in_one_line
 def ppo_loss_guardrail(context) -> AssetCheckResult:
     meta = latest_metadata(context, "ppo_checkpoint")
     return AssetCheckResult(passed=not meta["loss_flag"], metadata={
@@ -344,6 +356,7 @@ def ppo_loss_guardrail(context) -> AssetCheckResult:
 
 @asset_check(asset=ppo_checkpoint, blocking=True,
              description="Queue conflicts and their intensity did not rise more than queue_tolerance above baseline.")
+@told_in_one_line
 def queue_conflict_guardrail(context) -> AssetCheckResult:
     meta = latest_metadata(context, "ppo_checkpoint")
     lines = []
@@ -367,11 +380,13 @@ def queue_conflict_guardrail(context) -> AssetCheckResult:
 
 @asset(group_name=GROUP, code_version=CODE_VERSION, deps=[bc_checkpoint, ppo_checkpoint], kinds={"python"},
        description="The anneal judged against the guardrails and persisted baselines; recorded for promotion.")
+@told_in_one_line
 def anneal_summary(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
-    from townlet_pipelines.training.anneal import AnnealStrategy, StagesOutcome
+    from townlet_pipelines.training.anneal import AnnealStrategy
+    from townlet_pipelines.training.cache import read_stages
 
-    bc = StagesOutcome.from_json(Path(latest_metadata(context, "bc_checkpoint")["stages_record"]).read_text())
-    ppo = StagesOutcome.from_json(Path(latest_metadata(context, "ppo_checkpoint")["stages_record"]).read_text())
+    bc = read_stages(latest_metadata(context, "bc_checkpoint")["stages_record"], townlet.root())
+    ppo = read_stages(latest_metadata(context, "ppo_checkpoint")["stages_record"], townlet.root())
     run_dir = townlet.run_dir(context.run.run_id)
     training = townlet.training_context(context.run.run_id)
     strategy = AnnealStrategy(latest_metadata(context, "replay_manifest")["path"])
@@ -398,6 +413,7 @@ def anneal_summary(context: AssetExecutionContext, townlet: TownletResource) -> 
 
 @asset(group_name=GROUP, code_version=CODE_VERSION, deps=[anneal_summary], kinds={"python"},
        description="The current release after applying the promotion rule (promoted this run or not).")
+@told_in_one_line
 def promoted_policy(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
     from townlet_pipelines.results import AnnealSummary
     from townlet_pipelines.training.orchestrator import apply_promotion

@@ -20,6 +20,8 @@ from pathlib import Path
 from dagster import DagsterEventType, DefaultRunLauncher
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 
+from townlet_pipelines.data.files import pid_exists
+
 STARTED = "Started process for"
 
 
@@ -51,13 +53,7 @@ def process_alive(pid: int, started_by: float) -> bool:
         if fields[0] in ("Z", "X"):
             return False
         return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK") <= started_by + 5.0
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_exists(pid)
 
 
 class MonitoredRunLauncher(DefaultRunLauncher):

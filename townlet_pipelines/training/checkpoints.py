@@ -105,6 +105,15 @@ def read_record(directory: str | Path) -> CheckpointRecord:
         raise TrainingError(f"{path}: invalid checkpoint record: {error}") from None
 
 
+def verify_checkpoint(directory: str | Path) -> CheckpointRecord:
+    """The record, after checking the weights file still matches it (no torch needed)."""
+    record = read_record(directory)
+    weights = Path(directory) / WEIGHTS
+    if not weights.is_file() or sha256_file(weights) != record.weights_sha256:
+        raise TrainingError(f"{weights}: missing or its sha256 does not match the checkpoint record")
+    return record
+
+
 def load_checkpoint(directory: str | Path, expected_spec: ObservationSpec | None = None, device="cpu", optimizer=None):
     """(model, record); refuses a checkpoint whose spec differs from `expected_spec` or whose weights changed."""
     require_torch()

@@ -1,0 +1,95 @@
+"""Content-addressed reuse: a re-run with unchanged inputs skips the expensive deterministic steps.
+
+The expert dataset is keyed by everything that makes it (world, rewards, observations, expert, rollout
+and the code version); the BC stages by the dataset's identity, the model and BC settings, the schedule's
+BC stages and threshold, and the code version. Capture and BC are deterministic for a given key, so a hit
+is the same bytes a re-run would produce. Entries are immutable once complete; an incomplete one (no
+completion record) or a damaged one (a file whose sha256 no longer matches) is rebuilt, never trusted.
+Paths inside an entry's record are stored relative to the artifacts root, so the root can move.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from townlet_pipelines.config import TownletConfig
+
+ROOT_MARK = "$ARTIFACTS"
+
+
+def content_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _code_version() -> str:
+    from townlet_pipelines.training.checkpoints import code_version
+
+    return code_version()
+
+
+def expert_dataset_key(config: TownletConfig) -> str:
+    data = config.model_dump(mode="json")
+    return content_key("expert", {key: data[key] for key in ("world", "rewards", "observations", "expert",
+                                                             "rollout")}, _code_version())
+
+
+def bc_stages_key(config: TownletConfig, dataset_identity: str) -> str:
+    data = config.model_dump(mode="json")
+    stages = [stage.model_dump(mode="json") for stage in config.anneal.ordered() if stage.mode == "bc"]
+    return content_key("bc", dataset_identity, data["model"], data["bc"], stages,
+                       config.anneal.bc_accuracy_threshold, config.runtime.device, _code_version())
+
+
+def cached_expert_dataset(config: TownletConfig, root: Path, say: Callable[[str], None] = print):
+    """(the expert dataset of this config, reused?): the cached entry when it verifies, else a fresh capture."""
+    from townlet_pipelines.data.manifest import DatasetError
+    from townlet_pipelines.data.replay import ReplayDataset
+    from townlet_pipelines.training.orchestrator import capture_expert
+
+    path = Path(root) / "datasets" / f"expert-{expert_dataset_key(config)}"
+    if path.exists():
+        try:
+            return ReplayDataset.open(path, verify="files"), True
+        except (DatasetError, OSError) as error:
+            say(f"cached expert dataset {path} is damaged ({error}); rebuilding it")
+            shutil.rmtree(path, ignore_errors=True)
+    try:
+        capture_expert(config, path)
+    except FileExistsError:  # another run built the same entry meanwhile: the same bytes
+        pass
+    return ReplayDataset.open(path, verify="none"), False
+
+
+def read_stages(record: str | Path, root: Path):
+    """A stages record (a cache entry's or a run's), its paths resolved against the artifacts root."""
+    from townlet_pipelines.training.anneal import StagesOutcome
+
+    return StagesOutcome.from_json(Path(record).read_text().replace(ROOT_MARK, str(root)))
+
+
+def cached_bc_stages(strategy, context, dataset_identity: str, root: Path, say: Callable[[str], None] = print):
+    """(the anneal's BC stages, the entry's record path, reused?): a verified cache hit, or a fresh training."""
+    from townlet_pipelines.data.files import atomic_write_text
+    from townlet_pipelines.training.checkpoints import verify_checkpoint
+    from townlet_pipelines.training.torch_support import TrainingError
+
+    root = Path(root)
+    entry = root / "cache" / f"bc-{bc_stages_key(context.config, dataset_identity)}"
+    record = entry / "bc_stages.json"  # written last: its presence marks a complete entry
+    if record.exists():
+        try:
+            outcome = read_stages(record, root)
+            for result in outcome.results:
+                verify_checkpoint(result.checkpoint_path)
+            return outcome, record, True
+        except (TrainingError, OSError, ValueError, KeyError) as error:
+            say(f"cached BC stages {entry} are damaged ({' '.join(str(error).split())[:300]}); retraining")
+    shutil.rmtree(entry, ignore_errors=True)  # damaged, or an interrupted earlier attempt
+    outcome = strategy.run_bc_stages(dataclasses.replace(context, artifacts=entry))
+    atomic_write_text(record, outcome.to_json().replace(json.dumps(str(root))[1:-1], ROOT_MARK))
+    return outcome, record, False
