@@ -243,8 +243,10 @@ def test_dagster_dev_serves_the_graph_and_recovers_from_a_killed_run(tmp_path, t
 
             assert _wait(finished, 240, every=1).status == DagsterRunStatus.SUCCESS
             assert instance.get_run_by_id(first).status == DagsterRunStatus.FAILURE
-            failure = instance.all_logs(first, of_type=DagsterEventType.RUN_FAILURE)[-1]
-            assert "is gone" in failure.message
+            # Whoever noticed first failed it: the code server that spawned the worker (while it lives), or run
+            # monitoring through MonitoredRunLauncher (also when the code server died with it).
+            told = " ".join(event.message or "" for event in instance.all_logs(first))
+            assert "is gone" in told or f"Run execution process for {first}" in told
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -293,3 +295,27 @@ def test_a_users_mistake_fails_the_step_with_the_clis_one_line_sentence(tiny_con
         config_from_mapping({"bc": {"val_fraction": 0}}, f"{tiny_config} + overrides")
     assert failure.user_failure_data.description == one_line(expected.value)  # what `townlet` would print
     assert "bc.val_fraction: Input should be greater than 0" in failure.user_failure_data.description
+
+
+def test_the_launcher_tells_a_dead_run_worker_from_a_live_one():
+    from dagster import DagsterRun
+    from dagster._core.events import EngineEventData
+    from dagster._core.launcher import WorkerStatus
+
+    from townlet_pipelines.pipeline.launcher import MonitoredRunLauncher
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with DagsterInstance.ephemeral() as instance:
+        launcher = MonitoredRunLauncher()
+        launcher.register_instance(instance)
+        verdicts = []
+        for pid in (None, os.getpid(), gone.pid):
+            run = instance.add_run(DagsterRun(job_name="nightly_anneal", run_id=f"run-{pid}"))
+            if pid is not None:
+                instance.report_engine_event(f"Started process for run (pid: {pid}).", run,
+                                             EngineEventData.in_process(pid))
+            verdicts.append(launcher.check_run_worker_health(run))
+    assert [verdict.status for verdict in verdicts] == [WorkerStatus.RUNNING, WorkerStatus.RUNNING,
+                                                        WorkerStatus.FAILED]
+    assert f"pid {gone.pid} is gone" in verdicts[2].msg

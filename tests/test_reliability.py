@@ -211,3 +211,15 @@ def test_damaged_cache_entries_are_rebuilt_not_trusted(tmp_path, dataset):
     shutil.move(str(tmp_path), str(moved))
     _, _, reused = cached_bc_stages(strategy, context, again.identity, moved, said.append)
     assert reused
+
+
+def test_a_checkpoint_with_non_finite_metrics_is_never_written(tmp_path):
+    from townlet_pipelines.training.checkpoints import save_checkpoint
+    from townlet_pipelines.training.model import PolicyNetwork
+    from townlet_pipelines.world.engine import TownWorld
+
+    config = config_from_mapping(TINY, "tiny")
+    model = PolicyNetwork(TownWorld(config, 1).spec, config.model)
+    with pytest.raises(ValueError, match="metrics"):
+        save_checkpoint(tmp_path / "ckpt", model, "bc", {}, None, None, {"val_accuracy": float("nan")})
+    assert list(tmp_path.iterdir()) == []  # neither the checkpoint nor a temporary

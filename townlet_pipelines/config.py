@@ -22,7 +22,10 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors, values are immutable, and no number is NaN or infinite (a tolerance of .inf
+    would silently switch a guardrail off)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 NEED_NAMES: tuple[str, ...] = ("hunger", "hygiene", "energy")
@@ -108,10 +111,10 @@ class ObjectsConfig(_Strict):
 
 class QueueConfig(_Strict):
     cooldown_ticks: int = Field(60, ge=0, description="fairness: wait before re-queueing the same object")
-    intensity_base: float = 1.5
-    intensity_per_waiter: float = 0.25
-    intensity_min: float = 0.1
-    intensity_max: float = 5.0
+    intensity_base: float = Field(1.5, ge=0)
+    intensity_per_waiter: float = Field(0.25, ge=0)
+    intensity_min: float = Field(0.1, ge=0)
+    intensity_max: float = Field(5.0, ge=0)
     rivalry_per_intensity: float = Field(0.15, ge=0)
     rival_threshold: float = Field(0.5, ge=0, le=1, description="rivalry above this makes a rival")
     busy_penalty: float = Field(4.0, ge=0, description="targeting: path tiles one occupant is worth")
@@ -309,7 +312,7 @@ class BCConfig(_Strict):
                                "the clone's own conflicts fell from 0.15 to 0.07 per agent-day against 2 rounds)")
     dagger_epochs: int = Field(2, ge=1, description="epochs on each round's expert-labelled own rollouts")
     dagger_towns: int = Field(8, ge=1, description="towns of each round's rollouts (rollout.ticks long)")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 PPO_CYCLE_SEEDS = 100_000  # each anneal cycle's PPO rollouts use their own slice of seeds.ppo

@@ -10,7 +10,10 @@ RESULTS_SCHEMA_VERSION = 1
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """Frozen, strict, and finite: JSON cannot hold NaN or infinity, so a record that holds one is refused
+    when it is made rather than written as `null` and unreadable afterwards."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     schema_version: int = RESULTS_SCHEMA_VERSION
 

@@ -40,6 +40,18 @@ def main(argv: list[str] | None = None) -> None:
     noise.add_argument("--start", type=int, default=60_000_000, help="first seed (outside every training range)")
     pipeline = commands.add_parser("pipeline", help="nightly_anneal through Dagster against the CLI")
     pipeline.add_argument("--profiles", type=lambda text: text.split(","), default=["smoke", "default"])
+    versus = commands.add_parser("ppo-vs-sb3", help="the project's PPO against Stable-Baselines3's PPO on the same "
+                                 "towns and hyperparameters: agent-steps/s with updates, ratio, held-out reward "
+                                 "(needs the `bench` extra)")
+    versus.add_argument("--config", default="default")
+    versus.add_argument("--rounds", type=int, default=3, help="runs per learner, alternating which goes first")
+    versus.add_argument("--steps", type=int, default=46_080, help="env agent-steps per learner and round "
+                        "(rounded to whole PPO updates)")
+    versus.add_argument("--eval-towns", type=int, default=16, help="score both on the first N towns of seeds.test")
+    versus.add_argument("--init-checkpoint", default=None, help="start both learners from this checkpoint "
+                        "(default: the same fresh network)")
+    versus.add_argument("--profile", action="store_true", help="instead: cProfile the project's PPO on the same budget")
+    versus.add_argument("--json", action="store_true")
     one = commands.add_parser("world-one", help=argparse.SUPPRESS)
     one.add_argument("--towns", type=int, required=True)
     one.add_argument("--ticks", type=int, required=True)
@@ -68,6 +80,10 @@ def main(argv: list[str] | None = None) -> None:
         from townlet_pipelines.bench import pipeline
 
         pipeline.main(args)
+    elif args.command == "ppo-vs-sb3":
+        from townlet_pipelines.bench import sb3
+
+        sb3.main(args)
     elif args.command == "world":
         world_bench.main(args)
     else:

@@ -13,8 +13,9 @@ import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, FiniteFloat
 
 from townlet_pipelines.config import ModelConfig
 from townlet_pipelines.data.files import atomic_directory, sha256_file
@@ -30,15 +31,15 @@ class CheckpointRecord(BaseModel):
 
     schema_version: int = CHECKPOINT_SCHEMA_VERSION
     checkpoint_id: str
-    kind: str  # bc or ppo
+    kind: Literal["bc", "ppo"]
     created_at: str
     observation: ObservationSpec
     model: ModelConfig
     config: dict
     dataset_identity: str | None
     parent_checkpoint_id: str | None
-    metrics: dict[str, float]
-    progress: dict[str, int] = {}  # epochs/updates done, for resuming
+    metrics: dict[str, FiniteFloat]  # a NaN here would mean weights nothing should load: refused before writing
+    progress: dict[str, int] = {}  # epochs/updates done
     weights_sha256: str
     code_version: str
 

@@ -491,7 +491,7 @@ class PPOStrategy:
             grad_norm=float(np.mean(stats["grad_norm"])), grad_norm_max=float(np.max(stats["grad_norm"])),
             kl_divergence=float(np.mean(stats["kl"])), kl_divergence_max=float(np.max(stats["kl"])),
             lr=ppo.learning_rate, batch_entropy_mean=float(entropy_all.mean()),
-            batch_entropy_std=float(entropy_all.std()), reward_advantage_corr=float(np.nanmean(reward_adv)),
+            batch_entropy_std=float(entropy_all.std()), reward_advantage_corr=float(np.nan_to_num(np.nanmean(reward_adv) if np.isfinite(reward_adv).any() else 0.0)),
             data_mode=mode, cycle_id=self.cycle, rollout_ticks=ppo.rollout_ticks,
             epoch_duration_sec=duration / updates,
             env_steps_per_sec=(counters["steps"] * agents / counters["rollout_seconds"]

@@ -1,0 +1,464 @@
+"""`python -m townlet_pipelines.bench ppo-vs-sb3`: the project's PPO against Stable-Baselines3's PPO, side by side.
+
+Both learners train the same network (the project's `PolicyNetwork`: map CNN + feature MLP + masked logits,
+from the same initial weights) on the same rollout towns (`seeds.ppo`, cycle 0, episodes restarting after
+`ppo.episode_ticks or evaluation.ticks`) with the same hyperparameters, on one torch thread each:
+
+- project: `PPOStrategy.run` itself (collect, GAE, update), with validation snapshots and the guardrail
+  evaluation turned off (`ppo.validate_every = 0`, `evaluate_towns=False`): only the PPO loop is timed.
+- SB3: `stable_baselines3.PPO` on `TownletSB3VecEnv` (one sub-environment per agent of every rollout town, as
+  the project's PPO sees them), with `MaskedTownletPolicy`, an `ActorCriticPolicy` whose forward,
+  evaluate_actions, get_distribution and predict_values call `PolicyNetwork`. The action mask travels inside
+  the observation (a third `Dict` key), so SB3's rollout buffer stores it and the update re-applies it, as
+  the project's PPO does with its stored masks.
+
+The rate of each is env agent-steps per second of wall time *including* the updates (rollout ticks x
+agents x updates / the whole training call). Rounds alternate which learner goes first, so slow phases of a
+shared machine hit both; the median, min and max over rounds and the ratio project / SB3 are printed, then
+both final networks are scored greedily with `evaluate()` on the same held-out towns (`seeds.test`).
+
+What still differs (deliberately kept as SB3 does it; none changes the work per step):
+- value loss: SB3 uses MSE against the *clipped* value only, CleanRL/the project the max of clipped and
+  unclipped, times 0.5; SB3's `vf_coef` is set to `value_coef / 2` so both weigh the value loss alike.
+- a minibatch whose advantages all tie: the project only centres them, SB3 divides by (0 + 1e-8).
+- SB3 stores observations as float32 in its buffer (the map too), the project keeps the map as uint8.
+- the project also collects the world's telemetry, conflict costs and rollout entropies each tick
+  (needed by its records and the conflict constraint); SB3 only what PPO needs, plus a per-agent info dict.
+- the episode restart is a done without bootstrap on both sides (the project's semantics): the VecEnv
+  does not mark it `TimeLimit.truncated`, so SB3 does not bootstrap it either.
+
+Needs the optional extra `pip install 'townlet-pipelines[bench]'` (stable-baselines3 and gymnasium).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import json
+import pstats
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from townlet_pipelines.config import TownletConfig, config_from_mapping, load_config
+from townlet_pipelines.world.actions import NUM_ACTIONS
+from townlet_pipelines.world.engine import TownWorld, town_seeds
+
+DEFAULT_STEPS = 46_080  # agent-steps per learner and round: 4 updates of the default 8 towns x 8 agents x 180 ticks
+DEFAULT_EVAL_TOWNS = 16
+
+
+def _require_sb3():
+    try:
+        import gymnasium
+        import stable_baselines3
+    except ImportError as error:  # pragma: no cover - depends on the optional extra
+        raise SystemExit("ppo-vs-sb3 needs stable-baselines3 and gymnasium: "
+                         "pip install 'townlet-pipelines[bench]'") from error
+    return stable_baselines3, gymnasium
+
+
+# ------------------------------------------------------------------------------------------ config
+def bench_config(config: TownletConfig) -> TownletConfig:
+    """The config both learners run: CPU, one torch thread, no validation snapshots, no conflict budget."""
+    data = config.model_dump(mode="json")
+    data["runtime"].update(device="cpu", torch_threads=1, amp=False)
+    data["ppo"].update(validate_every=0, conflict_budget=0.0, data_mode="rollout")
+    return config_from_mapping(data, f"{config.profile} (ppo-vs-sb3)")
+
+
+def warmup_config(config: TownletConfig) -> TownletConfig:
+    """A few ticks of the same learners, run once untimed before the rounds."""
+    data = config.model_dump(mode="json")
+    data["ppo"]["rollout_ticks"] = 4
+    return config_from_mapping(data, f"{config.profile} (ppo-vs-sb3 warm-up)")
+
+
+def updates_for(config: TownletConfig, steps: int) -> tuple[int, int]:
+    """Whole PPO updates covering about `steps` env agent-steps (at least one); (updates, steps per update)."""
+    per_update = config.ppo.rollout_ticks * config.ppo.rollout_towns * config.world.agents_per_town
+    return max(1, round(steps / per_update)), per_update
+
+
+def initial_network(config: TownletConfig, init_checkpoint: str | Path | None = None):
+    """The network both learners start from: `init_checkpoint`'s, or a fresh one built right after
+    `torch.manual_seed(ppo.seed)`, as `PPOStrategy.run` builds its own (cycle 0): the same first weights."""
+    import torch
+
+    from townlet_pipelines.training.model import PolicyNetwork
+
+    torch.manual_seed(config.ppo.seed)
+    if init_checkpoint is not None:
+        from townlet_pipelines.training.checkpoints import load_checkpoint
+
+        return load_checkpoint(init_checkpoint, TownWorld(config, 1).spec, "cpu")[0]
+    spec = TownWorld(config, 1).spec
+    return PolicyNetwork(spec, config.model)
+
+
+# ---------------------------------------------------------------------------------------- SB3 side
+def make_vec_env(config: TownletConfig):
+    """The rollout towns of `PPOStrategy.run` (cycle 0) as an SB3 `VecEnv`, one sub-environment per agent."""
+    from gymnasium import spaces
+    from stable_baselines3.common.vec_env import VecEnv
+
+    class TownletSB3VecEnv(VecEnv):
+        """Sub-environment t * agents + i is agent i of town t; one `TownWorld.step` per `step`.
+
+        Observations are `Dict(map, features, action_mask)` (the mask as uint8, 1 = allowed). A faint is a done
+        (the world has already respawned the agent: the returned observation is its first). At the episode's
+        end (`ppo.episode_ticks or evaluation.ticks`, or the world's own last tick) every sub-environment is
+        done, the towns restart on the next episode's seeds, as in `PPOStrategy.run`, and the returned
+        observation is the new episode's first (SB3's auto-reset; `terminal_observation` is in the infos,
+        without `TimeLimit.truncated`, so SB3 does not bootstrap it, like the project).
+        """
+
+        render_mode = None
+
+        def __init__(self, config: TownletConfig) -> None:
+            ppo = config.ppo
+            self.config, self.towns = config, ppo.rollout_towns
+            self.world = TownWorld(config, self.towns)
+            self.agents = self.world.agents
+            self.episode_ticks = ppo.episode_ticks or config.evaluation.ticks
+            self.first_town = config.seeds.ppo.start
+            self.episode = 0
+            spec = self.world.spec
+            parts = {"features": spaces.Box(-np.inf, np.inf, (spec.feature_dim,), np.float32),
+                     "action_mask": spaces.Box(0, 1, (NUM_ACTIONS,), np.uint8)}
+            if spec.map_shape is not None:
+                parts["map"] = spaces.Box(0, 255, spec.map_shape, np.uint8)
+            super().__init__(self.towns * self.agents, spaces.Dict(parts), spaces.Discrete(NUM_ACTIONS))
+            self._actions = None
+
+        def _observation(self) -> dict[str, np.ndarray]:
+            observation, rows = self.world.observation, self.num_envs
+            out = {"features": observation.features.reshape(rows, -1),
+                   "action_mask": self.world.action_mask.reshape(rows, -1).astype(np.uint8)}
+            if observation.map is not None:
+                out["map"] = observation.map.reshape(rows, *observation.map.shape[2:])
+            return out
+
+        def reset(self):
+            self.episode = 0
+            self.world.reset(town_seeds(self.first_town, self.towns))
+            return self._observation()
+
+        def step_async(self, actions: np.ndarray) -> None:
+            self._actions = actions
+
+        def step_wait(self):
+            actions = np.asarray(self._actions, dtype=np.int64).reshape(self.towns, self.agents)
+            result = self.world.step(actions)
+            restart = result.truncated or self.world.state.tick >= self.episode_ticks
+            dones = result.dones.reshape(-1) | restart
+            infos = [{} for _ in range(self.num_envs)]
+            if restart:
+                last = self._observation()
+                for index, info in enumerate(infos):
+                    info["terminal_observation"] = {key: value[index] for key, value in last.items()}
+                self.episode += 1
+                self.world.reset(town_seeds(self.first_town + self.episode * self.towns, self.towns))
+            return self._observation(), result.rewards.reshape(-1), dones, infos
+
+        def close(self) -> None:
+            pass
+
+        def get_attr(self, attr_name, indices=None):
+            return [getattr(self, attr_name)] * len(self._get_indices(indices))
+
+        def set_attr(self, attr_name, value, indices=None) -> None:
+            setattr(self, attr_name, value)
+
+        def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
+            raise NotImplementedError("TownletSB3VecEnv has no per-agent sub-environment objects")
+
+        def env_is_wrapped(self, wrapper_class, indices=None):
+            return [False] * len(self._get_indices(indices))
+
+    return TownletSB3VecEnv(config)
+
+
+def masked_policy_class():
+    """`ActorCriticPolicy` with the project's `PolicyNetwork` inside; built lazily (SB3 is an optional extra)."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    class MaskedTownletPolicy(ActorCriticPolicy):
+        """Every SB3 entry point goes through `PolicyNetwork(features, action_mask, map)`: the same masked
+        logits (the conflict shield included) and value as the project's PPO. SB3's observation
+        preprocessing is bypassed (the network scales its own map); the mask arrives as float32 from the
+        rollout buffer or uint8 from the env, and is made boolean here."""
+
+        def __init__(self, *args, network=None, **kwargs) -> None:
+            object.__setattr__(self, "_pending_network", network)  # before Module.__init__: not a submodule yet
+            kwargs.setdefault("ortho_init", False)  # the network is initialised already
+            super().__init__(*args, **kwargs)
+
+        def _build(self, lr_schedule) -> None:
+            self.net = self.__dict__.pop("_pending_network")
+            self.optimizer = self.optimizer_class(self.net.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+        def _run(self, obs):
+            mask = obs["action_mask"] > 0
+            logits, values = self.net(obs["features"].float(), mask, obs.get("map"))
+            return self.action_dist.proba_distribution(action_logits=logits), values.unsqueeze(-1)
+
+        def forward(self, obs, deterministic: bool = False):
+            distribution, values = self._run(obs)
+            actions = distribution.get_actions(deterministic=deterministic)
+            return actions, values, distribution.log_prob(actions)
+
+        def evaluate_actions(self, obs, actions):
+            distribution, values = self._run(obs)
+            return values, distribution.log_prob(actions), distribution.entropy()
+
+        def get_distribution(self, obs):
+            return self._run(obs)[0]
+
+        def predict_values(self, obs):
+            return self._run(obs)[1]
+
+    return MaskedTownletPolicy
+
+
+def run_sb3(config: TownletConfig, updates: int, init_checkpoint: str | Path | None = None):
+    """Train SB3's PPO for `updates` rollouts; (the trained PolicyNetwork, wall seconds, collect seconds)."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class RolloutClock(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seconds, self._start = 0.0, 0.0
+
+        def _on_rollout_start(self) -> None:
+            self._start = time.perf_counter()
+
+        def _on_rollout_end(self) -> None:
+            self.seconds += time.perf_counter() - self._start
+
+        def _on_step(self) -> bool:
+            return True
+
+    ppo = config.ppo
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    env = make_vec_env(config)
+    rows = ppo.rollout_ticks * env.num_envs
+    model = PPO(
+        masked_policy_class(), env, learning_rate=ppo.learning_rate, n_steps=ppo.rollout_ticks,
+        batch_size=max(1, rows // ppo.minibatches), n_epochs=ppo.update_epochs, gamma=ppo.gamma,
+        gae_lambda=ppo.gae_lambda, clip_range=ppo.clip_coef, clip_range_vf=ppo.value_clip_coef,
+        normalize_advantage=True, ent_coef=ppo.entropy_coef, vf_coef=ppo.value_coef / 2,
+        max_grad_norm=ppo.max_grad_norm, seed=ppo.seed, device="cpu", verbose=0,
+        policy_kwargs={"network": initial_network(config, init_checkpoint)},
+    )
+    clock = RolloutClock()
+    model.learn(total_timesteps=updates * rows, callback=clock, progress_bar=False)
+    seconds = time.perf_counter() - start
+    return model.policy.net, seconds, clock.seconds
+
+
+# ------------------------------------------------------------------------------------ project side
+def run_project(config: TownletConfig, updates: int, work: Path, init_checkpoint: str | Path | None = None):
+    """The project's own PPO (`PPOStrategy.run`); (the trained PolicyNetwork, wall seconds, collect seconds)."""
+    import torch
+
+    from townlet_pipelines.training.checkpoints import load_checkpoint
+    from townlet_pipelines.training.context import TrainingContext
+    from townlet_pipelines.training.device import device_context
+    from townlet_pipelines.training.ppo import PPOStrategy
+
+    torch.set_num_threads(1)
+    run_dir = Path(tempfile.mkdtemp(prefix="project-", dir=work))
+    start = time.perf_counter()
+    context = TrainingContext(config=config, artifacts=run_dir, device=device_context("cpu", False, 1))
+    result = PPOStrategy(init_checkpoint=init_checkpoint, updates=updates, evaluate_towns=False,
+                         out=run_dir / "ppo").run(context)
+    seconds = time.perf_counter() - start
+    collect = result.steps * config.ppo.rollout_towns * config.world.agents_per_town / result.env_steps_per_sec
+    model, _ = load_checkpoint(result.checkpoint_path, device=context.device.device)
+    return model, seconds, collect
+
+
+# --------------------------------------------------------------------------------------- measuring
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def score(config: TownletConfig, network, seeds: tuple[int, ...]) -> dict[str, float]:
+    """A network's greedy reward (and faints, wages, conflicts) per agent-day on the given towns."""
+    from townlet_pipelines.training.device import device_context
+    from townlet_pipelines.training.evaluation import evaluate
+    from townlet_pipelines.training.policy import TorchPolicy
+
+    report = evaluate(config, TorchPolicy(network, device_context("cpu", False, 1), greedy=True).act, seeds=seeds)
+    keys = ("reward_per_agent_day", "faints_per_agent_day", "wages_per_agent_day",
+            "queue_conflict_events_per_agent_day")
+    return {key: report[key] for key in keys} | {"reward_per_agent_day_ci95": report["reward_per_agent_day_ci95"]}
+
+
+def measure(config: TownletConfig, rounds: int = 3, steps: int = DEFAULT_STEPS,
+            eval_towns: int = DEFAULT_EVAL_TOWNS, init_checkpoint: str | Path | None = None, log=print) -> dict:
+    """Both learners, `rounds` times each in alternating order, then both final networks scored greedily on
+    the first `eval_towns` towns of `seeds.test`. Returns every figure (rates in env agent-steps/s).
+
+    Both start from `init_checkpoint` (e.g. a BC checkpoint, as the anneal's PPO stages do) or, by default,
+    from the same fresh network: a few updates from scratch move the greedy reward little, so the rewards
+    then check that both learners run the same algorithm more than they rank them."""
+    stable_baselines3, _ = _require_sb3()
+    import torch
+
+    config = bench_config(config)
+    torch.set_num_threads(1)
+    updates, per_update = updates_for(config, steps)
+    agent_steps = updates * per_update
+    runs: dict[str, list[dict]] = {"project": [], "sb3": []}
+    networks = {}
+    work = Path(tempfile.mkdtemp(prefix="townlet-ppo-vs-sb3-"))
+    try:
+        warm = warmup_config(config)  # untimed: the first call of each pays imports and first-use set-up
+        run_project(warm, 1, work, init_checkpoint)
+        run_sb3(warm, 1, init_checkpoint)
+        for index in range(rounds):
+            order = ("project", "sb3") if index % 2 == 0 else ("sb3", "project")
+            for name in order:
+                network, seconds, collect = (run_project(config, updates, work, init_checkpoint)
+                                             if name == "project" else run_sb3(config, updates, init_checkpoint))
+                networks[name] = network
+                runs[name].append({"seconds": seconds, "rate": agent_steps / seconds,
+                                   "collect_rate": agent_steps / collect if collect else 0.0})
+                log(f"  round {index + 1}/{rounds} {name:<7}: {agent_steps / seconds:8,.0f} agent-steps/s "
+                    f"({seconds:.1f} s; collecting alone {agent_steps / collect:,.0f}/s)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rates = {name: _spread([run["rate"] for run in values]) for name, values in runs.items()}
+    collect = {name: _spread([run["collect_rate"] for run in values]) for name, values in runs.items()}
+    paired = [p["rate"] / s["rate"] for p, s in zip(runs["project"], runs["sb3"])]
+    seeds = config.seeds.test.seeds()[:eval_towns]
+    log(f"  scoring on {len(seeds)} held-out towns ...")
+    scores = {"initial": score(config, initial_network(config, init_checkpoint), seeds)}
+    scores.update({name: score(config, network, seeds) for name, network in networks.items()})
+    ppo = config.ppo
+    return {
+        "sb3_version": stable_baselines3.__version__, "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(), "config": config.profile,
+        "rounds": rounds, "updates": updates, "agent_steps": agent_steps,
+        "envs": ppo.rollout_towns * config.world.agents_per_town, "rollout_towns": ppo.rollout_towns,
+        "rollout_ticks": ppo.rollout_ticks, "minibatches": ppo.minibatches, "update_epochs": ppo.update_epochs,
+        "learning_rate": ppo.learning_rate, "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
+        "rate": rates, "collect_rate": collect, "runs": runs,
+        "ratio": rates["project"]["median"] / rates["sb3"]["median"],
+        "ratio_paired": _spread(paired),
+        "eval_towns": len(seeds), "eval_ticks": config.evaluation.ticks, "scores": scores,
+    }
+
+
+PROFILE_PHASES = (  # (label, file suffix, function): the phases of the project's PPO, by cumulative time
+    ("PPOStrategy.run (the whole loop)", "training/ppo.py", "run"),
+    ("  collect_rollout", "training/ppo.py", "collect_rollout"),
+    ("    TownWorld.step (incl. observations)", "world/engine.py", "step"),
+    ("      ObservationBuilder.mask_and_observe", "world/observations.py", "mask_and_observe"),
+    ("    observation_batch", "training/policy.py", "observation_batch"),
+    ("    to_tensors", "training/device.py", "to_tensors"),
+    ("  gae", "training/ppo.py", "gae"),
+    ("  ppo_losses (update forward + loss)", "training/ppo.py", "ppo_losses"),
+    ("  backward", "torch/_tensor.py", "backward"),
+    ("  clip_grad_norm_", "torch/nn/utils/clip_grad.py", "clip_grad_norm_"),
+    ("  Adam.step", "torch/optim/adam.py", "step"),
+    ("  zero_grad", "torch/optim/optimizer.py", "zero_grad"),
+    ("PolicyNetwork.forward (collect + update)", "training/model.py", "forward"),
+    ("  conv2d (forward)", "~", "<built-in method torch.conv2d>"),
+    ("  linear (forward)", "~", "<built-in method torch._C._nn.linear>"),
+    ("  shield_mask", "training/model.py", "shield_mask"),
+    ("save_checkpoint", "training/checkpoints.py", "save_checkpoint"),
+)
+
+
+def profile_project(config: TownletConfig, steps: int = DEFAULT_STEPS, top: int = 30,
+                    init_checkpoint: str | Path | None = None) -> str:
+    """cProfile of the project's PPO on the same budget, after the same untimed warm-up as `measure`: the
+    phases of `PROFILE_PHASES`, then the top functions by cumulative and by own time."""
+    config = bench_config(config)
+    updates, _ = updates_for(config, steps)
+    work = Path(tempfile.mkdtemp(prefix="townlet-ppo-profile-"))
+    profiler = cProfile.Profile()
+    try:
+        run_project(warmup_config(config), 1, work, init_checkpoint)
+        start = time.perf_counter()
+        profiler.enable()
+        run_project(config, updates, work, init_checkpoint)
+        profiler.disable()
+        wall = time.perf_counter() - start
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    total = max(ct for (_, _, _, ct, _) in stats.stats.values())
+    out.write(f"project PPO, {updates} updates, {wall:.1f} s wall under the profiler; phases by cumulative time:\n")
+    for label, suffix, name in PROFILE_PHASES:
+        found = [(nc, tt, ct) for (file, _, func), (_, nc, tt, ct, _) in stats.stats.items()
+                 if func == name and file.endswith(suffix)]
+        if found:
+            calls, own, cumulative = (sum(values) for values in zip(*found))
+            out.write(f"  {label:<44} {cumulative:8.2f} s {100 * cumulative / total:5.1f}%  "
+                      f"({calls} calls, own {own:.2f} s)\n")
+    out.write("\n")
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+# ------------------------------------------------------------------------------------------- entry
+def main(args) -> None:
+    config = load_config(args.config)
+    if getattr(args, "profile", False):
+        print(profile_project(config, args.steps, init_checkpoint=getattr(args, "init_checkpoint", None)))
+        return
+    prepared = bench_config(config)
+    updates, per_update = updates_for(prepared, args.steps)
+    ppo = prepared.ppo
+    print(f"ppo-vs-sb3 ({args.config}): {ppo.rollout_towns} towns x {prepared.world.agents_per_town} agents = "
+          f"{ppo.rollout_towns * prepared.world.agents_per_town} envs, {ppo.rollout_ticks} ticks/rollout, "
+          f"{ppo.minibatches} minibatches x {ppo.update_epochs} epochs, lr {ppo.learning_rate:g}; "
+          f"{updates} updates = {updates * per_update:,} agent-steps per learner and round, {args.rounds} rounds; "
+          f"from {getattr(args, 'init_checkpoint', None) or 'a fresh network'}")
+    report = measure(config, args.rounds, args.steps, args.eval_towns, getattr(args, "init_checkpoint", None))
+    rate, collect = report["rate"], report["collect_rate"]
+    print(f"stable-baselines3 {report['sb3_version']}, torch {report['torch_version']}, "
+          f"{report['torch_threads']} torch thread(s)")
+    print("env agent-steps/s including updates (median [min, max] over rounds):")
+    for name in ("project", "sb3"):
+        print(f"  {name:<8} {rate[name]['median']:8,.0f}  [{rate[name]['min']:,.0f}, {rate[name]['max']:,.0f}]"
+              f"   collecting alone {collect[name]['median']:,.0f}")
+    paired = report["ratio_paired"]
+    print(f"  ratio project/sb3: {report['ratio']:.2f}x (per round {paired['median']:.2f}x "
+          f"[{paired['min']:.2f}, {paired['max']:.2f}])")
+    print(f"greedy reward per agent-day on {report['eval_towns']} held-out towns (seeds.test), "
+          f"{report['eval_ticks']} ticks:")
+    for name, values in report["scores"].items():
+        label = {"initial": "initial net", "project": "project", "sb3": "sb3"}[name]
+        print(f"  {label:<12} reward {values['reward_per_agent_day']:8.3f} +- {values['reward_per_agent_day_ci95']:.3f}"
+              f"   faints {values['faints_per_agent_day']:.3f}  wages {values['wages_per_agent_day']:.3f}"
+              f"  conflicts {values['queue_conflict_events_per_agent_day']:.3f}")
+    if getattr(args, "json", False):
+        print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":  # standalone use until the subcommand is wired into bench/__main__.py
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m townlet_pipelines.bench.sb3")
+    parser.add_argument("--config", default="default")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--eval-towns", type=int, default=DEFAULT_EVAL_TOWNS)
+    parser.add_argument("--init-checkpoint", default=None)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    main(parser.parse_args())
