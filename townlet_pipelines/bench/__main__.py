@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     versus.add_argument("--eval-towns", type=int, default=16, help="score both on the first N towns of seeds.test")
     versus.add_argument("--init-checkpoint", default=None, help="start both learners from this checkpoint "
                         "(default: the same fresh network)")
+    versus.add_argument("--sb3-conv-channels", default=None, help="SB3's map encoder, e.g. 16,32 (default: the "
+                        "network SB3 was measured with when the speed issue was filed); the project's own network "
+                        "inside SB3 is measured too")
     versus.add_argument("--profile", action="store_true", help="instead: cProfile the project's PPO on the same budget")
     versus.add_argument("--json", action="store_true")
     one = commands.add_parser("world-one", help=argparse.SUPPRESS)

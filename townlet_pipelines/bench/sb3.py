@@ -303,43 +303,67 @@ def score(config: TownletConfig, network, seeds: tuple[int, ...]) -> dict[str, f
     return {key: report[key] for key in keys} | {"reward_per_agent_day_ci95": report["reward_per_agent_day_ci95"]}
 
 
-def measure(config: TownletConfig, rounds: int = 3, steps: int = DEFAULT_STEPS,
-            eval_towns: int = DEFAULT_EVAL_TOWNS, init_checkpoint: str | Path | None = None, log=print) -> dict:
-    """Both learners, `rounds` times each in alternating order, then both final networks scored greedily on
-    the first `eval_towns` towns of `seeds.test`. Returns every figure (rates in env agent-steps/s).
+SB3_NETWORK = (16, 32)  # the conv layers of the network SB3 was measured with when the speed issue was filed
 
-    Both start from `init_checkpoint` (e.g. a BC checkpoint, as the anneal's PPO stages do) or, by default,
-    from the same fresh network: a few updates from scratch move the greedy reward little, so the rewards
-    then check that both learners run the same algorithm more than they rank them."""
+
+def learner_configs(config: TownletConfig, sb3_conv_channels: tuple[int, ...] = SB3_NETWORK) -> dict:
+    """The learners: the project with its own network; SB3 with the network of the issue's measurement; and
+    SB3 with the project's network (what the training loop alone is worth)."""
+    data = config.model_dump(mode="json")
+    data["model"]["conv_channels"] = list(sb3_conv_channels)
+    peer = config_from_mapping(data, f"{config.profile} (SB3's network)")
+    learners = {"project": config, "sb3": peer}
+    if tuple(sb3_conv_channels) != tuple(config.model.conv_channels):
+        learners["sb3-same-net"] = config
+    return learners
+
+
+def measure(config: TownletConfig, rounds: int = 3, steps: int = DEFAULT_STEPS,
+            eval_towns: int = DEFAULT_EVAL_TOWNS, init_checkpoint: str | Path | None = None,
+            sb3_conv_channels: tuple[int, ...] = SB3_NETWORK, log=print) -> dict:
+    """Every learner of `learner_configs`, `rounds` times each in rotating order, then the final networks
+    scored greedily on the first `eval_towns` towns of `seeds.test`. Returns every figure (rates in env
+    agent-steps/s).
+
+    All start from `init_checkpoint` (when its network fits them) or from a fresh network: a few updates
+    from scratch move the greedy reward little, so these rewards check that the learners run the same
+    algorithm more than they rank them; the held-out ranking of the shipped network is `bench learning`'s."""
     stable_baselines3, _ = _require_sb3()
     import torch
 
     config = bench_config(config)
+    learners = {name: bench_config(value) for name, value in learner_configs(config, sb3_conv_channels).items()}
     torch.set_num_threads(1)
     updates, per_update = updates_for(config, steps)
     agent_steps = updates * per_update
-    runs: dict[str, list[dict]] = {"project": [], "sb3": []}
+    runs: dict[str, list[dict]] = {name: [] for name in learners}
     networks = {}
+
+    def train(name: str, learner: TownletConfig, count: int):
+        if name == "project":
+            return run_project(learner, count, work, init_checkpoint)
+        return run_sb3(learner, count, init_checkpoint if learner.model == config.model else None)
+
     work = Path(tempfile.mkdtemp(prefix="townlet-ppo-vs-sb3-"))
     try:
-        warm = warmup_config(config)  # untimed: the first call of each pays imports and first-use set-up
-        run_project(warm, 1, work, init_checkpoint)
-        run_sb3(warm, 1, init_checkpoint)
+        for name, learner in learners.items():  # untimed: the first call of each pays imports and set-up
+            train(name, warmup_config(learner), 1)
+        names = list(learners)
         for index in range(rounds):
-            order = ("project", "sb3") if index % 2 == 0 else ("sb3", "project")
-            for name in order:
-                network, seconds, collect = (run_project(config, updates, work, init_checkpoint)
-                                             if name == "project" else run_sb3(config, updates, init_checkpoint))
+            for name in names[index % len(names):] + names[:index % len(names)]:
+                network, seconds, collect = train(name, learners[name], updates)
                 networks[name] = network
                 runs[name].append({"seconds": seconds, "rate": agent_steps / seconds,
                                    "collect_rate": agent_steps / collect if collect else 0.0})
-                log(f"  round {index + 1}/{rounds} {name:<7}: {agent_steps / seconds:8,.0f} agent-steps/s "
+                log(f"  round {index + 1}/{rounds} {name:<12}: {agent_steps / seconds:8,.0f} agent-steps/s "
                     f"({seconds:.1f} s; collecting alone {agent_steps / collect:,.0f}/s)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rates = {name: _spread([run["rate"] for run in values]) for name, values in runs.items()}
     collect = {name: _spread([run["collect_rate"] for run in values]) for name, values in runs.items()}
-    paired = [p["rate"] / s["rate"] for p, s in zip(runs["project"], runs["sb3"])]
+    ratios = {name: rates["project"]["median"] / rates[name]["median"] for name in runs if name != "project"}
+    paired = {name: _spread([p["rate"] / s["rate"] for p, s in zip(runs["project"], runs[name])])
+              for name in ratios}
     seeds = config.seeds.test.seeds()[:eval_towns]
     log(f"  scoring on {len(seeds)} held-out towns ...")
     scores = {"initial": score(config, initial_network(config, init_checkpoint), seeds)}
@@ -348,13 +372,13 @@ def measure(config: TownletConfig, rounds: int = 3, steps: int = DEFAULT_STEPS,
     return {
         "sb3_version": stable_baselines3.__version__, "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(), "config": config.profile,
+        "networks": {name: list(learner.model.conv_channels) for name, learner in learners.items()},
         "rounds": rounds, "updates": updates, "agent_steps": agent_steps,
         "envs": ppo.rollout_towns * config.world.agents_per_town, "rollout_towns": ppo.rollout_towns,
         "rollout_ticks": ppo.rollout_ticks, "minibatches": ppo.minibatches, "update_epochs": ppo.update_epochs,
         "learning_rate": ppo.learning_rate, "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
         "rate": rates, "collect_rate": collect, "runs": runs,
-        "ratio": rates["project"]["median"] / rates["sb3"]["median"],
-        "ratio_paired": _spread(paired),
+        "ratio": ratios["sb3"], "ratios": ratios, "ratio_paired": paired,
         "eval_towns": len(seeds), "eval_ticks": config.evaluation.ticks, "scores": scores,
     }
 
@@ -428,21 +452,26 @@ def main(args) -> None:
           f"{ppo.minibatches} minibatches x {ppo.update_epochs} epochs, lr {ppo.learning_rate:g}; "
           f"{updates} updates = {updates * per_update:,} agent-steps per learner and round, {args.rounds} rounds; "
           f"from {getattr(args, 'init_checkpoint', None) or 'a fresh network'}")
-    report = measure(config, args.rounds, args.steps, args.eval_towns, getattr(args, "init_checkpoint", None))
+    sb3_net = tuple(int(v) for v in args.sb3_conv_channels.split(",") if v) if getattr(
+        args, "sb3_conv_channels", None) is not None else SB3_NETWORK
+    report = measure(config, args.rounds, args.steps, args.eval_towns, getattr(args, "init_checkpoint", None),
+                     sb3_net)
     rate, collect = report["rate"], report["collect_rate"]
     print(f"stable-baselines3 {report['sb3_version']}, torch {report['torch_version']}, "
-          f"{report['torch_threads']} torch thread(s)")
+          f"{report['torch_threads']} torch thread(s); map encoders (conv channels): "
+          + ", ".join(f"{name} {list(value) or 'none (linear)'}" for name, value in report["networks"].items()))
     print("env agent-steps/s including updates (median [min, max] over rounds):")
-    for name in ("project", "sb3"):
-        print(f"  {name:<8} {rate[name]['median']:8,.0f}  [{rate[name]['min']:,.0f}, {rate[name]['max']:,.0f}]"
+    for name in rate:
+        print(f"  {name:<12} {rate[name]['median']:8,.0f}  [{rate[name]['min']:,.0f}, {rate[name]['max']:,.0f}]"
               f"   collecting alone {collect[name]['median']:,.0f}")
-    paired = report["ratio_paired"]
-    print(f"  ratio project/sb3: {report['ratio']:.2f}x (per round {paired['median']:.2f}x "
-          f"[{paired['min']:.2f}, {paired['max']:.2f}])")
+    for name, ratio in report["ratios"].items():
+        paired = report["ratio_paired"][name]
+        print(f"  ratio project/{name}: {ratio:.2f}x (per round {paired['median']:.2f}x "
+              f"[{paired['min']:.2f}, {paired['max']:.2f}])")
     print(f"greedy reward per agent-day on {report['eval_towns']} held-out towns (seeds.test), "
           f"{report['eval_ticks']} ticks:")
     for name, values in report["scores"].items():
-        label = {"initial": "initial net", "project": "project", "sb3": "sb3"}[name]
+        label = "initial net" if name == "initial" else name
         print(f"  {label:<12} reward {values['reward_per_agent_day']:8.3f} +- {values['reward_per_agent_day_ci95']:.3f}"
               f"   faints {values['faints_per_agent_day']:.3f}  wages {values['wages_per_agent_day']:.3f}"
               f"  conflicts {values['queue_conflict_events_per_agent_day']:.3f}")
@@ -459,6 +488,7 @@ if __name__ == "__main__":  # standalone use until the subcommand is wired into 
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--eval-towns", type=int, default=DEFAULT_EVAL_TOWNS)
     parser.add_argument("--init-checkpoint", default=None)
+    parser.add_argument("--sb3-conv-channels", default=None)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", action="store_true")
     main(parser.parse_args())

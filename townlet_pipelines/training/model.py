@@ -1,4 +1,5 @@
-"""The policy network: a small CNN over the egocentric map, an MLP over the features, two heads.
+"""The policy network: a linear encoder of the egocentric map (optionally behind small conv layers), an MLP
+over the features, two heads.
 
 Built from an `ObservationSpec`, which it keeps: a checkpoint refuses data of another shape. Masked
 actions get no probability: their logits are set to the dtype's minimum before the softmax.
