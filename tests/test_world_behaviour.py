@@ -172,6 +172,86 @@ def test_incremental_tie_features_equal_a_fresh_computation():
                                   ObservationBuilder(config, world.layout).features(world.state))
 
 
+@pytest.mark.parametrize("variant", ["hybrid", "full", "compact"])
+def test_a_running_observer_sees_what_a_fresh_one_sees(variant):
+    """The observer keeps a map grid, index arrays and tie snapshots between ticks (and between batch sizes);
+    none of it may leak into what it returns: a fresh observer, and each part computed alone, agree."""
+    from townlet_pipelines.world.observations import ObservationBuilder
+
+    config = make_config({"agents_per_town": 4}, observations={"variant": variant})
+    world, other = TownWorld(config, 3), TownWorld(config, 1)
+    world.reset(5)
+    other.reset(9)
+    policy = RandomPolicy(5)
+    for tick in range(240):
+        result = world.step(policy.act(world))
+        if tick % 60 != 59:
+            continue
+        world.observer.observe(other.state)  # another batch size in between
+        mask, observation = ObservationBuilder(config, world.layout).mask_and_observe(world.state)
+        np.testing.assert_array_equal(result.action_mask, mask)
+        np.testing.assert_array_equal(world.observer.action_mask(world.state), mask)
+        np.testing.assert_array_equal(result.observation.features, observation.features)
+        np.testing.assert_array_equal(world.observer.features(world.state), observation.features)
+        if variant != "compact":
+            np.testing.assert_array_equal(result.observation.map, observation.map)
+            np.testing.assert_array_equal(world.observer.maps(world.state), observation.map)
+
+
+def test_table_driven_features_and_moves_match_the_layout_and_the_clock():
+    """Nearest objects, legal moves and the shift clock are read from tables built once; on every tile and at
+    several times of day they equal a direct computation from the layout and the config."""
+    from townlet_pipelines.world.actions import MOVE_DELTAS, MOVE_N, OBJECT_TYPES
+
+    config = TownletConfig()
+    world = TownWorld(config, 1)
+    world.reset(0)
+    layout, s, size = world.layout, world.state, world.layout.size
+    index = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    for y in range(size):
+        for x in range(size):
+            s.y[0], s.x[0] = y, x
+            features, mask = world.observer.features(s)[0], world.observer.action_mask(s)[0]
+            for agent in range(world.agents):
+                for kind, name in enumerate(OBJECT_TYPES):
+                    ids = layout.type_slots[kind][layout.type_slots[kind] >= 0]
+                    ids = [layout.desk_of_agent[agent]] if name == "desk" else ids
+                    obj = ids[np.argmin(layout.distance[ids, y, x])]
+                    assert features[agent, index[f"{name}_dx"]] == np.float32((layout.object_x[obj] - x) / size)
+                    assert features[agent, index[f"{name}_dy"]] == np.float32((layout.object_y[obj] - y) / size)
+                    distance = np.float32(layout.distance[obj, y, x] / (2 * size))
+                    assert features[agent, index[f"{name}_distance"]] == distance
+                for code, (dy, dx) in enumerate(MOVE_DELTAS):
+                    ny, nx = y + dy, x + dx
+                    legal = 0 <= ny < size and 0 <= nx < size and bool(layout.passable[ny, nx])
+                    assert mask[agent, MOVE_N + code] == legal
+    day, rules = config.world.day_ticks, world.rules
+    for tick in (0, 1, 359, 479, 480, 1000, day - 1, day + 7, 3 * day + 500):
+        s.tick = tick
+        features, tod = world.observer.features(s)[0], tick % day
+        on_shift = (tod >= rules.shift_start) & (tod < rules.shift_end)
+        until = (rules.shift_start - tod) % day
+        assert (features[:, index["time_sin"]] == np.float32(np.sin(2 * np.pi * tod / day))).all()
+        assert (features[:, index["time_cos"]] == np.float32(np.cos(2 * np.pi * tod / day))).all()
+        assert (features[:, index["on_shift"]] == on_shift).all()
+        assert (features[:, index["shift_soon"]] == ((until <= config.expert.job_arrival_buffer) & ~on_shift)).all()
+        phase = np.where(on_shift, (tod - rules.shift_start) / (rules.shift_end - rules.shift_start), 0.0)
+        assert (features[:, index["shift_phase"]] == phase.astype(np.float32)).all()
+        assert (features[:, index["ticks_to_shift"]] == (until / day).astype(np.float32)).all()
+
+
+def test_drawing_single_numbers_gives_the_numbers_of_the_whole_stream():
+    """The world draws only the numbers it needs (`uniform_at`); they are the full draw's, bit for bit."""
+    from townlet_pipelines.world import rng
+
+    generator = np.random.default_rng(0)
+    seeds = generator.integers(0, 2**63, 50).astype(np.uint64)
+    for tick, stream in ((0, rng.STREAM_TIE_BREAK), (977, rng.STREAM_CHAT_SUCCESS), (10**6, rng.STREAM_CHAT_QUALITY)):
+        index = generator.integers(0, 8, len(seeds))
+        full = rng.uniform(seeds, tick, stream, (8,))
+        assert np.array_equal(rng.uniform_at(seeds, tick, stream, index), full[np.arange(len(seeds)), index])
+
+
 def test_negative_seeds_are_refused_with_a_clear_error():
     world = TownWorld(TownletConfig(), 2)
     with pytest.raises(ValueError, match="non-negative"):

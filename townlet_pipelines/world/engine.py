@@ -20,7 +20,7 @@ from townlet_pipelines.world.actions import (
     CHAT, COOK, EAT, MOVE_DELTAS, MOVE_N, NUM_ACTIONS, OBJECT_OPTIONS, OPTION_OBJECT_TYPE, SHOWER, SLEEP,
     WAIT, WORK,
 )
-from townlet_pipelines.world.layout import Layout, build_layout
+from townlet_pipelines.world.layout import Layout, build_layout, move_table
 from townlet_pipelines.world.observations import Observation, ObservationBuilder, ObservationSpec
 from townlet_pipelines.world.relationships import FAMILIARITY, RIVALRY, TRUST, EventBuffer, apply_events
 from townlet_pipelines.world.relationships import decay_daily
@@ -84,6 +84,7 @@ class TownWorld:
         self.state: WorldState | None = None
         self.action_mask: np.ndarray | None = None
         self.observation: Observation | None = None  # the latest observation (None after observe=False)
+        self._town_rows: np.ndarray | None = None
 
     @property
     def spec(self) -> ObservationSpec:
@@ -98,6 +99,13 @@ class TownWorld:
         self.same_job = job[:, None] == job[None, :]
         self.decay = np.array(world.needs.decay(), dtype=np.float32)
         self.need_weights = np.array(self.config.rewards.need_weights(), dtype=np.float32)
+        self.move_ok = move_table(layout)  # (H, W, 5): move code 0..4 from a tile lands on a walkable tile
+        # Per time of day and agent (the shift rules depend on nothing else), so a tick reads one row.
+        tod = np.arange(world.day_ticks)[:, None]
+        self.on_shift = (tod >= self.shift_start) & (tod < self.shift_end)  # (day, N)
+        self.cover_tick = tod == self.shift_start + world.jobs.takeover_delay  # late coworkers get covered
+        self.shift_over = tod + 1 == self.shift_end  # the shift's last tick
+        self.any_cover_tick, self.any_shift_over = self.cover_tick.any(axis=1), self.shift_over.any(axis=1)
 
     # ------------------------------------------------------------------ reset
     def reset(self, seeds: Sequence[int] | np.ndarray | int = 0) -> tuple[Observation, np.ndarray]:
@@ -118,10 +126,15 @@ class TownWorld:
 
     # ------------------------------------------------------------------ helpers
     def _rows(self) -> np.ndarray:
-        return np.arange(self.towns)[:, None]
+        """(B, 1) town index column, built once: a tick's fancy indexing reuses it."""
+        if self._town_rows is None or len(self._town_rows) != self.towns:
+            self._town_rows = np.arange(self.towns)[:, None]
+        return self._town_rows
 
     def _release(self, s: WorldState, who: np.ndarray) -> None:
-        """Stop the option of `who`: free a held object, leave a queue."""
+        """Stop the option of `who`: free a held object, leave a queue (nothing to do, most ticks)."""
+        if not who.any():
+            return
         town, agent = np.nonzero(who & s.holding)
         s.holder[town, s.target[town, agent]] = -1
         s.last_holder[town, s.target[town, agent]] = agent
@@ -166,7 +179,7 @@ class TownWorld:
         """Agents that set out on the same tick claim in a seeded order: a later starter that picked an object an
         earlier one already claimed this tick chooses again, seeing those claims (a couple of rounds suffice)."""
         objects = self.layout.num_objects
-        priority = rng.uniform(s.seeds, t, rng.STREAM_TIE_BREAK, (self.agents,))[town, agent]
+        priority = rng.uniform_at(s.seeds[town], t, rng.STREAM_TIE_BREAK, agent)
         order = np.lexsort((priority, town))  # by town, then the seeded draw
         for _ in range(rounds):
             key = np.where(targets >= 0, town * objects + targets, -1 - np.arange(len(town)))[order]
@@ -198,9 +211,9 @@ class TownWorld:
             raise ValueError(f"actions: ids must lie in [0, {NUM_ACTIONS}), got {actions.min()}..{actions.max()}")
         t = s.tick
         tod = t % world.day_ticks
-        allowed = np.take_along_axis(self.action_mask, actions[..., None].astype(np.int64), axis=2)[..., 0]
+        allowed = self.action_mask[rows, np.arange(N), actions]
         actions = np.where(allowed, actions, WAIT).astype(np.int64)
-        tel = {key: np.zeros(B, dtype=np.float64) for key in TELEMETRY_KEYS}
+        tel = dict(zip(TELEMETRY_KEYS, np.zeros((len(TELEMETRY_KEYS), B), dtype=np.float64)))  # (B,) rows
         tel["invalid_actions"] += (~allowed).sum(axis=1)
         reward = np.zeros((B, N), dtype=np.float32)
         events = EventBuffer()
@@ -224,14 +237,7 @@ class TownWorld:
         # 1b. Walkers re-pick: an agent still walking (not yet queued) to an object that someone now holds or
         # waits at switches to a better one of the type if there is one (claims of others count as before).
         if world.queues.retarget_walkers:
-            safe_target = np.maximum(s.target, 0)
-            walkers = s.active & ~s.holding & ~s.queued & ~starting & (s.option != WORK)
-            taken = ((s.holder >= 0) | (self.observer.queue_counts(s) > 0))[np.arange(B)[:, None], safe_target]
-            town, agent = np.nonzero(walkers & taken)
-            if len(town):
-                s.target[town, agent] = -1  # its own claim must not count against the alternatives
-                again = self.choose_targets(s, town, agent, s.option[town, agent])
-                s.target[town, agent] = np.where(again >= 0, again, safe_target[town, agent])
+            self._retarget_walkers(s, starting, rows)
 
         # 2. Movement: explicit moves, and one step along the shortest path for walking options.
         safe_target = np.maximum(s.target, 0)
@@ -241,18 +247,18 @@ class TownWorld:
         path_code = layout.next_move[safe_target, s.y, s.x]
         code = np.where(walking & (path_code >= 0), path_code, code)
         ny, nx = s.y + _MOVE_DY[code], s.x + _MOVE_DX[code]
-        inside = (ny >= 0) & (ny < layout.size) & (nx >= 0) & (nx < layout.size)
-        ok = inside & layout.passable[np.clip(ny, 0, layout.size - 1), np.clip(nx, 0, layout.size - 1)]
+        ok = self.move_ok[s.y, s.x, code]  # lands inside the town on a walkable tile
         s.y, s.x = np.where(ok, ny, s.y).astype(np.int32), np.where(ok, nx, s.x).astype(np.int32)
 
         # 3. Queue joins: arrivals take a ticket; older options go first, then a seeded draw.
         at_access = (s.y == layout.access_y[safe_target]) & (s.x == layout.access_x[safe_target])
         arrivals = s.active & ~s.holding & ~s.queued & at_access
         if arrivals.any():
-            draw = (rng.uniform(s.seeds, t, rng.STREAM_TIE_BREAK, (N,)) * 65535).astype(np.int64)
-            youth = (1 << 16) - 1 - np.minimum(s.option_age, (1 << 16) - 1).astype(np.int64)
-            ticket = t * _TICKET_TICK + (youth << 20) + draw * N + np.arange(N)
-            s.ticket = np.where(arrivals, ticket, s.ticket)
+            town, agent = np.nonzero(arrivals)  # only arrivals draw and take a ticket
+            draw = (rng.uniform_at(s.seeds[town], t, rng.STREAM_TIE_BREAK, agent) * 65535).astype(np.int64)
+            youth = (1 << 16) - 1 - np.minimum(s.option_age[town, agent], (1 << 16) - 1).astype(np.int64)
+            s.ticket = s.ticket.copy()
+            s.ticket[town, agent] = t * _TICKET_TICK + (youth << 20) + draw * N + agent
             s.queued = s.queued | arrivals
 
         # 4. Acquisition: the head of each free object's queue takes it (costs charged now).
@@ -275,7 +281,8 @@ class TownWorld:
 
         # 9. Needs decay, faints.
         s.needs = np.clip(s.needs - self.decay, 0.0, 1.0)
-        s.starving = np.where(s.needs.min(axis=2) <= 0.0, s.starving + 1, 0).astype(np.int32)
+        lowest = np.minimum(np.minimum(s.needs[..., 0], s.needs[..., 1]), s.needs[..., 2])  # short-axis min is slow
+        s.starving = np.where(lowest <= 0.0, s.starving + 1, 0).astype(np.int32)
         fainted = s.starving >= world.needs.faint_ticks
 
         # 10. Rewards: homeostasis, survival, then the clip; the faint penalty lands after it.
@@ -304,6 +311,19 @@ class TownWorld:
         )
 
     # ------------------------------------------------------------------ phases
+    def _retarget_walkers(self, s: WorldState, starting: np.ndarray, rows: np.ndarray) -> None:
+        """Walkers (not starters, not commuters to their own desk) whose target got taken choose again."""
+        walkers = s.active & ~s.holding & ~s.queued & ~starting & (s.option != WORK)
+        if not walkers.any():
+            return
+        safe_target = np.maximum(s.target, 0)
+        taken = ((s.holder >= 0) | (self.observer.queue_counts(s) > 0))[rows, safe_target]
+        town, agent = np.nonzero(walkers & taken)
+        if len(town):
+            s.target[town, agent] = -1  # its own claim must not count against the alternatives
+            again = self.choose_targets(s, town, agent, s.option[town, agent])
+            s.target[town, agent] = np.where(again >= 0, again, safe_target[town, agent])
+
     def _acquire(self, s, t, tod, reward, tel, events) -> None:
         """Queued agents with nobody ahead of them take their free object; only queued agents are examined."""
         world = self.config.world
@@ -356,6 +376,10 @@ class TownWorld:
             tel["on_time_arrivals"] += np.bincount(town[~late], minlength=self.towns)
 
     def _conflicts(self, s, blocked_now, rows, tel, events) -> ConflictEvents:
+        if not blocked_now.any():  # the usual tick: nobody arrived at a held object
+            none = np.zeros(0, dtype=np.intp)
+            return ConflictEvents(town=none, blocked=none.copy(), blocker=np.zeros(0, dtype=s.holder.dtype),
+                                  queue_length=np.zeros(0, dtype=np.intp), intensity=np.zeros(0, dtype=np.float32))
         queues, rel_cfg = self.config.world.queues, self.config.world.relationships
         safe_target = np.maximum(s.target, 0)
         blocker = s.holder[rows, safe_target]
@@ -412,15 +436,15 @@ class TownWorld:
 
     def _work(self, s, tod, reward, tel, events) -> None:
         world = self.config.world
-        on_shift = (tod >= self.shift_start) & (tod < self.shift_end)  # (N,)
+        on_shift = self.on_shift[tod]  # (N,)
         working = s.holding & (s.option == WORK) & on_shift[None, :]
         wages = np.where(working, self.wage[None, :], 0.0).astype(np.float32)
         s.wallet = s.wallet + wages
         reward += self.config.rewards.wage_scale * wages
         tel["wages"] += wages.sum(axis=1)
 
-        cover_tick = tod == self.shift_start + world.jobs.takeover_delay  # (N,)
-        if cover_tick.any():
+        if self.any_cover_tick[tod]:
+            cover_tick = self.cover_tick[tod]  # (N,)
             late = cover_tick[None, :] & ~s.arrived
             helper = s.arrived & ~s.late & s.holding & (s.option == WORK)
             pairs = late[:, :, None] & helper[:, None, :] & self.same_job[None]
@@ -442,8 +466,8 @@ class TownWorld:
                 bonus = self.wage[agent] * world.jobs.takeover_delay
                 np.add.at(s.wallet, (town, cover[town, agent]), bonus.astype(np.float32))
 
-        shift_over = tod + 1 == self.shift_end  # (N,): this was the shift's last tick
-        if shift_over.any():
+        if self.any_shift_over[tod]:
+            shift_over = self.shift_over[tod]  # (N,): this was the shift's last tick
             ending = shift_over[None, :] & np.ones((self.towns, 1), dtype=bool)
             tel["absences"] += (ending & ~s.arrived).sum(axis=1)
             s.shifts_elapsed = s.shifts_elapsed + ending
@@ -463,9 +487,9 @@ class TownWorld:
         other = np.argmax(np.where(adjacent, familiarity, -np.inf), axis=1)
         trust, fam = s.rel[town, agent, other, TRUST], s.rel[town, agent, other, FAMILIARITY]
         p = np.clip(chat.base_success * (1 + chat.trust_coef * trust) * (1 + chat.familiarity_coef * fam), 0, 1)
-        draws = rng.uniform(s.seeds[town], t, rng.STREAM_CHAT_SUCCESS, (self.agents,))[np.arange(len(town)), agent]
+        draws = rng.uniform_at(s.seeds[town], t, rng.STREAM_CHAT_SUCCESS, agent)
         success = draws < p
-        noise = rng.uniform(s.seeds[town], t, rng.STREAM_CHAT_QUALITY, (self.agents,))[np.arange(len(town)), agent]
+        noise = rng.uniform_at(s.seeds[town], t, rng.STREAM_CHAT_QUALITY, agent)
         extroversion = s.personality[town, agent, 0] + s.personality[town, other, 0]
         quality = np.clip(0.5 + 0.25 * fam + 0.125 * extroversion + chat.quality_noise * (2 * noise - 1), 0.0, 1.0)
         rel = world.relationships

@@ -111,3 +111,20 @@ def build_layout(config: WorldConfig) -> Layout:
         desk_of_agent=desk_of_agent, job_of_agent=job_of_agent.astype(np.int32), home_bed=home_bed,
         type_slots=type_slots,
     )
+
+
+def move_table(layout: Layout) -> np.ndarray:
+    """(H, W, 5) bool: from each tile, whether move code 0..3 (n, e, s, w) lands inside on a walkable tile;
+    code 4 (stay) is the tile's own walkability.
+
+    The step's movement and the action mask read one gather from it instead of recomputing the bounds
+    and walkability tests every tick.
+    """
+    size = layout.size
+    y, x = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    table = np.empty((size, size, len(MOVE_DELTAS) + 1), dtype=bool)
+    for code, (dy, dx) in enumerate([*MOVE_DELTAS, (0, 0)]):
+        ny, nx = y + dy, x + dx
+        inside = (ny >= 0) & (ny < size) & (nx >= 0) & (nx < size)
+        table[..., code] = inside & layout.passable[np.clip(ny, 0, size - 1), np.clip(nx, 0, size - 1)]
+    return table

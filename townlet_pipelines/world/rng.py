@@ -22,15 +22,27 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def _stream_base(seeds: np.ndarray, tick: int, stream: int) -> np.ndarray:
+    key = np.array([tick, stream], dtype=np.uint64) * np.array([_TICK, _STREAM], dtype=np.uint64)
+    return _splitmix(seeds.astype(np.uint64) ^ key[0] ^ key[1])
+
+
+def _unit(bits: np.ndarray) -> np.ndarray:
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
 def uniform(seeds: np.ndarray, tick: int, stream: int, shape: tuple[int, ...]) -> np.ndarray:
     """Floats in [0, 1) of shape (towns, *shape), one independent stream per (town, tick, stream)."""
     count = int(np.prod(shape)) if shape else 1
-    key = np.array([tick, stream], dtype=np.uint64) * np.array([_TICK, _STREAM], dtype=np.uint64)
-    base = _splitmix(seeds.astype(np.uint64) ^ key[0] ^ key[1])
     index = np.arange(count, dtype=np.uint64)
-    bits = _splitmix(base[:, None] + index[None, :] * _GOLDEN)
-    values = (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-    return values.reshape((len(seeds), *shape))
+    bits = _splitmix(_stream_base(seeds, tick, stream)[:, None] + index[None, :] * _GOLDEN)
+    return _unit(bits).reshape((len(seeds), *shape))
+
+
+def uniform_at(seeds: np.ndarray, tick: int, stream: int, index: np.ndarray) -> np.ndarray:
+    """`uniform(seeds, tick, stream, shape)[i, index[i]]` for each i (an index into the flattened shape):
+    the same numbers, drawn only where needed, for the few agents of many towns that need one."""
+    return _unit(_splitmix(_stream_base(seeds, tick, stream) + np.asarray(index).astype(np.uint64) * _GOLDEN))
 
 
 # Stream ids: one per kind of draw, so adding a draw never shifts another's numbers.
