@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> None:
     training.add_argument("--ppo-updates", type=int, default=20)
     training.add_argument("--device", default="auto")
     training.add_argument("--json", action="store_true")
+    overhead = commands.add_parser("bc-overhead", help="BC samples/s of the project's trainer against a bare loop "
+                                   "on in-memory tensors (same model, batch, loss, optimizer)")
+    overhead.add_argument("--config", default="default")
+    overhead.add_argument("--rounds", type=int, default=5)
+    overhead.add_argument("--epochs", type=int, default=1)
     learning = commands.add_parser("learning", help="random, expert, BC, PPO candidate and promoted policy on the "
                                    "held-out towns (seeds.test), with 95% intervals")
     learning.add_argument("--config", default="default")
@@ -53,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     versus.add_argument("--sb3-conv-channels", default=None, help="SB3's map encoder, e.g. 16,32 (default: the "
                         "network SB3 was measured with when the speed issue was filed); the project's own network "
                         "inside SB3 is measured too")
+    versus.add_argument("--sb3-init-checkpoint", default=None, help="SB3's start when its network differs from "
+                        "the project's (e.g. the BC clone of that network)")
     versus.add_argument("--profile", action="store_true", help="instead: cProfile the project's PPO on the same budget")
     versus.add_argument("--json", action="store_true")
     one = commands.add_parser("world-one", help=argparse.SUPPRESS)
@@ -71,6 +78,10 @@ def main(argv: list[str] | None = None) -> None:
         from townlet_pipelines.bench import training
 
         training.main(args)
+    elif args.command == "bc-overhead":
+        from townlet_pipelines.bench import training
+
+        training.bc_overhead_main(args)
     elif args.command == "learning":
         from townlet_pipelines.bench import learning
 

@@ -320,14 +320,16 @@ def learner_configs(config: TownletConfig, sb3_conv_channels: tuple[int, ...] = 
 
 def measure(config: TownletConfig, rounds: int = 3, steps: int = DEFAULT_STEPS,
             eval_towns: int = DEFAULT_EVAL_TOWNS, init_checkpoint: str | Path | None = None,
-            sb3_conv_channels: tuple[int, ...] = SB3_NETWORK, log=print) -> dict:
+            sb3_conv_channels: tuple[int, ...] = SB3_NETWORK, sb3_init_checkpoint: str | Path | None = None,
+            log=print) -> dict:
     """Every learner of `learner_configs`, `rounds` times each in rotating order, then the final networks
     scored greedily on the first `eval_towns` towns of `seeds.test`. Returns every figure (rates in env
     agent-steps/s).
 
-    All start from `init_checkpoint` (when its network fits them) or from a fresh network: a few updates
-    from scratch move the greedy reward little, so these rewards check that the learners run the same
-    algorithm more than they rank them; the held-out ranking of the shipped network is `bench learning`'s."""
+    The project and SB3 with its network start from `init_checkpoint`, SB3 with the issue's network from
+    `sb3_init_checkpoint` (e.g. the BC clone of each network, as the anneal's PPO stage starts), else each
+    from a fresh network: a few updates from scratch move the greedy reward little, so those rewards check
+    that the learners run the same algorithm more than they rank them."""
     stable_baselines3, _ = _require_sb3()
     import torch
 
@@ -339,10 +341,13 @@ def measure(config: TownletConfig, rounds: int = 3, steps: int = DEFAULT_STEPS,
     runs: dict[str, list[dict]] = {name: [] for name in learners}
     networks = {}
 
+    def start(learner: TownletConfig):
+        return init_checkpoint if learner.model == config.model else sb3_init_checkpoint
+
     def train(name: str, learner: TownletConfig, count: int):
         if name == "project":
             return run_project(learner, count, work, init_checkpoint)
-        return run_sb3(learner, count, init_checkpoint if learner.model == config.model else None)
+        return run_sb3(learner, count, start(learner))
 
     work = Path(tempfile.mkdtemp(prefix="townlet-ppo-vs-sb3-"))
     try:
@@ -367,6 +372,8 @@ def measure(config: TownletConfig, rounds: int = 3, steps: int = DEFAULT_STEPS,
     seeds = config.seeds.test.seeds()[:eval_towns]
     log(f"  scoring on {len(seeds)} held-out towns ...")
     scores = {"initial": score(config, initial_network(config, init_checkpoint), seeds)}
+    if "sb3" in learners and learners["sb3"].model != config.model:
+        scores["initial (sb3)"] = score(config, initial_network(learners["sb3"], start(learners["sb3"])), seeds)
     scores.update({name: score(config, network, seeds) for name, network in networks.items()})
     ppo = config.ppo
     return {
@@ -377,7 +384,7 @@ def measure(config: TownletConfig, rounds: int = 3, steps: int = DEFAULT_STEPS,
         "envs": ppo.rollout_towns * config.world.agents_per_town, "rollout_towns": ppo.rollout_towns,
         "rollout_ticks": ppo.rollout_ticks, "minibatches": ppo.minibatches, "update_epochs": ppo.update_epochs,
         "learning_rate": ppo.learning_rate, "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
-        "rate": rates, "collect_rate": collect, "runs": runs,
+        "sb3_init_checkpoint": str(sb3_init_checkpoint) if sb3_init_checkpoint else None, "rate": rates, "collect_rate": collect, "runs": runs,
         "ratio": ratios["sb3"], "ratios": ratios, "ratio_paired": paired,
         "eval_towns": len(seeds), "eval_ticks": config.evaluation.ticks, "scores": scores,
     }
@@ -455,7 +462,7 @@ def main(args) -> None:
     sb3_net = tuple(int(v) for v in args.sb3_conv_channels.split(",") if v) if getattr(
         args, "sb3_conv_channels", None) is not None else SB3_NETWORK
     report = measure(config, args.rounds, args.steps, args.eval_towns, getattr(args, "init_checkpoint", None),
-                     sb3_net)
+                     sb3_net, getattr(args, "sb3_init_checkpoint", None))
     rate, collect = report["rate"], report["collect_rate"]
     print(f"stable-baselines3 {report['sb3_version']}, torch {report['torch_version']}, "
           f"{report['torch_threads']} torch thread(s); map encoders (conv channels): "
@@ -471,7 +478,7 @@ def main(args) -> None:
     print(f"greedy reward per agent-day on {report['eval_towns']} held-out towns (seeds.test), "
           f"{report['eval_ticks']} ticks:")
     for name, values in report["scores"].items():
-        label = "initial net" if name == "initial" else name
+        label = {"initial": "initial net", "initial (sb3)": "initial sb3"}.get(name, name)
         print(f"  {label:<12} reward {values['reward_per_agent_day']:8.3f} +- {values['reward_per_agent_day_ci95']:.3f}"
               f"   faints {values['faints_per_agent_day']:.3f}  wages {values['wages_per_agent_day']:.3f}"
               f"  conflicts {values['queue_conflict_events_per_agent_day']:.3f}")
@@ -489,6 +496,7 @@ if __name__ == "__main__":  # standalone use until the subcommand is wired into 
     parser.add_argument("--eval-towns", type=int, default=DEFAULT_EVAL_TOWNS)
     parser.add_argument("--init-checkpoint", default=None)
     parser.add_argument("--sb3-conv-channels", default=None)
+    parser.add_argument("--sb3-init-checkpoint", default=None)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", action="store_true")
     main(parser.parse_args())

@@ -54,3 +54,73 @@ def main(args) -> None:
             print(json.dumps({"bc": bc.model_dump(), "ppo": ppo.model_dump(), "evaluation": rows}, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def bare_bc_epoch(model, optimizer, tensors: dict, batch_size: int, value_coef: float, decision_weight: float,
+                  columns, seed: int) -> int:
+    """The reference: one BC epoch of the same loss over in-memory tensors, no data pipeline at all."""
+    import torch
+
+    from townlet_pipelines.training.bc import bc_losses
+
+    rows = len(tensors["expert_actions"])
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
+    model.train()
+    for begin in range(0, rows, batch_size):
+        index = order[begin:begin + batch_size]
+        batch = {key: value[index] for key, value in tensors.items()}
+        loss, _, _, _ = bc_losses(model, batch, value_coef, decision_weight, columns)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return rows
+
+
+def bc_overhead_main(args) -> None:
+    """BC's samples/s through the project's trainer (shards, episodes, batching, tensors) against a bare
+    loop on in-memory tensors, same model, batch size, loss and optimizer; rounds alternate the order."""
+    import statistics
+
+    import numpy as np
+    import torch
+
+    from townlet_pipelines.config import load_config
+    from townlet_pipelines.data.replay import ReplayDataset
+    from townlet_pipelines.training import orchestrator
+    from townlet_pipelines.training.bc import BATCH_KEYS, _EpochTrainer, option_columns
+    from townlet_pipelines.training.model import PolicyNetwork
+
+    config = load_config(args.config)
+    work = Path(tempfile.mkdtemp(prefix="townlet-bench-bc-"))
+    try:
+        context = orchestrator.make_context(config, orchestrator.new_run_dir(work), work)
+        dataset = ReplayDataset.open(orchestrator.capture_expert(config, work / "expert").path, verify="none")
+        train, _ = dataset.split(config.bc.val_fraction, seed=config.bc.seed)
+        bc, columns = config.bc, option_columns(dataset.spec)
+        parts = [batch for batch in dataset.iter_batches(1 << 16, shuffle=False, episodes=train)]
+        tensors = {key: torch.from_numpy(np.concatenate([part[key] for part in parts])) for key in BATCH_KEYS
+                   if key in parts[0]}
+        print(f"BC on {len(tensors['expert_actions']):,} rows ({args.config}), batch {bc.batch_size}, "
+              f"{torch.get_num_threads()} torch thread(s), {args.rounds} rounds x {args.epochs} epochs")
+        rates: dict[str, list[float]] = {"project": [], "bare": []}
+        for round_index in range(args.rounds):
+            for name in (("project", "bare") if round_index % 2 == 0 else ("bare", "project")):
+                torch.manual_seed(bc.seed)
+                model = PolicyNetwork(dataset.spec, config.model)
+                optimizer = torch.optim.Adam(model.parameters(), lr=bc.learning_rate, weight_decay=bc.weight_decay)
+                start, rows = time.perf_counter(), 0
+                for epoch in range(args.epochs):
+                    if name == "project":
+                        rows += _EpochTrainer(model, optimizer, context, 1.0).epoch(dataset, train, seed=epoch)[2]
+                    else:
+                        rows += bare_bc_epoch(model, optimizer, tensors, bc.batch_size, bc.value_coef,
+                                              bc.decision_weight, columns, seed=epoch)
+                rates[name].append(rows / (time.perf_counter() - start))
+            print(f"  round {round_index + 1}: project {rates['project'][-1]:,.0f}  bare {rates['bare'][-1]:,.0f} "
+                  f"samples/s  ratio {rates['project'][-1] / rates['bare'][-1]:.3f}")
+        ratios = [p / b for p, b in zip(rates["project"], rates["bare"])]
+        print(f"project {statistics.median(rates['project']):,.0f} samples/s, bare loop "
+              f"{statistics.median(rates['bare']):,.0f}; ratio median {statistics.median(ratios):.3f}, "
+              f"min {min(ratios):.3f}, max {max(ratios):.3f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
