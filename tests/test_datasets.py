@@ -120,6 +120,19 @@ def test_batches_cover_every_row_exactly_once_per_epoch(dataset_dir):
     assert not np.array_equal(first, next(dataset.iter_batches(32, seed=2))["tick"])  # the seed shuffles
 
 
+def test_kept_shards_give_the_same_batches_without_decoding_again(dataset_dir, monkeypatch):
+    streamed = ReplayDataset.open(dataset_dir, verify="none")
+    kept = ReplayDataset.open(dataset_dir, verify="none").keep_in_memory(("features", "expert_actions"))
+    episodes = streamed.split(0.3, seed=0)[0]
+    for seed in (0, 1):  # the second epoch reads the kept shards
+        for a, b in zip(streamed.iter_batches(33, seed=seed, episodes=episodes),
+                        kept.iter_batches(33, seed=seed, episodes=episodes), strict=True):
+            assert set(b) == {"features", "expert_actions", "tick", "episode"}
+            assert all(np.array_equal(a[key], b[key]) for key in b)
+    monkeypatch.setattr(kept, "load_shard", lambda index: pytest.fail("decoded a kept shard again"))
+    assert sum(len(batch["tick"]) for batch in kept.iter_batches(64, episodes=episodes)) > 0
+
+
 def test_split_is_by_whole_episodes(dataset_dir):
     dataset = ReplayDataset.open(dataset_dir, verify="none")
     train, val = dataset.split(0.34, seed=0)

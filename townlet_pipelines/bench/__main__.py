@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
                                    "on in-memory tensors (same model, batch, loss, optimizer)")
     overhead.add_argument("--config", default="default")
     overhead.add_argument("--rounds", type=int, default=5)
-    overhead.add_argument("--epochs", type=int, default=1)
+    overhead.add_argument("--epochs", type=int, default=3, help="epochs per round (a BC run: 5 on the expert)")
     learning = commands.add_parser("learning", help="random, expert, BC, PPO candidate and promoted policy on the "
                                    "held-out towns (seeds.test), with 95% intervals")
     learning.add_argument("--config", default="default")

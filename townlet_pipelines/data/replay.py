@@ -1,7 +1,9 @@
 """The replay dataset service: open and verify a dataset, then stream shuffled mini-batches.
 
 Streaming holds at most `buffer_shards` shards (plus one partial batch) in memory, whatever the number of
-shards, and visits every selected row exactly once per epoch. Batches are dicts of numpy arrays keyed like
+shards, and visits every selected row exactly once per epoch. A trainer that makes many passes over one
+dataset can `keep_in_memory(keys)`: the decoded shards (only those arrays) are then kept after their first
+read, so later epochs skip decompression; the batches are the same either way. Batches are dicts of numpy arrays keyed like
 the shard arrays (see `manifest.ROW_ARRAYS`); torch never appears here.
 """
 
@@ -28,6 +30,21 @@ class ReplayDataset:
         self.manifest = manifest
         self.spec = manifest.observation
         self.identity = manifest.identity()
+        self._kept: dict[int, Batch] | None = None
+        self._kept_keys: tuple[str, ...] = ()
+
+    def keep_in_memory(self, keys: Sequence[str]) -> "ReplayDataset":
+        """Keep each decoded shard (the arrays named by `keys`, plus row bookkeeping) after its first read."""
+        self._kept, self._kept_keys = {}, tuple(dict.fromkeys([*keys, "tick", "episode"]))
+        return self
+
+    def _rows_of_shard(self, index: int) -> Batch:
+        if self._kept is None:
+            return self.load_shard(index)
+        if index not in self._kept:
+            arrays = self.load_shard(index)
+            self._kept[index] = {name: arrays[name] for name in self._kept_keys if name in arrays}
+        return self._kept[index]
 
     @classmethod
     def open(cls, path: str | Path, verify: Verify = "full") -> "ReplayDataset":
@@ -190,7 +207,7 @@ class ReplayDataset:
         for start in range(0, len(order), buffer_shards):
             parts = []
             for index in order[start : start + buffer_shards]:
-                arrays = self.load_shard(int(index))
+                arrays = self._rows_of_shard(int(index))
                 rows = len(arrays["tick"])
                 selected = np.arange(rows) if keep is None else np.flatnonzero(np.isin(arrays["episode"], keep))
                 parts.append({name: arrays[name][selected] for name in arrays if name not in SHARD_ARRAYS})

@@ -97,7 +97,7 @@ class BCStrategy:
         device = context.device
         epochs = self.epochs or bc.epochs
         rounds = bc.dagger_rounds if self.dagger_rounds is None else self.dagger_rounds
-        dataset = ReplayDataset.open(self.dataset)
+        dataset = ReplayDataset.open(self.dataset).keep_in_memory(BATCH_KEYS)  # every epoch reads it again
         train_episodes, val_episodes = dataset.split(bc.val_fraction, seed=bc.seed)
         if len(val_episodes) == 0:
             raise TrainingError(f"bc: {dataset.directory} has {dataset.manifest.episodes} episode(s); "
@@ -169,13 +169,13 @@ class BCStrategy:
         episodes = -(-config.rollout.ticks // config.world.episode_ticks)
         seed = config.seeds.dagger.start + (round_index - 1) * config.bc.dagger_towns * episodes
         if out.exists():  # made before a kill: deterministic from the same weights and seed, so reuse it
-            return ReplayDataset.open(out, verify="files")
+            return ReplayDataset.open(out, verify="files").keep_in_memory(BATCH_KEYS)
         state = torch.get_rng_state()
         torch.manual_seed(seed)
         capture(config, TorchPolicy(model, context.device, greedy=False), config.bc.dagger_towns,
                 config.rollout.ticks, seed, out, shard_rows=config.rollout.shard_rows)
         torch.set_rng_state(state)
-        return ReplayDataset.open(out, verify="files")
+        return ReplayDataset.open(out, verify="files").keep_in_memory(BATCH_KEYS)
 
 
 class _EpochTrainer:
