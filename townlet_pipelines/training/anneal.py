@@ -127,6 +127,19 @@ class AnnealStrategy:
         return {"loss": None, "queue_events": expert["queue_conflict_events_per_agent_day"],
                 "queue_intensity": expert["queue_conflict_intensity_per_agent_day"]}
 
+    def _judged_baselines(self, context: TrainingContext, ppo: StagesOutcome) -> dict[str, float | None]:
+        """The baselines the PPO stages were judged against, as their records carry them (the expert is
+        scored once per run, by the PPO step); with no PPO stage (a FAIL), the stored ones if any."""
+        if ppo.results:
+            first = ppo.results[0]
+            return {"loss": first.baseline_loss if first.baseline_loss is not None else first.loss_total,
+                    "queue_events": first.baseline_queue_events, "queue_intensity": first.baseline_queue_intensity}
+        stored = context.baselines.get(self._label(context)) if context.baselines is not None else None
+        if stored is None:
+            return {"loss": None, "queue_events": None, "queue_intensity": None}
+        return {"loss": stored.loss_total, "queue_events": stored.queue_conflict_events,
+                "queue_intensity": stored.queue_conflict_intensity}
+
     def _expert_evaluation(self, context: TrainingContext) -> dict[str, float]:
         """The dataset's generator — the scripted expert, without the capture's DART noise — scored on the
         guardrail towns (seeds.guardrail) exactly as a candidate is: the queue baselines of a first run."""
@@ -189,10 +202,8 @@ class AnnealStrategy:
             status = "HOLD"
         else:
             status = "PASS"
-        baselines = self.baselines(context)
         last_ppo = ppo.results[-1] if ppo.results else None
-        if baselines.get("loss") is None and ppo.results:
-            baselines["loss"] = ppo.results[0].loss_total
+        baselines = self._judged_baselines(context, ppo)
         evaluation = dict(last_ppo.evaluation) if last_ppo is not None else {}
         candidate = candidate_id(context.config, label)
         streak, ready = 0, False
