@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     noise.add_argument("--start", type=int, default=60_000_000, help="first seed (outside every training range)")
     pipeline = commands.add_parser("pipeline", help="nightly_anneal through Dagster against the CLI")
     pipeline.add_argument("--profiles", type=lambda text: text.split(","), default=["smoke", "default"])
+    pipeline.add_argument("--rounds", type=int, default=5, help="CLI/Dagster pairs per profile, order alternating")
     versus = commands.add_parser("ppo-vs-sb3", help="the project's PPO against Stable-Baselines3's PPO on the same "
                                  "towns and hyperparameters: agent-steps/s with updates, ratio, held-out reward "
                                  "(needs the `bench` extra)")

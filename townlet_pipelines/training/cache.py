@@ -54,7 +54,7 @@ def cached_expert_dataset(config: TownletConfig, root: Path, say: Callable[[str]
     path = Path(root) / "datasets" / f"expert-{expert_dataset_key(config)}"
     if path.exists():
         try:
-            return ReplayDataset.open(path, verify="files"), True
+            return ReplayDataset.open(path, verify="full"), True
         except (DatasetError, OSError) as error:
             say(f"cached expert dataset {path} is damaged ({error}); rebuilding it")
             shutil.rmtree(path, ignore_errors=True)
