@@ -62,11 +62,9 @@ def test_train_evaluate_promotion_and_soak(tmp_path, capsys):
     report = run(capsys, "report", "--config", "smoke", "--artifacts", root)
     assert "latest anneal summary" in report
     assert "no anneal summary" in run(capsys, "report", "--artifacts", root)  # smoke's run is not default's
-    soak = run(capsys, "soak", "--config", "smoke", "--cycles", "2", "--artifacts", root)
-    lines = [line.split() for line in soak.splitlines()[1:]]
-    assert [line[1] for line in lines] == ["replay", "rollout"]
-    records = json.loads(run(capsys, "soak", "--config", "smoke", "--cycles", "1", "--artifacts", root, "--json"))
-    assert [record["data_mode"] for record in records] == ["replay"] and records[0]["checkpoint_id"]
+    records = json.loads(run(capsys, "soak", "--config", "smoke", "--cycles", "2", "--artifacts", root, "--json"))
+    assert [record["data_mode"] for record in records] == ["replay", "rollout"]  # alternating, each a checkpoint
+    assert all(record["checkpoint_id"] for record in records)
 
 
 def test_a_users_mistake_is_one_line_and_exit_two(tmp_path, capsys):

@@ -20,8 +20,8 @@ from townlet_pipelines.config import config_from_mapping  # noqa: E402
 from townlet_pipelines.training import orchestrator  # noqa: E402
 
 SLOWER = {  # enough epochs and updates that a kill lands mid-run
-    "bc": {**TINY["bc"], "epochs": 10},
-    "ppo": {**TINY["ppo"], "updates": 10},
+    "bc": {**TINY["bc"], "epochs": 8},
+    "ppo": {**TINY["ppo"], "updates": 8},
     "runtime": {"device": "cpu", "progress_every_epochs": 1, "progress_every_updates": 2},
 }
 
