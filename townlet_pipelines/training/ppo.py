@@ -456,7 +456,8 @@ class PPOStrategy:
                 chosen = selector.offer(update + 1, scores, model)
                 log.write({"update": update, "cycle": self.cycle, "validation": "policy", "chosen": chosen, **scores})
             loop.update(next=update + 1, seconds=time.perf_counter() - start, episode=episode[0],
-                        world_tick=world.state.tick, adv=[float(data["advantages"].mean()), float(data["advantages"].std())])
+                        world_tick=world.state.tick,
+                        adv=[float(data["advantages"].mean()), float(data["advantages"].std())])
             if (update + 1) % config.runtime.progress_every_updates == 0 and update + 1 < updates:
                 self._save_progress(progress_folder, update + 1, model, optimizer, loop, world, entropies,
                                     multiplier, selector)
