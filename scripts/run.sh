@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export DAGSTER_HOME="$PWD/dagster_home"
+export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/dagster_home}"  # an existing instance is honoured
 export TOWNLET_CONFIG="${1:-${TOWNLET_CONFIG:-default}}"
 export TOWNLET_ARTIFACTS="${TOWNLET_ARTIFACTS:-$PWD/dagster_home/artifacts}"
 status=0
