@@ -345,3 +345,19 @@ def test_rollouts_are_captured_only_when_ppo_trains_on_them_and_each_dataset_is_
     verified = [e for e in rerun.get_asset_check_evaluations() if e.asset_key.to_user_string() == "replay_manifest"
                 and e.check_name == "manifest_verified"][0]
     assert verified.passed and verified.metadata["verified_by"].value == "the asset (reuse)"
+
+
+def test_the_failure_sensor_is_on_and_records_in_the_failed_runs_own_store(nightly):
+    from dagster import DagsterEventType, DefaultSensorStatus, build_run_status_sensor_context
+
+    from townlet_pipelines.pipeline.definitions import record_failed_runs
+
+    assert record_failed_runs.default_status == DefaultSensorStatus.RUNNING
+    failed, instance = nightly["failed"], nightly["instance"]
+    event = next(e for e in failed.all_events if e.event_type == DagsterEventType.RUN_FAILURE)
+    context = build_run_status_sensor_context(sensor_name="record_failed_runs", dagster_event=event,
+                                              dagster_instance=instance, dagster_run=failed.dagster_run)
+    record_failed_runs(context.for_run_failure())
+    # The run's own artifacts root (a temporary one here), not the default dagster_home/artifacts.
+    history = json.loads((nightly["state"] / "promotion.json").read_text())["history"]
+    assert history[-1]["kind"] == "failure" and history[-1]["run_id"] == failed.run_id

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 from dagster import (
-    AssetSelection, Definitions, RunFailureSensorContext, ScheduleDefinition, define_asset_job, in_process_executor,
-    run_failure_sensor,
+    AssetSelection, DefaultSensorStatus, Definitions, RunFailureSensorContext, ScheduleDefinition, define_asset_job,
+    in_process_executor, run_failure_sensor,
 )
 
 from townlet_pipelines.pipeline.assets import ASSETS, CHECKS, replay_manifest, rollout_dataset
@@ -30,12 +30,19 @@ nightly_anneal_schedule = ScheduleDefinition(
 )
 
 
-@run_failure_sensor(monitored_jobs=[nightly_anneal], description="Records failed nightly runs in the promotion history.")
+def resource_of_run(run_config: dict) -> TownletResource:
+    """The `townlet` resource exactly as the run configured it (its artifacts root, config and overrides)."""
+    settings = ((run_config or {}).get("resources") or {}).get("townlet") or {}
+    return TownletResource(**(settings.get("config") or {}))
+
+
+@run_failure_sensor(monitored_jobs=[nightly_anneal], default_status=DefaultSensorStatus.RUNNING,
+                    description="Records failed nightly runs in the promotion history of the run's own store.")
 def record_failed_runs(context: RunFailureSensorContext) -> None:
     from townlet_pipelines.data.promotion import PromotionStore
     from townlet_pipelines.training.orchestrator import state_dir
 
-    townlet = TownletResource()
+    townlet = resource_of_run(context.dagster_run.run_config)
     config = townlet.load_config()
     store = PromotionStore(state_dir(townlet.root(), config), required_passes=config.promotion.required_passes)
     store.record_failure(context.dagster_run.run_id, context.failure_event.message or "run failed")
