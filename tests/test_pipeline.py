@@ -142,6 +142,8 @@ def test_schedule_requests_a_nightly_anneal_run():
     requests = list(nightly_anneal_schedule.evaluate_tick(context).run_requests or [])
     assert len(requests) == 1
     assert nightly_anneal_schedule.job_name == "nightly_anneal" and nightly_anneal_schedule.cron_schedule == "0 2 * * *"
+    source = requests[0].run_config["resources"]["townlet"]["config"]["config_path"]  # explicit, never implied
+    assert source and requests[0].tags["townlet/config_source"] == source
 
 
 def test_definitions_import_without_torch():
@@ -361,3 +363,23 @@ def test_the_failure_sensor_is_on_and_records_in_the_failed_runs_own_store(night
     # The run's own artifacts root (a temporary one here), not the default dagster_home/artifacts.
     history = json.loads((nightly["state"] / "promotion.json").read_text())["history"]
     assert history[-1]["kind"] == "failure" and history[-1]["run_id"] == failed.run_id
+
+
+def test_assets_name_their_config_and_carry_the_code_version_of_their_own_sources(nightly, tmp_path):
+    from townlet_pipelines.pipeline.assets import CODE_VERSIONS, MAKERS, code_version_of
+
+    for key in ASSET_KEYS:
+        metadata = nightly["first"].asset_materializations_for_node(key)[0].metadata
+        assert metadata["profile"].value == "tiny" and metadata["config_source"].value.endswith("tiny.yaml")
+        assert len(metadata["config_hash"].value) == 12
+    graph = defs.resolve_asset_graph()
+    versions = {key.to_user_string(): graph.get(key).code_version for key in graph.get_all_asset_keys()}
+    assert versions == CODE_VERSIONS and len(set(versions.values())) >= 4 and "1" not in versions.values()
+    package = tmp_path / "package"  # a change to one source file marks exactly the assets it makes stale
+    for relative in ("pipeline/assets.py", "training/bc.py", "data/promotion.py"):
+        (package / relative).parent.mkdir(parents=True, exist_ok=True)
+        (package / relative).write_text("x = 1\n")
+    before = {name: code_version_of(patterns, package) for name, patterns in MAKERS.items()}
+    (package / "training/bc.py").write_text("x = 2\n")
+    after = {name: code_version_of(patterns, package) for name, patterns in MAKERS.items()}
+    assert {name for name in MAKERS if before[name] != after[name]} == {"bc_checkpoint", "ppo_checkpoint"}

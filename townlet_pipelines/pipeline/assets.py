@@ -8,6 +8,7 @@ stays fast and works without it.
 
 
 import functools
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,7 +20,30 @@ from dagster import (
 from townlet_pipelines.pipeline.resources import TownletResource
 
 GROUP = "townlet"
-CODE_VERSION = "1"
+PACKAGE = Path(__file__).resolve().parents[1]
+WORLD = ("world/*.py", "config.py", "data/capture.py", "data/manifest.py", "data/files.py")
+MAKERS = {  # the source files whose code makes each asset (and the pipeline's own, this file)
+    "replay_manifest": (*WORLD, "data/replay.py", "training/cache.py", "training/orchestrator.py"),
+    "rollout_dataset": (*WORLD, "data/replay.py", "training/policy.py", "training/model.py"),
+    "bc_checkpoint": (*WORLD, "data/replay.py", "training/*.py"),
+    "ppo_checkpoint": (*WORLD, "data/replay.py", "training/*.py"),
+    "anneal_summary": ("config.py", "results.py", "training/anneal.py", "data/baselines.py", "data/promotion.py",
+                       "data/state_file.py"),
+    "promoted_policy": ("config.py", "training/orchestrator.py", "data/promotion.py", "data/state_file.py"),
+}
+
+
+def code_version_of(patterns: tuple[str, ...], root: Path = PACKAGE) -> str:
+    """A hash of the source files an asset is made by (glob patterns under the package, plus this module):
+    a change to any of them marks the asset stale in the UI."""
+    digest = hashlib.sha256()
+    files = sorted({path for pattern in patterns for path in root.glob(pattern)} | {root / "pipeline" / "assets.py"})
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+CODE_VERSIONS = {name: code_version_of(patterns) for name, patterns in MAKERS.items()}
 # Training steps take the GPU when there is one: a Kubernetes run launcher reads this to request it, and
 # the `gpu` pool (dagster_home/dagster.yaml: one slot) keeps two training steps off one device.
 GPU_OP_TAGS = {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}}
@@ -62,6 +86,11 @@ def latest_run_id(context, key: str) -> str:
     return event.run_id
 
 
+def made(townlet: TownletResource, metadata: dict, data_version: str) -> MaterializeResult:
+    """An asset's materialization, with what made it: profile, config source and config hash."""
+    return MaterializeResult(metadata={**metadata, **townlet.provenance()}, data_version=DataVersion(data_version))
+
+
 def _number(value) -> MetadataValue:
     """A float, or the text 'none' when a baseline does not exist yet."""
     return MetadataValue.text("none") if value is None else MetadataValue.float(float(value))
@@ -102,7 +131,7 @@ def dataset_metadata(dataset) -> dict:
 
 
 # ---------------------------------------------------------------------------- datasets
-@asset(group_name=GROUP, code_version=CODE_VERSION, kinds={"numpy"},
+@asset(group_name=GROUP, code_version=CODE_VERSIONS["replay_manifest"], kinds={"numpy"},
        description="Expert demonstrations captured from the scripted policy, verified against their manifest.")
 @told_in_one_line
 def replay_manifest(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
@@ -114,10 +143,10 @@ def replay_manifest(context: AssetExecutionContext, townlet: TownletResource) ->
     # A reused entry was verified in full before reuse (and rebuilt if damaged); a fresh capture is verified
     # once, by the manifest_verified check.
     metadata["verified"] = "full" if reused else "by the check"
-    return MaterializeResult(metadata=metadata, data_version=DataVersion(dataset.identity))
+    return made(townlet, metadata, dataset.identity)
 
 
-@asset(group_name=GROUP, code_version=CODE_VERSION, kinds={"numpy"},
+@asset(group_name=GROUP, code_version=CODE_VERSIONS["rollout_dataset"], kinds={"numpy"},
        description="Rollouts of the current promoted policy (the expert while nothing is promoted); captured only "
                    "when PPO trains on stored rows (ppo.data_mode replay or mixed).")
 @told_in_one_line
@@ -130,7 +159,7 @@ def rollout_dataset(context: AssetExecutionContext, townlet: TownletResource) ->
     if config.ppo.data_mode == "rollout":  # PPO collects its own on-policy rollouts: nothing here would be used
         reason = "not captured: ppo.data_mode is rollout (PPO collects on-policy); replay or mixed would train on it"
         context.log.info(reason)
-        return MaterializeResult(metadata={"captured": False, "reason": reason}, data_version=DataVersion("none"))
+        return made(townlet, {"captured": False, "reason": reason}, "none")
     out = _fresh(townlet.run_dir(context.run.run_id), "rollout_dataset")
     training = make_context(config, out.parent, townlet.root())
     release = training.promotion.status().current_release
@@ -151,7 +180,7 @@ def rollout_dataset(context: AssetExecutionContext, townlet: TownletResource) ->
     metadata = dataset_metadata(dataset)
     metadata.update(captured=True, verified="by the check")
     metadata["release"] = release.release_id if release else "none (expert)"
-    return MaterializeResult(metadata=metadata, data_version=DataVersion(dataset.identity))
+    return made(townlet, metadata, dataset.identity)
 
 
 def _dataset_checks(asset_name: str):
@@ -246,7 +275,7 @@ def _summarize_and_store(strategy, training, bc, ppo, out: Path, run_id: str):
     return summary
 
 
-@asset(group_name=GROUP, code_version=CODE_VERSION, deps=[replay_manifest], kinds={"pytorch"},
+@asset(group_name=GROUP, code_version=CODE_VERSIONS["bc_checkpoint"], deps=[replay_manifest], kinds={"pytorch"},
        op_tags=GPU_OP_TAGS, pool=GPU_POOL,
        description="The anneal schedule's BC stages on the expert demonstrations.")
 @told_in_one_line
@@ -266,27 +295,24 @@ def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> M
                              context.run.run_id)
     last = outcome.results[-1]
     threshold = training.config.anneal.bc_accuracy_threshold
-    return MaterializeResult(
-        metadata={
-            "stages_record": MetadataValue.path(str(record)),
-            "path": MetadataValue.path(str(outcome.checkpoint or last.checkpoint_path)),
-            "checkpoint_id": last.checkpoint_id,
-            "failed": outcome.failed,
-            "reused": reused,
-            "val_accuracy": MetadataValue.float(last.val_accuracy),
-            "accuracy": MetadataValue.float(last.accuracy),
-            "val_loss": MetadataValue.float(last.val_loss),
-            "bc_accuracy_threshold": MetadataValue.float(threshold),
-            "samples_per_sec": MetadataValue.float(last.samples_per_sec),
-            "dataset_identity": last.dataset_identity,
-            "device": last.device,
-            "duration_sec": MetadataValue.float(sum(r.duration_sec for r in outcome.results)),
-            "stages": MetadataValue.md(_stage_table(outcome.stages)),
-            "training_curve": MetadataValue.md(_curve(record.parent / "logs", "bc", ("loss", "accuracy", "val_loss",
-                                                                             "val_accuracy"))),
-        },
-        data_version=DataVersion(last.checkpoint_id),
-    )
+    return made(townlet, {
+        "stages_record": MetadataValue.path(str(record)),
+        "path": MetadataValue.path(str(outcome.checkpoint or last.checkpoint_path)),
+        "checkpoint_id": last.checkpoint_id,
+        "failed": outcome.failed,
+        "reused": reused,
+        "val_accuracy": MetadataValue.float(last.val_accuracy),
+        "accuracy": MetadataValue.float(last.accuracy),
+        "val_loss": MetadataValue.float(last.val_loss),
+        "bc_accuracy_threshold": MetadataValue.float(threshold),
+        "samples_per_sec": MetadataValue.float(last.samples_per_sec),
+        "dataset_identity": last.dataset_identity,
+        "device": last.device,
+        "duration_sec": MetadataValue.float(sum(r.duration_sec for r in outcome.results)),
+        "stages": MetadataValue.md(_stage_table(outcome.stages)),
+        "training_curve": MetadataValue.md(_curve(record.parent / "logs", "bc", ("loss", "accuracy", "val_loss",
+                                                                         "val_accuracy"))),
+    }, last.checkpoint_id)
 
 
 @asset_check(asset=bc_checkpoint, blocking=True, description="Every BC stage reached bc_accuracy_threshold "
@@ -301,8 +327,8 @@ def bc_accuracy_guardrail(context) -> AssetCheckResult:
     )
 
 
-@asset(group_name=GROUP, code_version=CODE_VERSION, deps=[bc_checkpoint, replay_manifest, rollout_dataset],
-       kinds={"pytorch"}, op_tags=GPU_OP_TAGS, pool=GPU_POOL,
+@asset(group_name=GROUP, code_version=CODE_VERSIONS["ppo_checkpoint"],
+       deps=[bc_checkpoint, replay_manifest, rollout_dataset], kinds={"pytorch"}, op_tags=GPU_OP_TAGS, pool=GPU_POOL,
        description="The anneal schedule's PPO stages, starting from the BC weights.")
 @told_in_one_line
 def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
@@ -325,44 +351,41 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> 
         _summarize_and_store(strategy, training, bc, outcome, run_dir / "anneal_summary.json", context.run.run_id)
     last = outcome.results[-1]
     baselines = last.model_dump()
-    return MaterializeResult(
-        metadata={
-            "stages_record": MetadataValue.path(str(record)),
-            "path": MetadataValue.path(str(outcome.checkpoint)),
-            "checkpoint_id": outcome.checkpoint_id,
-            "parent_checkpoint_id": str(last.parent_checkpoint_id),
-            "loss_total": MetadataValue.float(last.loss_total),
-            "loss_policy": MetadataValue.float(last.loss_policy),
-            "loss_value": MetadataValue.float(last.loss_value),
-            "kl_divergence": MetadataValue.float(last.kl_divergence),
-            "clip_fraction": MetadataValue.float(last.clip_fraction),
-            "env_steps_per_sec": MetadataValue.float(last.env_steps_per_sec),
-            "loss_flag": any(s.loss_flag for s in outcome.stages),
-            "queue_flag": any(s.queue_flag or s.intensity_flag for s in outcome.stages),
-            "loss_per_stage": MetadataValue.json([s.loss_total for s in outcome.stages]),
-            "baseline_loss": _number(baselines["baseline_loss"]),
-            "loss_tolerance": MetadataValue.float(config.anneal.loss_tolerance),
-            "queue_conflicts_per_agent_day": MetadataValue.float(last.evaluation["queue_conflict_events_per_agent_day"]),
-            "queue_conflicts_ci95": MetadataValue.float(last.evaluation["queue_conflict_events_per_agent_day_ci95"]),
-            "queue_intensity_per_agent_day": MetadataValue.float(
-                last.evaluation["queue_conflict_intensity_per_agent_day"]),
-            "queue_intensity_ci95": MetadataValue.float(last.evaluation["queue_conflict_intensity_per_agent_day_ci95"]),
-            "evaluation_towns": MetadataValue.int(int(last.evaluation["towns"])),
-            "intensity_tolerance": MetadataValue.float(config.anneal.intensity_tolerance),
-            "lagrange_multiplier": _number(last.lagrange_multiplier),
-            "selected_update": MetadataValue.int(int(last.selected_update or last.updates)),
-            "validation": MetadataValue.json({"policy": last.validation, "expert": last.validation_expert}),
-            "conflict_budget": _number(last.conflict_budget),
-            "baseline_queue_conflicts": _number(baselines["baseline_queue_events"]),
-            "baseline_queue_intensity": _number(baselines["baseline_queue_intensity"]),
-            "queue_tolerance": MetadataValue.float(config.anneal.queue_tolerance),
-            "reward_per_agent_day": MetadataValue.float(last.evaluation["reward_per_agent_day"]),
-            "device": last.device,
-            "stages": MetadataValue.md(_stage_table(outcome.stages)),
-            "training_curve": MetadataValue.md(_curve(run_dir / "logs", "ppo", ("loss_total", "kl", "clip_fraction"))),
-        },
-        data_version=DataVersion(outcome.checkpoint_id),
-    )
+    return made(townlet, {
+        "stages_record": MetadataValue.path(str(record)),
+        "path": MetadataValue.path(str(outcome.checkpoint)),
+        "checkpoint_id": outcome.checkpoint_id,
+        "parent_checkpoint_id": str(last.parent_checkpoint_id),
+        "loss_total": MetadataValue.float(last.loss_total),
+        "loss_policy": MetadataValue.float(last.loss_policy),
+        "loss_value": MetadataValue.float(last.loss_value),
+        "kl_divergence": MetadataValue.float(last.kl_divergence),
+        "clip_fraction": MetadataValue.float(last.clip_fraction),
+        "env_steps_per_sec": MetadataValue.float(last.env_steps_per_sec),
+        "loss_flag": any(s.loss_flag for s in outcome.stages),
+        "queue_flag": any(s.queue_flag or s.intensity_flag for s in outcome.stages),
+        "loss_per_stage": MetadataValue.json([s.loss_total for s in outcome.stages]),
+        "baseline_loss": _number(baselines["baseline_loss"]),
+        "loss_tolerance": MetadataValue.float(config.anneal.loss_tolerance),
+        "queue_conflicts_per_agent_day": MetadataValue.float(last.evaluation["queue_conflict_events_per_agent_day"]),
+        "queue_conflicts_ci95": MetadataValue.float(last.evaluation["queue_conflict_events_per_agent_day_ci95"]),
+        "queue_intensity_per_agent_day": MetadataValue.float(
+            last.evaluation["queue_conflict_intensity_per_agent_day"]),
+        "queue_intensity_ci95": MetadataValue.float(last.evaluation["queue_conflict_intensity_per_agent_day_ci95"]),
+        "evaluation_towns": MetadataValue.int(int(last.evaluation["towns"])),
+        "intensity_tolerance": MetadataValue.float(config.anneal.intensity_tolerance),
+        "lagrange_multiplier": _number(last.lagrange_multiplier),
+        "selected_update": MetadataValue.int(int(last.selected_update or last.updates)),
+        "validation": MetadataValue.json({"policy": last.validation, "expert": last.validation_expert}),
+        "conflict_budget": _number(last.conflict_budget),
+        "baseline_queue_conflicts": _number(baselines["baseline_queue_events"]),
+        "baseline_queue_intensity": _number(baselines["baseline_queue_intensity"]),
+        "queue_tolerance": MetadataValue.float(config.anneal.queue_tolerance),
+        "reward_per_agent_day": MetadataValue.float(last.evaluation["reward_per_agent_day"]),
+        "device": last.device,
+        "stages": MetadataValue.md(_stage_table(outcome.stages)),
+        "training_curve": MetadataValue.md(_curve(run_dir / "logs", "ppo", ("loss_total", "kl", "clip_fraction"))),
+    }, outcome.checkpoint_id)
 
 
 @asset_check(asset=ppo_checkpoint, blocking=True,
@@ -399,7 +422,8 @@ def queue_conflict_guardrail(context) -> AssetCheckResult:
         "tolerance": meta["queue_tolerance"], "intensity_tolerance": meta["intensity_tolerance"]})
 
 
-@asset(group_name=GROUP, code_version=CODE_VERSION, deps=[bc_checkpoint, ppo_checkpoint], kinds={"python"},
+@asset(group_name=GROUP, code_version=CODE_VERSIONS["anneal_summary"], deps=[bc_checkpoint, ppo_checkpoint],
+       kinds={"python"},
        description="The anneal judged against the guardrails and persisted baselines; recorded for promotion.")
 @told_in_one_line
 def anneal_summary(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
@@ -415,24 +439,21 @@ def anneal_summary(context: AssetExecutionContext, townlet: TownletResource) -> 
     summary = _summarize_and_store(strategy, training, bc, ppo, path, latest_run_id(context, "ppo_checkpoint"))
     from townlet_pipelines.data.files import sha256_file
 
-    return MaterializeResult(
-        metadata={
-            "path": MetadataValue.path(str(path)),
-            "status": summary.status,
-            "stages": MetadataValue.md(_stage_table(summary.stages)),
-            "promotion_pass_streak": MetadataValue.int(summary.promotion_pass_streak),
-            "promotion_candidate_ready": summary.promotion_candidate_ready,
-            "candidate_id": summary.candidate_id,
-            "final_checkpoint_id": str(summary.final_checkpoint_id),
-            "baselines": MetadataValue.json(summary.baselines),
-            "evaluation": MetadataValue.json(summary.evaluation),
-            "duration_sec": MetadataValue.float(summary.duration_sec),
-        },
-        data_version=DataVersion(sha256_file(path)[:16]),
-    )
+    return made(townlet, {
+        "path": MetadataValue.path(str(path)),
+        "status": summary.status,
+        "stages": MetadataValue.md(_stage_table(summary.stages)),
+        "promotion_pass_streak": MetadataValue.int(summary.promotion_pass_streak),
+        "promotion_candidate_ready": summary.promotion_candidate_ready,
+        "candidate_id": summary.candidate_id,
+        "final_checkpoint_id": str(summary.final_checkpoint_id),
+        "baselines": MetadataValue.json(summary.baselines),
+        "evaluation": MetadataValue.json(summary.evaluation),
+        "duration_sec": MetadataValue.float(summary.duration_sec),
+    }, sha256_file(path)[:16])
 
 
-@asset(group_name=GROUP, code_version=CODE_VERSION, deps=[anneal_summary], kinds={"python"},
+@asset(group_name=GROUP, code_version=CODE_VERSIONS["promoted_policy"], deps=[anneal_summary], kinds={"python"},
        description="The current release after applying the promotion rule (promoted this run or not).")
 @told_in_one_line
 def promoted_policy(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
@@ -444,19 +465,16 @@ def promoted_policy(context: AssetExecutionContext, townlet: TownletResource) ->
     outcome = apply_promotion(training.promotion, summary)
     status = training.promotion.status()
     release = status.current_release
-    return MaterializeResult(
-        metadata={
-            "promoted_this_run": outcome.promoted,
-            "reason": outcome.reason,
-            "release_id": str(outcome.release_id),
-            "checkpoint_id": str(outcome.checkpoint_id),
-            "path": MetadataValue.path(str(release.path if release else "")),
-            "state": status.state,
-            "pass_streak": MetadataValue.int(status.pass_streak),
-            "releases": MetadataValue.int(status.releases),
-        },
-        data_version=DataVersion(str(outcome.release_id)),
-    )
+    return made(townlet, {
+        "promoted_this_run": outcome.promoted,
+        "reason": outcome.reason,
+        "release_id": str(outcome.release_id),
+        "checkpoint_id": str(outcome.checkpoint_id),
+        "path": MetadataValue.path(str(release.path if release else "")),
+        "state": status.state,
+        "pass_streak": MetadataValue.int(status.pass_streak),
+        "releases": MetadataValue.int(status.releases),
+    }, str(outcome.release_id))
 
 
 ASSETS = [replay_manifest, rollout_dataset, bc_checkpoint, ppo_checkpoint, anneal_summary, promoted_policy]

@@ -23,10 +23,14 @@ capture_only = define_asset_job(
     "capture_only", selection=AssetSelection.assets(replay_manifest, rollout_dataset),
     executor_def=in_process_executor, description="Refresh the expert and promoted-policy datasets only.",
 )
+SCHEDULED_CONFIG = os.environ.get("TOWNLET_CONFIG") or "default"  # named in every scheduled run, not implied
 nightly_anneal_schedule = ScheduleDefinition(
     name="nightly_anneal_schedule", job=nightly_anneal, cron_schedule="0 2 * * *",
     execution_timezone=os.environ.get("TOWNLET_TIMEZONE", "UTC"),
-    description="02:00 every night, in $TOWNLET_TIMEZONE (default UTC).",
+    run_config={"resources": {"townlet": {"config": {"config_path": SCHEDULED_CONFIG}}}},
+    tags={"townlet/config_source": SCHEDULED_CONFIG},
+    description="02:00 every night, in $TOWNLET_TIMEZONE (default UTC), with the config named in its run config "
+                "($TOWNLET_CONFIG when the code location loaded, else the default profile).",
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -36,6 +38,14 @@ class TownletResource(ConfigurableResource):
         if not isinstance(extra, dict):
             raise ValueError("townlet resource: overrides must be a YAML mapping of config sections")
         return config_from_mapping(_merge(config.model_dump(mode="json"), extra), f"{source} + overrides")
+
+    def provenance(self) -> dict[str, str]:
+        """What made a run's assets: the profile, where the config came from, and a hash of the whole config."""
+        config = self.load_config()
+        source = self.config_path or os.environ.get("TOWNLET_CONFIG") or "default"
+        digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        return {"profile": config.profile, "config_source": source + (" + overrides" if self.overrides.strip() else ""),
+                "config_hash": digest[:12]}
 
     def root(self) -> Path:
         from townlet_pipelines.training.orchestrator import artifacts_root
