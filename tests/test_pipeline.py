@@ -383,3 +383,22 @@ def test_assets_name_their_config_and_carry_the_code_version_of_their_own_source
     (package / "training/bc.py").write_text("x = 2\n")
     after = {name: code_version_of(patterns, package) for name, patterns in MAKERS.items()}
     assert {name for name in MAKERS if before[name] != after[name]} == {"bc_checkpoint", "ppo_checkpoint"}
+
+
+def test_training_progress_reaches_the_run_log_while_the_step_runs(nightly):
+    records = nightly["instance"].all_logs(nightly["first"].run_id)
+
+    def position(step: str, event: str) -> int:
+        return next(i for i, r in enumerate(records) if r.step_key == step and r.dagster_event is not None
+                    and r.dagster_event.event_type_value == event)
+
+    for step, marker in (("bc_checkpoint", "bc "), ("ppo_checkpoint", "ppo cycle")):
+        lines = [(i, r.user_message) for i, r in enumerate(records)
+                 if r.step_key == step and r.dagster_event is None and r.user_message.startswith(marker)]
+        assert lines, f"no progress lines from {step}"
+        start, end = position(step, "STEP_START"), position(step, "STEP_SUCCESS")
+        assert all(start < i < end for i, _ in lines)  # logged while the step ran, not after
+    bc_lines = [r.user_message for r in records if r.step_key == "bc_checkpoint" and r.dagster_event is None]
+    assert any("[dagger 1.0]" in line and "val_acc" in line for line in bc_lines)  # phases are named
+    ppo_lines = [r.user_message for r in records if r.step_key == "ppo_checkpoint" and r.dagster_event is None]
+    assert any("kl " in line for line in ppo_lines) and any("validation after update" in line for line in ppo_lines)

@@ -83,3 +83,22 @@ def test_torch_threads_are_chosen_not_inherited():
         assert configure_threads(0) == auto_threads() == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_progress_logs_every_step_and_draws_a_tqdm_bar_when_asked(capsys, caplog):
+    import logging
+
+    from townlet_pipelines.training.progress import Progress
+
+    with caplog.at_level(logging.INFO, logger="townlet.training"):
+        quiet = Progress(2, "bc", enabled=False)
+        quiet.update(1, phase="expert 0", loss=0.5, acc=0.9)
+        quiet.skip(1)
+        bar = Progress(3, "ppo cycle 1", enabled=True)
+        for _ in range(3):
+            bar.update(1, phase="rollout", kl=0.01)
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[0].startswith("bc 1/2 [expert 0]: loss 0.5  acc 0.9")
+    assert [m.split(":")[0] for m in messages[1:]] == [f"ppo cycle 1 {i}/3 [rollout]" for i in (1, 2, 3)]
+    err = capsys.readouterr().err
+    assert "ppo cycle 1" in err and "3/3" in err and "bc " not in err  # only the bar that was asked for

@@ -7,9 +7,11 @@ stays fast and works without it.
 """
 
 
+import contextlib
 import functools
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 from dagster import (
@@ -68,6 +70,26 @@ def told_in_one_line(function):
             raise Failure(description=one_line(error)) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def training_log_to(context):
+    """While a step trains, the core's `townlet` log lines (BC epochs, DAgger rounds, PPO updates and
+    validation scores) go to the run's log as they happen, not only as tables when the step ends."""
+
+    class ToRunLog(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            (context.log.warning if record.levelno >= logging.WARNING else context.log.info)(record.getMessage())
+
+    logger, handler = logging.getLogger("townlet"), ToRunLog(logging.INFO)
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 def latest_metadata(context, key: str) -> dict:
@@ -287,8 +309,9 @@ def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> M
     run_dir = townlet.run_dir(context.run.run_id)
     training = townlet.training_context(context.run.run_id)
     strategy = AnnealStrategy(dataset_meta["path"])
-    outcome, record, reused = cached_bc_stages(strategy, training, dataset_meta["dataset_identity"], townlet.root(),
-                                               context.log.warning)
+    with training_log_to(context):
+        outcome, record, reused = cached_bc_stages(strategy, training, dataset_meta["dataset_identity"],
+                                                   townlet.root(), context.log.warning)
     if outcome.failed:  # the guardrail below fails this run; record the FAIL evaluation now
         empty = StagesOutcome([], [], outcome.checkpoint, outcome.checkpoint_id)
         _summarize_and_store(strategy, training, outcome, empty, run_dir / "anneal_summary.json",
@@ -343,7 +366,8 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> 
     config = training.config
     rollout = latest_metadata(context, "rollout_dataset")["path"] if config.ppo.data_mode != "rollout" else None
     strategy = AnnealStrategy(latest_metadata(context, "replay_manifest")["path"], rollout_dataset=rollout)
-    outcome = strategy.run_ppo_stages(training, bc)
+    with training_log_to(context):
+        outcome = strategy.run_ppo_stages(training, bc)
     record = run_dir / "ppo_stages.json"
     atomic_write_text(record, outcome.to_json())
     flagged = any(not stage.passed for stage in outcome.stages)

@@ -120,7 +120,7 @@ class BCStrategy:
             log.truncate("epoch", loop["next"])
         start = time.perf_counter() - loop["seconds"]
         progress = Progress(len(plan), "bc", context.progress)
-        progress.update(loop["next"])
+        progress.skip(loop["next"])
         own, own_round = None, None
         for step in range(loop["next"], len(plan)):
             round_index, label, data = plan[step]
@@ -135,7 +135,8 @@ class BCStrategy:
             loop["last"] = {"loss": train_loss, "accuracy": train_accuracy, "rows": train_rows,
                             "val_loss": val_loss, "val_accuracy": val_accuracy, "val_rows": val_rows}
             log.write({"epoch": step, "phase": label, **loop["last"], "seconds": time.perf_counter() - start})
-            progress.update(1, acc=train_accuracy, val_acc=val_accuracy)
+            progress.update(1, phase=label, loss=train_loss, acc=train_accuracy, val_loss=val_loss,
+                            val_acc=val_accuracy, rows=train_rows)
             loop.update(next=step + 1, seconds=time.perf_counter() - start, trainer_rows=trainer.rows,
                         trainer_seconds=trainer.seconds)
             if (step + 1) % context.config.runtime.progress_every_epochs == 0 and step + 1 < len(plan):

@@ -37,7 +37,7 @@ from townlet_pipelines.results import PPOTrainingResult
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.device import DeviceContext, to_tensors
 from townlet_pipelines.training.policy import observation_batch
-from townlet_pipelines.training.progress import Progress
+from townlet_pipelines.training.progress import LOGGER, Progress
 from townlet_pipelines.training.torch_support import TrainingError, require_torch
 from townlet_pipelines.world.engine import TELEMETRY_KEYS, TownWorld, town_seeds
 
@@ -449,12 +449,17 @@ class PPOStrategy:
             if multiplier is not None:
                 entry.update(conflict_rate=rate, conflict_budget=multiplier.budget, lagrange_multiplier=multiplier.value)
             log.write(entry)
-            progress.update(1, loss=last["loss_total"], kl=last["kl"],
+            progress.update(1, phase=mode, loss=last["loss_total"], kl=last["kl"], clip=last["clip_fraction"],
+                            steps_per_s=(rollout.ticks * agents / rollout.seconds if mode != "replay" else None),
                             **({"conflicts": rate, "lam": multiplier.value} if multiplier is not None else {}))
             if ppo.validate_every and ((update + 1) % ppo.validate_every == 0 or update + 1 == updates):
                 scores = validation_scores(config, TorchPolicy(model, device, greedy=True).act)
                 chosen = selector.offer(update + 1, scores, model)
                 log.write({"update": update, "cycle": self.cycle, "validation": "policy", "chosen": chosen, **scores})
+                LOGGER.info("ppo cycle %d validation after update %d: reward %.2f, conflicts %.3f, wages %.2f "
+                            "per agent-day%s", self.cycle, update + 1, scores["reward_per_agent_day"],
+                            scores["queue_conflict_events_per_agent_day"], scores["wages_per_agent_day"],
+                            " (the best so far: kept)" if chosen else "")
             loop.update(next=update + 1, seconds=time.perf_counter() - start, episode=episode[0],
                         world_tick=world.state.tick,
                         adv=[float(data["advantages"].mean()), float(data["advantages"].std())])
