@@ -207,3 +207,21 @@ def test_ranges_refuse_values_that_would_disable_a_guardrail_or_break_a_record()
         AnnealStageResult(cycle=0, mode="dqn", passed=True, bc_weight=1.0)
     with pytest.raises(ValidationError, match="cycle"):
         AnnealStageResult(cycle=-1, mode="bc", passed=True, bc_weight=1.0)
+
+
+def test_the_verdict_reason_names_each_guardrail_that_held_with_its_numbers():
+    from townlet_pipelines.config import AnnealConfig
+    from townlet_pipelines.results import AnnealStageResult, AnnealSummary
+    from townlet_pipelines.training.anneal import verdict_reason
+
+    stage = AnnealStageResult(cycle=1, mode="ppo", passed=False, bc_weight=0.0, loss_total=0.013,
+                              queue_conflict_events=0.3, queue_conflict_intensity=0.2, loss_flag=True, queue_flag=True)
+    summary = AnnealSummary(stages=[stage], status="HOLD", dataset_label="expert", dataset_identity="d",
+                            baselines={"loss": 0.01, "queue_events": 0.139, "queue_intensity": 0.209},
+                            promotion_pass_streak=0, promotion_candidate_ready=False, candidate_id="c",
+                            final_checkpoint_id="x", final_checkpoint_path=None, evaluation={}, duration_sec=1.0)
+    reason = verdict_reason(summary, AnnealConfig())
+    assert "loss 0.013 is +30% from the baseline 0.01 (tolerance 10%)" in reason
+    assert "conflicts 0.300 per agent-day > limit 0.160 = baseline 0.139 + 15%" in reason
+    assert "intensity" not in reason  # only the guardrails that held are named
+    assert verdict_reason(summary.model_copy(update={"status": "PASS"}), AnnealConfig()) == "every guardrail passed"

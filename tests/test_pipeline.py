@@ -88,6 +88,13 @@ def test_nightly_run_materializes_everything_and_every_check_passes(nightly):
     summary = json.loads((nightly["root"] / "runs" / result.run_id / "anneal_summary.json").read_text())
     assert summary["status"] == "PASS" and summary["promotion_pass_streak"] == 1
     assert nightly["release_before"]["releases"], "the first passing candidate becomes the first release"
+    described = {e.check_name: e.description for e in result.get_asset_check_evaluations() if e.check_name in GUARDRAILS}
+    assert described["bc_accuracy_guardrail"].startswith("BC validation accuracy") and ">=" in described[
+        "bc_accuracy_guardrail"]
+    assert "no baseline yet" in described["ppo_loss_guardrail"] or "from the baseline" in described["ppo_loss_guardrail"]
+    assert "<= limit" in described["queue_conflict_guardrail"]
+    summary_meta = result.asset_materializations_for_node("anneal_summary")[0].metadata
+    assert summary_meta["status"].value == "PASS" and summary_meta["reason"].value == "every guardrail passed"
 
 
 def test_lineage_links_each_asset_to_its_inputs(nightly):
@@ -133,6 +140,17 @@ def test_a_failed_guardrail_blocks_promotion_and_keeps_the_previous_release(nigh
     assert files == nightly["promoted_files"]  # the promoted policy's files are untouched
     statuses = [event.get("status") for event in after["history"] if event.get("kind") == "evaluation"]
     assert statuses == ["PASS", "FAIL", "PASS"]  # the failed run was recorded (and reset the streak)
+    # The verdict is visible from the graph and explained in one line: an observation on anneal_summary, the
+    # check's description, and the run's log naming the guardrail that held the candidate.
+    observed = [e for e in failed.all_events if e.event_type_value == "ASSET_OBSERVATION"
+                and e.asset_key.to_user_string() == "anneal_summary"]
+    metadata = observed[0].event_specific_data.asset_observation.metadata
+    assert metadata["status"].value == "FAIL"
+    assert "validation accuracy" in metadata["reason"].value and "< threshold 1.01" in metadata["reason"].value
+    assert evaluations["bc_accuracy_guardrail"].description.startswith("BC validation accuracy")
+    assert "< threshold 1.010" in evaluations["bc_accuracy_guardrail"].description
+    told = [r.user_message for r in nightly["instance"].all_logs(failed.run_id) if r.dagster_event is None]
+    assert any(line.startswith("bc_accuracy_guardrail held the candidate: BC validation accuracy") for line in told)
 
 
 def test_schedule_requests_a_nightly_anneal_run():

@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 
 from dagster import (
-    AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, AssetKey, DataVersion, Failure, MaterializeResult,
-    MetadataValue, asset, asset_check,
+    AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, AssetKey, AssetObservation, DataVersion, Failure,
+    MaterializeResult, MetadataValue, asset, asset_check,
 )
 
 from townlet_pipelines.pipeline.resources import TownletResource
@@ -287,13 +287,22 @@ def _curve(log_dir: Path, prefix: str, keys: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def _summarize_and_store(strategy, training, bc, ppo, out: Path, run_id: str):
+def _summarize_and_store(strategy, training, bc, ppo, out: Path, run_id: str, context=None):
+    """Judge, record and store the anneal's summary; a FAIL or HOLD (the run stops at a blocking check before
+    `anneal_summary` runs) is also observed on `anneal_summary`, with its reason, so the graph shows it."""
+    from townlet_pipelines.data.files import atomic_write_text
+    from townlet_pipelines.training.anneal import verdict_reason
+
     summary = strategy.summarize(training, bc, ppo, sum(r.duration_sec if hasattr(r, "duration_sec")
                                                         else r.epoch_duration_sec * r.updates
                                                         for r in bc.results + ppo.results), run_id=run_id)
-    from townlet_pipelines.data.files import atomic_write_text
-
     atomic_write_text(out, summary.model_dump_json(indent=2))
+    if context is not None and summary.status != "PASS":
+        reason = verdict_reason(summary, training.config.anneal)
+        context.log.warning(f"anneal {summary.status}: {reason}; nothing is promoted")
+        context.log_event(AssetObservation(asset_key=AssetKey("anneal_summary"), metadata={
+            "status": summary.status, "reason": reason, "path": MetadataValue.path(str(out)),
+            "candidate_id": summary.candidate_id, "promotion_pass_streak": summary.promotion_pass_streak}))
     return summary
 
 
@@ -315,7 +324,7 @@ def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> M
     if outcome.failed:  # the guardrail below fails this run; record the FAIL evaluation now
         empty = StagesOutcome([], [], outcome.checkpoint, outcome.checkpoint_id)
         _summarize_and_store(strategy, training, outcome, empty, run_dir / "anneal_summary.json",
-                             context.run.run_id)
+                             context.run.run_id, context)
     last = outcome.results[-1]
     threshold = training.config.anneal.bc_accuracy_threshold
     return made(townlet, {
@@ -343,11 +352,19 @@ def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> M
 @told_in_one_line
 def bc_accuracy_guardrail(context) -> AssetCheckResult:
     meta = latest_metadata(context, "bc_checkpoint")
-    return AssetCheckResult(
-        passed=not meta["failed"],
-        metadata={"measured_val_accuracy": meta["val_accuracy"], "threshold": meta["bc_accuracy_threshold"],
-                  "baseline": "n/a (an absolute threshold)"},
-    )
+    accuracy, threshold = meta["val_accuracy"], meta["bc_accuracy_threshold"]
+    passed = not meta["failed"]
+    sentence = (f"BC validation accuracy {accuracy:.3f} {'>=' if passed else '<'} threshold {threshold:.3f}"
+                + ("" if passed else ": the schedule stopped, nothing is promoted"))
+    return _judged(context, "bc_accuracy_guardrail", passed, sentence, {
+        "measured_val_accuracy": accuracy, "threshold": threshold, "baseline": "n/a (an absolute threshold)"})
+
+
+def _judged(context, name: str, passed: bool, sentence: str, metadata: dict) -> AssetCheckResult:
+    """A guardrail's result with its one-line reason; a failure also says, in the run's log, what held."""
+    if not passed:
+        context.log.error(f"{name} held the candidate: {sentence}")
+    return AssetCheckResult(passed=passed, description=sentence, metadata=metadata)
 
 
 @asset(group_name=GROUP, code_version=CODE_VERSIONS["ppo_checkpoint"],
@@ -372,7 +389,8 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> 
     atomic_write_text(record, outcome.to_json())
     flagged = any(not stage.passed for stage in outcome.stages)
     if flagged:  # a guardrail below fails this run; record the HOLD evaluation now
-        _summarize_and_store(strategy, training, bc, outcome, run_dir / "anneal_summary.json", context.run.run_id)
+        _summarize_and_store(strategy, training, bc, outcome, run_dir / "anneal_summary.json", context.run.run_id,
+                             context)
     last = outcome.results[-1]
     baselines = last.model_dump()
     return made(townlet, {
@@ -417,9 +435,17 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> 
 @told_in_one_line
 def ppo_loss_guardrail(context) -> AssetCheckResult:
     meta = latest_metadata(context, "ppo_checkpoint")
-    return AssetCheckResult(passed=not meta["loss_flag"], metadata={
-        "measured_loss": meta["loss_total"], "per_stage": MetadataValue.json(meta["loss_per_stage"]),
-        "baseline": meta["baseline_loss"], "tolerance": meta["loss_tolerance"]})
+    loss, baseline, tolerance = meta["loss_total"], meta["baseline_loss"], meta["loss_tolerance"]
+    passed = not meta["loss_flag"]
+    if isinstance(baseline, float) and baseline:
+        change = (loss - baseline) / abs(baseline)
+        sentence = (f"PPO loss {loss:.4g} is {change:+.1%} from the baseline {baseline:.4g}; tolerance "
+                    f"±{tolerance:.0%}")
+    else:
+        sentence = f"PPO loss {loss:.4g}; no baseline yet (this run's first PPO stage sets it)"
+    return _judged(context, "ppo_loss_guardrail", passed, sentence, {
+        "measured_loss": loss, "per_stage": MetadataValue.json(meta["loss_per_stage"]), "baseline": baseline,
+        "tolerance": tolerance})
 
 
 @asset_check(asset=ppo_checkpoint, blocking=True,
@@ -432,10 +458,14 @@ def queue_conflict_guardrail(context) -> AssetCheckResult:
                                               ("intensity", "baseline_queue_intensity", "intensity_tolerance")):
         measured, half = meta[f"queue_{name}_per_agent_day"], meta[f"queue_{name}_ci95"]
         baseline, tolerance = meta[baseline_key], meta[tolerance_key]
-        limit = "no baseline" if not isinstance(baseline, float) else f"limit {baseline * (1 + tolerance):.3f} = " \
-            f"baseline {baseline:.3f} + {tolerance:.0%}"
+        if not isinstance(baseline, float):
+            limit = "no baseline"
+        else:
+            bound = baseline * (1 + tolerance)
+            verdict = ">" if measured > bound + 1e-12 else "<="
+            limit = f"{verdict} limit {bound:.3f} = baseline {baseline:.3f} + {tolerance:.0%}"
         lines.append(f"{name} {measured:.3f} ± {half:.3f} per agent-day over {meta['evaluation_towns']} towns; {limit}")
-    return AssetCheckResult(passed=not meta["queue_flag"], description="; ".join(lines), metadata={
+    return _judged(context, "queue_conflict_guardrail", not meta["queue_flag"], "; ".join(lines), {
         "measured_conflicts_per_agent_day": meta["queue_conflicts_per_agent_day"],
         "measured_conflicts_ci95": meta["queue_conflicts_ci95"],
         "measured_intensity_per_agent_day": meta["queue_intensity_per_agent_day"],
@@ -451,7 +481,7 @@ def queue_conflict_guardrail(context) -> AssetCheckResult:
        description="The anneal judged against the guardrails and persisted baselines; recorded for promotion.")
 @told_in_one_line
 def anneal_summary(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
-    from townlet_pipelines.training.anneal import AnnealStrategy
+    from townlet_pipelines.training.anneal import AnnealStrategy, verdict_reason
     from townlet_pipelines.training.cache import read_stages
 
     bc = read_stages(latest_metadata(context, "bc_checkpoint")["stages_record"], townlet.root())
@@ -466,6 +496,7 @@ def anneal_summary(context: AssetExecutionContext, townlet: TownletResource) -> 
     return made(townlet, {
         "path": MetadataValue.path(str(path)),
         "status": summary.status,
+        "reason": verdict_reason(summary, training.config.anneal),
         "stages": MetadataValue.md(_stage_table(summary.stages)),
         "promotion_pass_streak": MetadataValue.int(summary.promotion_pass_streak),
         "promotion_candidate_ready": summary.promotion_candidate_ready,

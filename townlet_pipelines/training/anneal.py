@@ -56,6 +56,34 @@ def judge(loss_total: float, evaluation: dict[str, float], baselines: dict[str, 
     return flags
 
 
+def verdict_reason(summary: AnnealSummary, anneal: AnnealConfig) -> str:
+    """Why the anneal ended as it did, in one line a user reads beside the verdict."""
+    if summary.status == "PASS":
+        return "every guardrail passed"
+    parts = []
+    baselines = summary.baselines
+    for stage in summary.stages:
+        if stage.passed:
+            continue
+        if stage.mode == "bc":
+            parts.append(f"BC stage (cycle {stage.cycle}): validation accuracy {stage.accuracy:.3f} < threshold "
+                         f"{stage.threshold}")
+            continue
+        if stage.loss_flag and baselines.get("loss"):
+            change = (stage.loss_total - baselines["loss"]) / abs(baselines["loss"])
+            parts.append(f"PPO stage (cycle {stage.cycle}): loss {stage.loss_total:.4g} is {change:+.0%} from the "
+                         f"baseline {baselines['loss']:.4g} (tolerance {anneal.loss_tolerance:.0%})")
+        for flag, value, key, tolerance, name in (
+                ("queue_flag", stage.queue_conflict_events, "queue_events", anneal.queue_tolerance, "conflicts"),
+                ("intensity_flag", stage.queue_conflict_intensity, "queue_intensity", anneal.intensity_tolerance,
+                 "conflict intensity")):
+            if getattr(stage, flag) and baselines.get(key) is not None:
+                limit = baselines[key] * (1 + tolerance)
+                parts.append(f"PPO stage (cycle {stage.cycle}): {name} {value:.3f} per agent-day > limit {limit:.3f} "
+                             f"= baseline {baselines[key]:.3f} + {tolerance:.0%}")
+    return "; ".join(parts) or "a guardrail held the candidate"
+
+
 @dataclass
 class StagesOutcome:
     """What a group of stages produced: per-stage records and the checkpoint carried forward."""
