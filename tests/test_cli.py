@@ -80,3 +80,11 @@ def test_a_users_mistake_is_one_line_and_exit_two(tmp_path, capsys):
     assert main(["promotion", "status", "--artifacts", root]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "promotion.json" in err and "Traceback" not in err
+
+
+def test_simulate_draws_the_town_into_a_png(tmp_path, capsys):
+    out = tmp_path / "town.png"
+    assert main(["simulate", "--config", "smoke", "--towns", "1", "--days", "1", "--render-png", str(out)]) == 0
+    data = out.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and 2_000 < len(data) < 150_000
+    assert f"wrote {out}" in capsys.readouterr().err

@@ -95,6 +95,11 @@ def test_nightly_run_materializes_everything_and_every_check_passes(nightly):
     assert "<= limit" in described["queue_conflict_guardrail"]
     summary_meta = result.asset_materializations_for_node("anneal_summary")[0].metadata
     assert summary_meta["status"].value == "PASS" and summary_meta["reason"].value == "every guardrail passed"
+    for node, key in (("bc_checkpoint", "training_curve_plot"), ("ppo_checkpoint", "training_curve_plot"),
+                      ("promoted_policy", "town_day")):  # pictures, inline and small
+        picture = result.asset_materializations_for_node(node)[0].metadata[key].value
+        assert picture.startswith("![") and "(data:image/png;base64," in picture and len(picture) < 200_000
+    assert "| phase |" in result.asset_materializations_for_node("bc_checkpoint")[0].metadata["training_curve"].value
 
 
 def test_lineage_links_each_asset_to_its_inputs(nightly):

@@ -28,16 +28,30 @@ def _simulate(args: argparse.Namespace) -> int:
             update={"observations": config.observations.model_copy(update={"variant": args.variant})}
         )
     ticks = args.ticks if args.ticks is not None else args.days * config.world.day_ticks
-    on_tick = None
-    if args.render:
+    on_tick, strip = None, None
+    if args.render or args.render_png:
         every = args.render_every
 
         def on_tick(world) -> None:
+            nonlocal strip
             if world.state.tick % every == 0:
-                print(render_town(world, 0), end="\n\n", flush=True)
+                if args.render:
+                    print(render_town(world, 0), end="\n\n", flush=True)
+                if args.render_png:
+                    from townlet_pipelines.pictures import TownStrip
+
+                    strip = strip or TownStrip(world, 0, frames=6)
+                    strip.capture()
 
     report = simulate(config, args.towns, ticks, make_policy(args.policy, config, args.seed), args.seed,
                       observe=not args.no_observe, on_tick=on_tick)
+    if args.render_png:
+        from townlet_pipelines.data.files import atomic_write_bytes
+
+        if strip is None:
+            raise ValueError(f"--render-png: no frame was captured in {ticks} ticks (--render-every {every})")
+        atomic_write_bytes(args.render_png, strip.png())
+        print(f"wrote {args.render_png}", file=sys.stderr)
     if args.json:
         print(report.model_dump_json(indent=2))
         return 0
@@ -356,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-observe", action="store_true", help="skip building observations")
     sim.add_argument("--render", action="store_true", help="print town 0 as text frames")
     sim.add_argument("--render-every", type=int, default=60, help="ticks between rendered frames")
+    sim.add_argument("--render-png", default=None, metavar="FILE",
+                     help="also draw town 0 over the run as a strip of pictures (PNG) into FILE")
     sim.add_argument("--json", action="store_true", help="print the report as JSON")
     sim.set_defaults(handler=_simulate)
 

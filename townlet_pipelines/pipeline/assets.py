@@ -278,13 +278,24 @@ def _stage_table(stages) -> str:
     return "\n".join(lines)
 
 
+def _log_entries(log_dir: Path, prefix: str) -> list[dict]:
+    return [json.loads(line) for path in sorted(log_dir.glob(f"{prefix}*.jsonl")) for line in path.read_text().splitlines()]
+
+
 def _curve(log_dir: Path, prefix: str, keys: tuple[str, ...]) -> str:
-    """A Markdown table of the JSONL training log: the training curve in the UI."""
-    rows = [json.loads(line) for path in sorted(log_dir.glob(f"{prefix}*.jsonl")) for line in path.read_text().splitlines()]
-    lines = ["| step | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    """A Markdown table of the JSONL training log (its phase column too), beside the picture."""
+    rows = [row for row in _log_entries(log_dir, prefix) if "validation" not in row]
+    lines = ["| step | phase | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
     for step, row in enumerate(rows):
-        lines.append(f"| {step} | " + " | ".join(f"{row.get(key, float('nan')):.4f}" for key in keys) + " |")
+        phase = row.get("phase") or row.get("mode", "")
+        lines.append(f"| {step} | {phase} | " + " | ".join(f"{row.get(key, float('nan')):.4f}" for key in keys) + " |")
     return "\n".join(lines)
+
+
+def _picture(draw, entries: list[dict], alt: str) -> MetadataValue:
+    from townlet_pipelines.pictures import markdown_image
+
+    return MetadataValue.md(markdown_image(draw(entries), alt))
 
 
 def _summarize_and_store(strategy, training, bc, ppo, out: Path, run_id: str, context=None):
@@ -311,6 +322,7 @@ def _summarize_and_store(strategy, training, bc, ppo, out: Path, run_id: str, co
        description="The anneal schedule's BC stages on the expert demonstrations.")
 @told_in_one_line
 def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
+    from townlet_pipelines.pictures import bc_curve_png
     from townlet_pipelines.training.anneal import AnnealStrategy, StagesOutcome
     from townlet_pipelines.training.cache import cached_bc_stages
 
@@ -344,6 +356,7 @@ def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> M
         "stages": MetadataValue.md(_stage_table(outcome.stages)),
         "training_curve": MetadataValue.md(_curve(record.parent / "logs", "bc", ("loss", "accuracy", "val_loss",
                                                                          "val_accuracy"))),
+        "training_curve_plot": _picture(bc_curve_png, _log_entries(record.parent / "logs", "bc"), "BC training curve"),
     }, last.checkpoint_id)
 
 
@@ -373,6 +386,7 @@ def _judged(context, name: str, passed: bool, sentence: str, metadata: dict) -> 
 @told_in_one_line
 def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
     from townlet_pipelines.data.files import atomic_write_text
+    from townlet_pipelines.pictures import ppo_curve_png
     from townlet_pipelines.training.anneal import AnnealStrategy
     from townlet_pipelines.training.cache import read_stages
 
@@ -427,6 +441,7 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource) -> 
         "device": last.device,
         "stages": MetadataValue.md(_stage_table(outcome.stages)),
         "training_curve": MetadataValue.md(_curve(run_dir / "logs", "ppo", ("loss_total", "kl", "clip_fraction"))),
+        "training_curve_plot": _picture(ppo_curve_png, _log_entries(run_dir / "logs", "ppo"), "PPO training curve"),
     }, outcome.checkpoint_id)
 
 
@@ -520,7 +535,19 @@ def promoted_policy(context: AssetExecutionContext, townlet: TownletResource) ->
     outcome = apply_promotion(training.promotion, summary)
     status = training.promotion.status()
     release = status.current_release
+    pictures = {}
+    if release is not None and release.path:  # what the released policy does: one held-out town over a day
+        from townlet_pipelines.pictures import markdown_image, town_day_png
+        from townlet_pipelines.training.checkpoints import load_checkpoint
+        from townlet_pipelines.training.policy import TorchPolicy
+        from townlet_pipelines.world.engine import TownWorld
+
+        config = training.config
+        model, _ = load_checkpoint(release.path, TownWorld(config, 1).spec, device=training.device.device)
+        png = town_day_png(config, TorchPolicy(model, training.device, greedy=True).act, config.seeds.test.start)
+        pictures["town_day"] = MetadataValue.md(markdown_image(png, f"release {release.release_id} over a day"))
     return made(townlet, {
+        **pictures,
         "promoted_this_run": outcome.promoted,
         "reason": outcome.reason,
         "release_id": str(outcome.release_id),
