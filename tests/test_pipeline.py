@@ -100,6 +100,11 @@ def test_nightly_run_materializes_everything_and_every_check_passes(nightly):
         picture = result.asset_materializations_for_node(node)[0].metadata[key].value
         assert picture.startswith("![") and "(data:image/png;base64," in picture and len(picture) < 200_000
     assert "| phase |" in result.asset_materializations_for_node("bc_checkpoint")[0].metadata["training_curve"].value
+    held_out = result.asset_materializations_for_node("anneal_summary")[0].metadata
+    assert held_out["held_out_comparison"].value.startswith("![held-out comparison](data:image/png;base64,")
+    assert set(held_out["held_out_reward"].value) == {"candidate", "scripted expert", "random"}  # no champion yet
+    rerun = nightly["rerun"].asset_materializations_for_node("anneal_summary")[0].metadata
+    assert set(rerun["held_out_reward"].value) == {"candidate", "champion", "scripted expert", "random"}
 
 
 def test_lineage_links_each_asset_to_its_inputs(nightly):

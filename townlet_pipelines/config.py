@@ -441,6 +441,10 @@ class EvaluationConfig(_Strict):
 
     ticks: int = Field(1440, ge=1, description="ticks each evaluation town runs (one day by default)")
     greedy: bool = Field(True, description="take each policy's most likely action instead of sampling")
+    report_towns: int = Field(
+        32, ge=0, description="held-out towns (the first of seeds.test) on which each passing nightly shows the "
+        "candidate beside the champion, the expert and a random policy; a report only, nothing is judged or tuned "
+        "on it (0: off)")
 
 
 class SeedRange(_Strict):

@@ -101,6 +101,28 @@ def ppo_curve_png(entries: list[dict]) -> bytes:
     return _png(figure)
 
 
+def comparison_png(rows: dict[str, dict[str, float]]) -> bytes:
+    """Policies side by side on the same towns: reward, queue conflicts and wages per agent-day, with 95%
+    intervals over towns."""
+    pyplot = _pyplot()
+    names = list(rows)
+    panels = (("reward_per_agent_day", "reward"), ("queue_conflict_events_per_agent_day", "queue conflicts"),
+              ("wages_per_agent_day", "wages"))
+    figure, axes = pyplot.subplots(1, len(panels), figsize=(7.6, 2.4))
+    colours = ["#2471a3", "#7d3c98", "#1e8449", "#a6acaf"]
+    for axis, (key, title) in zip(axes, panels):
+        values = [rows[name][key] for name in names]
+        errors = [rows[name].get(f"{key}_ci95", 0.0) for name in names]
+        axis.bar(range(len(names)), values, yerr=errors, color=colours[:len(names)], capsize=3)
+        axis.set_xticks(range(len(names)), [name.replace("scripted ", "") for name in names], fontsize=7,
+                        rotation=20)
+        axis.set_title(f"{title} / agent-day", fontsize=8)
+        axis.tick_params(axis="y", labelsize=7)
+    towns = int(next(iter(rows.values())).get("towns", 0))
+    figure.suptitle(f"held-out towns ({towns}, seeds.test), greedy", fontsize=8, y=1.04)
+    return _png(figure)
+
+
 class TownStrip:
     """Frames of one town (positions, what each agent does) collected while a world runs, drawn side by side."""
 

@@ -27,11 +27,12 @@ WORLD = ("world/*.py", "config.py", "data/capture.py", "data/manifest.py", "data
 MAKERS = {  # the source files whose code makes each asset (and the pipeline's own, this file)
     "replay_manifest": (*WORLD, "data/replay.py", "training/cache.py", "training/orchestrator.py"),
     "rollout_dataset": (*WORLD, "data/replay.py", "training/policy.py", "training/model.py"),
-    "bc_checkpoint": (*WORLD, "data/replay.py", "training/*.py"),
-    "ppo_checkpoint": (*WORLD, "data/replay.py", "training/*.py"),
-    "anneal_summary": ("config.py", "results.py", "training/anneal.py", "data/baselines.py", "data/promotion.py",
-                       "data/state_file.py"),
-    "promoted_policy": ("config.py", "training/orchestrator.py", "data/promotion.py", "data/state_file.py"),
+    "bc_checkpoint": (*WORLD, "data/replay.py", "training/*.py", "pictures.py"),
+    "ppo_checkpoint": (*WORLD, "data/replay.py", "training/*.py", "pictures.py"),
+    "anneal_summary": ("config.py", "results.py", "training/anneal.py", "training/evaluation.py", "pictures.py",
+                       "data/baselines.py", "data/promotion.py", "data/state_file.py"),
+    "promoted_policy": ("config.py", "training/orchestrator.py", "data/promotion.py", "data/state_file.py",
+                        "pictures.py"),
 }
 
 
@@ -508,7 +509,19 @@ def anneal_summary(context: AssetExecutionContext, townlet: TownletResource) -> 
     summary = _summarize_and_store(strategy, training, bc, ppo, path, latest_run_id(context, "ppo_checkpoint"))
     from townlet_pipelines.data.files import sha256_file
 
+    report = {}
+    if training.config.evaluation.report_towns and summary.final_checkpoint_path:
+        from townlet_pipelines.pictures import comparison_png, markdown_image
+        from townlet_pipelines.training.evaluation import held_out_comparison
+
+        champion = training.promotion.status().current_release  # promotion comes after this step
+        rows = held_out_comparison(training.config, summary.final_checkpoint_path,
+                                   champion.path if champion is not None else None, training.device)
+        report = {"held_out_comparison": MetadataValue.md(markdown_image(comparison_png(rows), "held-out comparison")),
+                  "held_out_reward": MetadataValue.json({name: round(row["reward_per_agent_day"], 3)
+                                                         for name, row in rows.items()})}
     return made(townlet, {
+        **report,
         "path": MetadataValue.path(str(path)),
         "status": summary.status,
         "reason": verdict_reason(summary, training.config.anneal),

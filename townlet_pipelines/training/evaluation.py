@@ -61,3 +61,25 @@ def paired_difference(candidate: np.ndarray, reference: np.ndarray) -> tuple[flo
     difference = np.asarray(candidate, dtype=float) - np.asarray(reference, dtype=float)
     half = Z95 * difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else 0.0
     return float(difference.mean()), float(half)
+
+
+def held_out_comparison(config: TownletConfig, candidate, champion=None, device=None) -> dict[str, dict[str, float]]:
+    """The candidate beside the champion (the current release, when there is one), the scripted expert and a
+    random policy, greedy on the first `evaluation.report_towns` held-out towns (seeds.test): a picture for
+    people, never an input to training, tuning or a guardrail. `candidate`/`champion` are checkpoint folders."""
+    from townlet_pipelines.training.checkpoints import load_checkpoint
+    from townlet_pipelines.training.device import device_context
+    from townlet_pipelines.training.policy import TorchPolicy
+    from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
+
+    device = device or device_context("cpu", False, config.runtime.torch_threads)
+    seeds = config.seeds.test.seeds()[:config.evaluation.report_towns]
+    spec = TownWorld(config, 1).spec
+    rows = {}
+    for name, path in (("candidate", candidate), ("champion", champion)):
+        if path is not None:
+            model, _ = load_checkpoint(path, spec, device=device.device)
+            rows[name] = evaluate(config, TorchPolicy(model, device, greedy=True).act, seeds=seeds)
+    rows["scripted expert"] = evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds)
+    rows["random"] = evaluate(config, RandomPolicy(0).act, seeds=seeds)
+    return rows
