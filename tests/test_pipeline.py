@@ -358,16 +358,17 @@ def test_the_launcher_tells_a_dead_run_worker_from_a_live_one():
     assert f"pid {gone.pid} is gone" in verdicts[2].msg
 
 
-def test_rollouts_are_captured_only_when_ppo_trains_on_them_and_each_dataset_is_verified_once(
-        nightly, tiny_config, tmp_path):
+def test_rollouts_are_captured_only_when_ppo_trains_on_them_and_each_dataset_is_verified_once(nightly, tiny_config):
     first = nightly["first"]
     rollout = first.asset_materializations_for_node("rollout_dataset")[0].metadata
     assert rollout["captured"].value is False and "ppo.data_mode is rollout" in rollout["reason"].value
-    with DagsterInstance.ephemeral() as instance:
+    with DagsterInstance.ephemeral() as instance:  # on the nightly's root, where a release exists
         result = defs.resolve_job_def("capture_only").execute_in_process(
-            run_config=run_config(tiny_config, tmp_path, "ppo: {data_mode: mixed}"), instance=instance)
+            run_config=run_config(tiny_config, nightly["root"], "ppo: {data_mode: mixed}"), instance=instance)
     captured = result.asset_materializations_for_node("rollout_dataset")[0].metadata
     assert captured["captured"].value is True and captured["rows"].value > 0
+    release = json.loads((nightly["state"] / "promotion.json").read_text())["current_release_id"]
+    assert captured["release"].value == release and captured["generator"].value.startswith("checkpoint ")
     checks = {(e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()}
     assert checks[("rollout_dataset", "manifest_verified")].passed
     assert checks[("rollout_dataset", "manifest_verified")].metadata["rows"].value == captured["rows"].value

@@ -26,7 +26,8 @@ PACKAGE = Path(__file__).resolve().parents[1]
 WORLD = ("world/*.py", "config.py", "data/capture.py", "data/manifest.py", "data/files.py")
 MAKERS = {  # the source files whose code makes each asset (and the pipeline's own, this file)
     "replay_manifest": (*WORLD, "data/replay.py", "training/cache.py", "training/orchestrator.py"),
-    "rollout_dataset": (*WORLD, "data/replay.py", "training/policy.py", "training/model.py"),
+    "rollout_dataset": (*WORLD, "data/replay.py", "training/orchestrator.py", "training/checkpoints.py",
+                        "training/policy.py", "training/model.py"),
     "bc_checkpoint": (*WORLD, "data/replay.py", "training/*.py", "pictures.py"),
     "ppo_checkpoint": (*WORLD, "data/replay.py", "training/*.py", "pictures.py"),
     "anneal_summary": ("config.py", "results.py", "training/anneal.py", "training/evaluation.py", "pictures.py",
@@ -174,9 +175,8 @@ def replay_manifest(context: AssetExecutionContext, townlet: TownletResource) ->
                    "when PPO trains on stored rows (ppo.data_mode replay or mixed).")
 @told_in_one_line
 def rollout_dataset(context: AssetExecutionContext, townlet: TownletResource) -> MaterializeResult:
-    from townlet_pipelines.data.capture import acting_policy, capture
     from townlet_pipelines.data.replay import ReplayDataset
-    from townlet_pipelines.training.orchestrator import make_context
+    from townlet_pipelines.training.orchestrator import capture_release_rollouts, make_context
 
     config = townlet.load_config()
     if config.ppo.data_mode == "rollout":  # PPO collects its own on-policy rollouts: nothing here would be used
@@ -184,21 +184,7 @@ def rollout_dataset(context: AssetExecutionContext, townlet: TownletResource) ->
         context.log.info(reason)
         return made(townlet, {"captured": False, "reason": reason}, "none")
     out = _fresh(townlet.run_dir(context.run.run_id), "rollout_dataset")
-    training = make_context(config, out.parent, townlet.root())
-    release = training.promotion.status().current_release
-    rollout = config.rollout
-    if release is None:
-        policy = acting_policy("scripted", config)
-    else:
-        from townlet_pipelines.training.checkpoints import load_checkpoint
-        from townlet_pipelines.training.policy import TorchPolicy
-
-        from townlet_pipelines.world.engine import TownWorld
-
-        model, record = load_checkpoint(release.path, TownWorld(config, 1).spec, device=training.device.device)
-        policy = TorchPolicy(model, training.device, checkpoint_id=record.checkpoint_id)
-    towns = max(1, rollout.towns // 2)
-    result = capture(config, policy, towns, rollout.ticks, config.seeds.policy_rollouts.start, out, shard_rows=rollout.shard_rows)
+    result, release = capture_release_rollouts(make_context(config, out.parent, townlet.root()), out)
     dataset = ReplayDataset.open(result.path, verify="none")  # verified once, by the manifest_verified check
     metadata = dataset_metadata(dataset)
     metadata.update(captured=True, verified="by the check")

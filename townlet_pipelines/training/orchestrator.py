@@ -66,6 +66,25 @@ def capture_expert(config: TownletConfig, out: str | Path) -> CaptureResult:
     return capture(config, policy, rollout.towns, rollout.ticks, seed, out, shard_rows=rollout.shard_rows)
 
 
+def capture_release_rollouts(context: TrainingContext, out: str | Path):
+    """Rollouts of the current release (the scripted expert while nothing is released) on the
+    `seeds.policy_rollouts` towns, half of `rollout.towns`: (capture result, release or None)."""
+    config, rollout = context.config, context.config.rollout
+    release = context.promotion.status().current_release if context.promotion is not None else None
+    if release is None:
+        policy = acting_policy("scripted", config)
+    else:
+        from townlet_pipelines.training.checkpoints import load_checkpoint
+        from townlet_pipelines.training.policy import TorchPolicy
+        from townlet_pipelines.world.engine import TownWorld
+
+        model, record = load_checkpoint(release.path, TownWorld(config, 1).spec, device=context.device.device)
+        policy = TorchPolicy(model, context.device, checkpoint_id=record.checkpoint_id)
+    result = capture(config, policy, max(1, rollout.towns // 2), rollout.ticks, config.seeds.policy_rollouts.start,
+                     out, shard_rows=rollout.shard_rows)
+    return result, release
+
+
 def run_bc(context: TrainingContext, dataset: str | Path, init_checkpoint: str | Path | None = None,
            continue_optimizer: bool = False, resume: bool = False) -> BCTrainingResult:
     return BCStrategy(dataset, init_checkpoint, continue_optimizer=continue_optimizer, resume=resume).run(context)
