@@ -168,6 +168,8 @@ def make_vec_env(config: TownletConfig):
         def close(self) -> None:
             pass
 
+        # The sub-environments are agents of one batched world, not objects of their own: attribute and method
+        # calls go to that world's wrapper once per requested index, as SB3's VecEnv contract expects a list.
         def get_attr(self, attr_name, indices=None):
             return [getattr(self, attr_name)] * len(self._get_indices(indices))
 
@@ -175,7 +177,8 @@ def make_vec_env(config: TownletConfig):
             setattr(self, attr_name, value)
 
         def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
-            raise NotImplementedError("TownletSB3VecEnv has no per-agent sub-environment objects")
+            method = getattr(self, method_name)
+            return [method(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
 
         def env_is_wrapped(self, wrapper_class, indices=None):
             return [False] * len(self._get_indices(indices))
