@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # The main job: set up .venv if needed, then run the nightly anneal end to end through Dagster, against the
 # instance in dagster_home/ (embedded SQLite), and say where the promoted policy and the summary are.
-# Pass a profile or YAML file as $1 (default: the `default` profile; `smoke` runs in about a minute).
+# Pass a profile or YAML file as $1 (default: the `default` profile; `smoke` runs in about a minute), and a night
+# (a partition key, YYYY-MM-DD) as $2 or $TOWNLET_NIGHT (default: the night that ended last, as the schedule runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/dagster_home}"  # an existing instance is honoured
 export TOWNLET_CONFIG="${1:-${TOWNLET_CONFIG:-default}}"
 export TOWNLET_ARTIFACTS="${TOWNLET_ARTIFACTS:-$PWD/dagster_home/artifacts}"
+NIGHT="${2:-${TOWNLET_NIGHT:-$(.venv/bin/python -c \
+  'from townlet_pipelines.pipeline.records import NIGHTS; print(NIGHTS.get_last_partition_key())')}}"
+echo "nightly_anneal for night $NIGHT with config $TOWNLET_CONFIG"
 status=0
-.venv/bin/dagster job execute -m townlet_pipelines.pipeline.definitions -j nightly_anneal || status=$?
+.venv/bin/dagster job execute -m townlet_pipelines.pipeline.definitions -j nightly_anneal \
+  --tags "{\"dagster/partition\": \"$NIGHT\"}" \
+  --config <(printf 'resources: {townlet: {config: {config_path: "%s"}}}\n' "$TOWNLET_CONFIG") || status=$?
 .venv/bin/townlet report --config "$TOWNLET_CONFIG" --artifacts "$TOWNLET_ARTIFACTS"
 exit $status

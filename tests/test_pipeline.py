@@ -20,12 +20,13 @@ pytest.importorskip("torch")
 from dagster import AssetKey, DagsterInstance, build_schedule_context  # noqa: E402
 
 from tests.test_training import TINY  # noqa: E402
-from townlet_pipelines.pipeline.definitions import defs, nightly_anneal_schedule  # noqa: E402
+from townlet_pipelines.pipeline.definitions import defs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET_KEYS = {"replay_manifest", "rollout_dataset", "bc_checkpoint", "ppo_checkpoint", "anneal_summary",
               "promoted_policy"}
-GUARDRAILS = {"bc_accuracy_guardrail", "ppo_loss_guardrail", "queue_conflict_guardrail"}
+GUARDRAILS = {"bc_accuracy_guardrail", "ppo_loss_guardrail", "queue_conflict_guardrail", "champion_guardrail"}
+NIGHTS = ("2026-11-05", "2026-11-06", "2026-11-07", "2026-11-08")
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +45,18 @@ def run_config(config: Path, root: Path, overrides: str = "") -> dict:
 
 @pytest.fixture(scope="module")
 def nightly(tiny_config, tmp_path_factory):
-    """One successful nightly run, then one with an impossible BC threshold, on one instance."""
+    """Four nights in order on one instance, as a backfill runs them: the first passes (the first release), the
+    second has an impossible BC threshold (FAIL), the third and fourth start from the champion and pass, and
+    the fourth completes the pass streak of two different nights (the second release)."""
     root = tmp_path_factory.mktemp("artifacts")
     with DagsterInstance.ephemeral() as instance:
         job = defs.resolve_job_def("nightly_anneal")
-        first = job.execute_in_process(run_config=run_config(tiny_config, root), instance=instance)
+
+        def night(index: int, overrides: str = ""):
+            return job.execute_in_process(run_config=run_config(tiny_config, root, overrides), instance=instance,
+                                          partition_key=NIGHTS[index], raise_on_error=not overrides)
+
+        first = night(0)
         from townlet_pipelines.config import load_config
         from townlet_pipelines.training.orchestrator import state_dir
 
@@ -56,11 +64,15 @@ def nightly(tiny_config, tmp_path_factory):
         release = json.loads((state / "promotion.json").read_text())
         promoted_files = {p.relative_to(root): p.read_bytes() for p in (root / "state").rglob("*") if p.is_file()
                           and "releases" in p.parts}
-        failed = job.execute_in_process(run_config=run_config(tiny_config, root, "anneal: {bc_accuracy_threshold: 1.01}"),
-                                        instance=instance, raise_on_error=False)
-        rerun = job.execute_in_process(run_config=run_config(tiny_config, root), instance=instance)
+        failed = night(1, "anneal: {bc_accuracy_threshold: 1.01}")
+        after_failed = json.loads((state / "promotion.json").read_text())
+        files_after_failed = {p.relative_to(root): p.read_bytes() for p in (root / "state").rglob("*")
+                              if p.is_file() and "releases" in p.parts}
+        rerun = night(2)
+        fourth = night(3)
         yield {"instance": instance, "root": root, "first": first, "failed": failed, "release_before": release,
-               "promoted_files": promoted_files, "rerun": rerun, "state": state}
+               "promoted_files": promoted_files, "rerun": rerun, "fourth": fourth, "state": state,
+               "after_failed": after_failed, "files_after_failed": files_after_failed}
 
 
 def test_definitions_hold_the_six_assets_the_guardrails_and_no_stray_assets():
@@ -74,7 +86,9 @@ def test_definitions_hold_the_six_assets_the_guardrails_and_no_stray_assets():
                 for key in graph.get_all_asset_keys()}
     assert upstream["bc_checkpoint"] == {"replay_manifest"}
     assert upstream["ppo_checkpoint"] == {"bc_checkpoint", "replay_manifest", "rollout_dataset"}
+    assert upstream["anneal_summary"] == {"replay_manifest", "bc_checkpoint", "ppo_checkpoint"}
     assert upstream["promoted_policy"] == {"anneal_summary"}
+    assert all(graph.get(key).partitions_def is not None for key in graph.get_all_asset_keys())  # nights
 
 
 def test_nightly_run_materializes_everything_and_every_check_passes(nightly):
@@ -93,6 +107,7 @@ def test_nightly_run_materializes_everything_and_every_check_passes(nightly):
         "bc_accuracy_guardrail"]
     assert "no baseline yet" in described["ppo_loss_guardrail"] or "from the baseline" in described["ppo_loss_guardrail"]
     assert "<= limit" in described["queue_conflict_guardrail"]
+    assert described["champion_guardrail"].startswith("no champion yet")
     summary_meta = result.asset_materializations_for_node("anneal_summary")[0].metadata
     assert summary_meta["status"].value == "PASS" and summary_meta["reason"].value == "every guardrail passed"
     for node, key in (("bc_checkpoint", "training_curve_plot"), ("ppo_checkpoint", "training_curve_plot"),
@@ -112,7 +127,7 @@ def test_lineage_links_each_asset_to_its_inputs(nightly):
     run_id = nightly["first"].run_id
     for key, parents in (("bc_checkpoint", ["replay_manifest"]),
                          ("ppo_checkpoint", ["bc_checkpoint", "replay_manifest", "rollout_dataset"]),
-                         ("anneal_summary", ["bc_checkpoint", "ppo_checkpoint"]),
+                         ("anneal_summary", ["replay_manifest", "bc_checkpoint", "ppo_checkpoint"]),
                          ("promoted_policy", ["anneal_summary"])):
         records = instance.fetch_materializations(AssetKey(key), limit=10).records
         record = next(r for r in records if r.run_id == run_id)
@@ -143,13 +158,11 @@ def test_a_failed_guardrail_blocks_promotion_and_keeps_the_previous_release(nigh
     materialized = {event.asset_key.to_user_string() for event in failed.get_asset_materialization_events()}
     assert "bc_checkpoint" in materialized and "promoted_policy" not in materialized
     assert "ppo_checkpoint" not in materialized
-    after = json.loads((nightly["state"] / "promotion.json").read_text())
+    after = nightly["after_failed"]
     assert after["current_release_id"] == nightly["release_before"]["current_release_id"]
-    files = {p.relative_to(root): p.read_bytes() for p in (root / "state").rglob("*") if p.is_file()
-             and "releases" in p.parts}
-    assert files == nightly["promoted_files"]  # the promoted policy's files are untouched
+    assert nightly["files_after_failed"] == nightly["promoted_files"]  # the promoted policy's files are untouched
     statuses = [event.get("status") for event in after["history"] if event.get("kind") == "evaluation"]
-    assert statuses == ["PASS", "FAIL", "PASS"]  # the failed run was recorded (and reset the streak)
+    assert statuses == ["PASS", "FAIL"]  # the failed run was recorded (and reset the streak)
     # The verdict is visible from the graph and explained in one line: an observation on anneal_summary, the
     # check's description, and the run's log naming the guardrail that held the candidate.
     observed = [e for e in failed.all_events if e.event_type_value == "ASSET_OBSERVATION"
@@ -163,13 +176,14 @@ def test_a_failed_guardrail_blocks_promotion_and_keeps_the_previous_release(nigh
     assert any(line.startswith("bc_accuracy_guardrail held the candidate: BC validation accuracy") for line in told)
 
 
-def test_schedule_requests_a_nightly_anneal_run():
+def test_the_schedule_runs_the_night_that_just_ended_at_two_with_its_config_named():
     from datetime import datetime, timezone
 
+    schedule = defs.resolve_schedule_def("nightly_anneal_schedule")
     context = build_schedule_context(scheduled_execution_time=datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc))
-    requests = list(nightly_anneal_schedule.evaluate_tick(context).run_requests or [])
-    assert len(requests) == 1
-    assert nightly_anneal_schedule.job_name == "nightly_anneal" and nightly_anneal_schedule.cron_schedule == "0 2 * * *"
+    requests = list(schedule.evaluate_tick(context).run_requests or [])
+    assert len(requests) == 1 and requests[0].partition_key == "2026-11-24"
+    assert schedule.job_name == "nightly_anneal" and schedule.cron_schedule == "0 2 * * *"
     source = requests[0].run_config["resources"]["townlet"]["config"]["config_path"]  # explicit, never implied
     assert source and requests[0].tags["townlet/config_source"] == source
 
@@ -198,11 +212,12 @@ LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $pa
   __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
 
 
-def _launch(base: str, overrides: str = "") -> str:
+def _launch(base: str, night: str, overrides: str = "") -> str:
     run_config_data = {"resources": {"townlet": {"config": {"overrides": overrides}}}} if overrides else {}
     params = {"selector": {"repositoryLocationName": "townlet_pipelines.pipeline.definitions",
                            "repositoryName": "__repository__", "jobName": "nightly_anneal"},
-              "runConfigData": run_config_data}
+              "runConfigData": run_config_data,
+              "executionMetadata": {"tags": [{"key": "dagster/partition", "value": night}]}}
     payload = _graphql(base, LAUNCH, {"params": params})["data"]["launchRun"]
     assert payload["__typename"] == "LaunchRunSuccess", payload
     return payload["run"]["runId"]
@@ -260,7 +275,7 @@ def test_dagster_dev_serves_the_graph_and_recovers_from_a_killed_run(tmp_path, t
         assert GUARDRAILS <= checks
 
         with DagsterInstance.from_config(str(tmp_path)) as instance:
-            first = _launch(base)
+            first = _launch(base, NIGHTS[0])
 
             def training():
                 """the first run's bc_checkpoint step to start"""
@@ -271,7 +286,7 @@ def test_dagster_dev_serves_the_graph_and_recovers_from_a_killed_run(tmp_path, t
             started = [event for event in instance.all_logs(first, of_type=DagsterEventType.ENGINE_EVENT)
                        if (event.message or "").startswith("Started process for run")]
             os.kill(int(started[-1].dagster_event.engine_event_data.metadata["pid"].value), signal.SIGKILL)
-            second = _launch(base, SHORTEST)  # the shortest nightly: it only has to get past the pool
+            second = _launch(base, NIGHTS[1], SHORTEST)  # the shortest nightly: it only has to get past the pool
 
             def finished():
                 """the second run to finish"""
@@ -325,7 +340,7 @@ def test_a_users_mistake_fails_the_step_with_the_clis_one_line_sentence(tiny_con
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def("capture_only").execute_in_process(
             run_config=run_config(tiny_config, tmp_path, "bc: {val_fraction: 0}"), instance=instance,
-            raise_on_error=False)
+            partition_key=NIGHTS[0], raise_on_error=False)
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data
     with pytest.raises(ConfigError) as expected:
@@ -364,7 +379,8 @@ def test_rollouts_are_captured_only_when_ppo_trains_on_them_and_each_dataset_is_
     assert rollout["captured"].value is False and "ppo.data_mode is rollout" in rollout["reason"].value
     with DagsterInstance.ephemeral() as instance:  # on the nightly's root, where a release exists
         result = defs.resolve_job_def("capture_only").execute_in_process(
-            run_config=run_config(tiny_config, nightly["root"], "ppo: {data_mode: mixed}"), instance=instance)
+            run_config=run_config(tiny_config, nightly["root"], "ppo: {data_mode: mixed}"), instance=instance,
+            partition_key="2026-11-09")  # a night of its own: the four nights' records stay
     captured = result.asset_materializations_for_node("rollout_dataset")[0].metadata
     assert captured["captured"].value is True and captured["rows"].value > 0
     release = json.loads((nightly["state"] / "promotion.json").read_text())["current_release_id"]
@@ -375,7 +391,8 @@ def test_rollouts_are_captured_only_when_ppo_trains_on_them_and_each_dataset_is_
     rerun = nightly["rerun"]  # the expert dataset came from the cache: verified in full once, by the asset
     verified = [e for e in rerun.get_asset_check_evaluations() if e.asset_key.to_user_string() == "replay_manifest"
                 and e.check_name == "manifest_verified"][0]
-    assert verified.passed and verified.metadata["verified_by"].value == "the asset (reuse)"
+    assert verified.passed and verified.metadata["verified_by"].value == "the cache"
+    assert verified.description == "verified in full before reuse"
 
 
 def test_the_failure_sensor_is_on_and_records_in_the_failed_runs_own_store(nightly):
@@ -400,7 +417,7 @@ def test_assets_name_their_config_and_carry_the_code_version_of_their_own_source
     for key in ASSET_KEYS:
         metadata = nightly["first"].asset_materializations_for_node(key)[0].metadata
         assert metadata["profile"].value == "tiny" and metadata["config_source"].value.endswith("tiny.yaml")
-        assert len(metadata["config_hash"].value) == 12
+        assert len(metadata["config_hash"].value) == 12 and metadata["night"].value == NIGHTS[0]
     graph = defs.resolve_asset_graph()
     versions = {key.to_user_string(): graph.get(key).code_version for key in graph.get_all_asset_keys()}
     assert versions == CODE_VERSIONS and len(set(versions.values())) >= 4 and "1" not in versions.values()
@@ -431,3 +448,47 @@ def test_training_progress_reaches_the_run_log_while_the_step_runs(nightly):
     assert any("[dagger 1.0]" in line and "val_acc" in line for line in bc_lines)  # phases are named
     ppo_lines = [r.user_message for r in records if r.step_key == "ppo_checkpoint" and r.dagster_event is None]
     assert any("kl " in line for line in ppo_lines) and any("validation after update" in line for line in ppo_lines)
+
+
+def test_each_night_starts_from_the_champion_and_the_streak_of_different_nights_promotes(nightly):
+    """The backfill of the fixture's nights: night 1 makes the first release; nights 3 and 4 start from it, train
+    on towns of their own (different candidates), beat or match it, and night 4 completes the streak of two
+    different nights, so it is promoted; each step read its own night's records."""
+    def summary(result) -> dict:
+        return json.loads((nightly["root"] / "runs" / result.run_id / "anneal_summary.json").read_text())
+
+    first, third, fourth = summary(nightly["first"]), summary(nightly["rerun"]), summary(nightly["fourth"])
+    release = nightly["release_before"]["releases"][0]
+    assert first["champion"] is None and "no release yet" in first["started_from"]
+    for night, result in ((third, nightly["rerun"]), (fourth, nightly["fourth"])):
+        assert night["started_from"].startswith(release["checkpoint_id"])
+        assert night["champion"]["release_id"] == release["release_id"] and night["status"] == "PASS"
+        evaluation = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert evaluation["champion_guardrail"].passed and "vs champion" in evaluation["champion_guardrail"].description
+    candidates = {first["final_checkpoint_id"], third["final_checkpoint_id"], fourth["final_checkpoint_id"]}
+    assert len(candidates) == 3  # new towns each night: three different candidates of one recipe
+    assert first["candidate_id"] == third["candidate_id"] == fourth["candidate_id"]
+    assert (third["night"], fourth["night"]) == (NIGHTS[2], NIGHTS[3])
+    state = json.loads((nightly["state"] / "promotion.json").read_text())
+    assert [r["checkpoint_id"] for r in state["releases"]] == [first["final_checkpoint_id"], fourth["final_checkpoint_id"]]
+    promoted = nightly["fourth"].asset_materializations_for_node("promoted_policy")[0].metadata
+    assert promoted["promoted_this_run"].value is True and "pass streak" in promoted["reason"].value
+    for result, night in ((nightly["rerun"], NIGHTS[2]), (nightly["fourth"], NIGHTS[3])):
+        for key in ("bc_checkpoint", "ppo_checkpoint", "anneal_summary"):
+            record = json.loads((nightly["root"] / "records" / key / f"{night}.json").read_text())
+            assert record["run_id"] == result.run_id and record["night"] == night
+
+
+def test_a_rerun_of_a_night_is_recorded_but_does_not_lengthen_the_streak(tmp_path):
+    from townlet_pipelines.data.promotion import PromotionStore
+
+    store = PromotionStore(tmp_path, required_passes=2)
+    store.record_evaluation("c", "PASS", {}, {"checkpoint_id": "a"}, run_id="r1", night=NIGHTS[0])
+    again = store.record_evaluation("c", "PASS", {}, {"checkpoint_id": "b"}, run_id="r2", night=NIGHTS[0])
+    assert again.pass_streak == 1 and again.state == "monitoring"
+    store.record_failure("r3", "killed")  # a crash judged nothing
+    assert store.record_evaluation("c", "PASS", {}, {"checkpoint_id": "c"}, run_id="r4",
+                                   night=NIGHTS[0]).pass_streak == 1
+    ready = store.record_evaluation("c", "PASS", {}, {"checkpoint_id": "d"}, run_id="r5", night=NIGHTS[1])
+    assert ready.pass_streak == 2 and ready.state == "ready"
+    assert len(store.history()) == 5

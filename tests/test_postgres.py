@@ -88,7 +88,7 @@ def test_the_smoke_nightly_runs_against_postgres_with_the_documented_block(postg
         monkeypatch.setenv(key, value)
     dagster_bin = Path(sys.executable).parent / "dagster"
     done = subprocess.run([str(dagster_bin), "job", "execute", "-m", "townlet_pipelines.pipeline.definitions", "-j",
-                           "nightly_anneal"], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
+                           "nightly_anneal", "--tags", '{"dagster/partition": "2026-11-05"}'], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     with DagsterInstance.from_config(str(home)) as instance:

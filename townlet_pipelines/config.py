@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from importlib import resources
+import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -494,6 +495,30 @@ class SeedsConfig(_Strict):
         return self
 
 
+class NightlyConfig(_Strict):
+    """Where each night's own towns come from (`townlet_pipelines/training/nights.py`, docs/PIPELINE.md).
+
+    Night `d` (a partition date) takes slot `d.toordinal() % slots` of the block [start, start + stride x
+    slots): its PPO rollouts, the champion's rollouts, its PPO validation towns (snapshot choice) and its
+    guardrail towns, so every night learns from, chooses on and
+    is judged on towns of its own, consecutive nights never share one, and none is a held-out test town. The
+    block must not overlap any range of `seeds`; one slot must hold seeds.ppo, policy_rollouts, validation
+    and guardrail (their counts). `night` is set only on a night's derived config.
+    """
+
+    start: int = Field(100_000_000, ge=0, description="first seed of the nightly block")
+    stride: int = Field(16_000_000, ge=1, description="seeds per night (one slot)")
+    slots: int = Field(1000, ge=1, description="distinct nights before a slot is used again (about 2.7 years)")
+    night: datetime.date | None = Field(None, description="the night this config was derived for; None: the base")
+
+    @property
+    def block(self) -> SeedRange:
+        return SeedRange(start=self.start, count=self.stride * self.slots)
+
+
+NIGHTLY_RANGES = ("ppo", "policy_rollouts", "validation", "guardrail")  # the ranges each night replaces with its own
+
+
 class RuntimeConfig(_Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     amp: bool = True
@@ -526,6 +551,7 @@ class TownletConfig(_Strict):
     rollout: RolloutConfig = RolloutConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     seeds: SeedsConfig = SeedsConfig()
+    nightly: NightlyConfig = NightlyConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
@@ -547,6 +573,17 @@ class TownletConfig(_Strict):
             available = getattr(self.seeds, name).count
             if towns > available:
                 raise ValueError(f"seeds.{name}: {towns} town seeds are needed but the range holds {available}")
+        per_night = sum(getattr(self.seeds, name).count for name in NIGHTLY_RANGES)
+        if per_night > self.nightly.stride:
+            raise ValueError(f"nightly.stride: a night needs {per_night} seeds (seeds.ppo + policy_rollouts + "
+                             f"validation + guardrail) but a slot holds {self.nightly.stride}")
+        if self.nightly.night is None:  # a night's own config holds its slices inside the block, on purpose
+            block = self.nightly.block
+            for name in type(self.seeds).model_fields:
+                other = getattr(self.seeds, name)
+                if block.overlaps(other):
+                    raise ValueError(f"nightly: the block [{block.start}, {block.stop}) overlaps seeds.{name} "
+                                     f"[{other.start}, {other.stop}): nights need towns of their own")
         return self
 
     def world_hash(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +17,17 @@ class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     schema_version: int = RESULTS_SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A check's outcome: computed from measured values by the core, shown by the Dagster check as it is."""
+
+    name: str
+    passed: bool
+    sentence: str  # one line: what was measured, the limit, and how the limit was made
+    measured: dict = field(default_factory=dict)  # the numbers behind the sentence, for metadata
+    warning_only: bool = False  # a failure warns and blocks nothing
 
 
 class SimulationReport(_Record):
@@ -172,3 +184,6 @@ class AnnealSummary(_Record):
     evaluation: dict[str, float] = {}
     duration_sec: float = Field(ge=0)
     namespace: str | None = None  # the profile and world whose baselines and releases judged it
+    night: str | None = None  # the nightly partition (its towns: townlet_pipelines/training/nights.py)
+    started_from: str | None = None  # the checkpoint PPO started from (the champion's or the BC clone's) and why
+    champion: dict[str, float | int | str] | None = None  # challenger vs champion on the guardrail towns

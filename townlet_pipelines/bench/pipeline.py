@@ -42,7 +42,7 @@ def _one_pair(profile: str, order: tuple[str, str]) -> tuple[float, float, float
             "cli": [str(bin_dir / "townlet"), "train", "anneal", "--config", profile, "--json", "--artifacts",
                     str(work / "cli-artifacts")],
             "dagster": [str(bin_dir / "dagster"), "job", "execute", "-m", "townlet_pipelines.pipeline.definitions",
-                        "-j", "nightly_anneal"],
+                        "-j", "nightly_anneal", "--tags", '{"dagster/partition": "2026-11-05"}'],
         }
         timed = {name: _timed(commands[name], env) for name in order}
         steps = {}

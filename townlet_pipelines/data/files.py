@@ -10,6 +10,7 @@ same arrays always give the same bytes, and therefore the same sha256.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -118,7 +119,12 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     os.chmod(temporary, 0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any new folder
     try:
         yield temporary
-        os.rename(temporary, final)
+        try:
+            os.rename(temporary, final)
+        except OSError as error:  # another writer finished the same directory first
+            if error.errno in (errno.ENOTEMPTY, errno.EEXIST) and final.exists():
+                raise FileExistsError(f"{final}: already exists (another writer finished it first)") from None
+            raise
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise

@@ -63,6 +63,7 @@ class Event(BaseModel):
     note: str = ""
     release_id: str | None = None
     run_id: str | None = None
+    night: str | None = None  # the nightly partition an evaluation judged (a streak counts different nights)
 
 
 class PromotionState(StateModel):
@@ -148,8 +149,13 @@ class PromotionStore:
         return found
 
     def record_evaluation(self, candidate_id: str, status: str, metrics: dict[str, float] | None = None,
-                          checkpoint: dict | None = None, note: str = "", run_id: str | None = None) -> PromotionStatus:
-        """Record one evaluation; a second record for the same (run_id, checkpoint id) changes nothing."""
+                          checkpoint: dict | None = None, note: str = "", run_id: str | None = None,
+                          night: str | None = None) -> PromotionStatus:
+        """Record one evaluation; a second record for the same (run_id, checkpoint id) changes nothing.
+
+        The pass streak counts different nights: a PASS for a `night` the streak already counted (a re-run
+        of that night's partition) is recorded but does not lengthen it.
+        """
         if status not in ("PASS", "FAIL", "HOLD"):
             raise ValueError(f"status must be PASS, FAIL or HOLD, got {status!r}")
         checkpoint_id = (checkpoint or {}).get("checkpoint_id")
@@ -161,16 +167,32 @@ class PromotionStore:
                     for event in state.history):
                 return self._snapshot(state)  # already judged: one evaluation per (run, checkpoint)
             streak = state.pass_streak if state.candidate_id == candidate_id else 0
-            streak = streak + 1 if status == "PASS" else 0
+            counted = {event.night for event in self._streak_events(state)} if streak else set()
+            if status != "PASS":
+                streak = 0
+            elif night is None or night not in counted:
+                streak += 1
             state.candidate_id, state.pass_streak = candidate_id, streak
             state.state = "ready" if streak >= self.required_passes else "monitoring"
             state.history.append(Event(
                 kind="evaluation", at=_now(), candidate_id=candidate_id, status=status, pass_streak=streak,
                 metrics=finite_metrics(metrics, "record_evaluation"),
                 checkpoint={k: (None if v is None else str(v)) for k, v in (checkpoint or {}).items()}, note=note,
-                run_id=run_id,
+                run_id=run_id, night=night,
             ))
             return self._snapshot(state)
+
+    @staticmethod
+    def _streak_events(state: PromotionState) -> list[Event]:
+        """The PASS evaluations the current streak counted (newest last)."""
+        events = []
+        for event in reversed(state.history):
+            if event.kind == "failure":  # a crashed run judged nothing
+                continue
+            if event.kind != "evaluation" or event.status != "PASS" or event.candidate_id != state.candidate_id:
+                break
+            events.append(event)
+        return events[::-1][-state.pass_streak:] if state.pass_streak else []
 
     def promote(self, candidate_id: str, checkpoint_id: str, hashes: dict[str, str] | None = None,
                 metrics: dict[str, float] | None = None, path: str | Path | None = None,

@@ -5,32 +5,34 @@ from __future__ import annotations
 import os
 
 from dagster import (
-    AssetSelection, DefaultSensorStatus, Definitions, RunFailureSensorContext, ScheduleDefinition, define_asset_job,
-    in_process_executor, run_failure_sensor,
+    AssetSelection, DefaultSensorStatus, Definitions, RunFailureSensorContext, build_schedule_from_partitioned_job,
+    define_asset_job, in_process_executor, run_failure_sensor,
 )
 
-from townlet_pipelines.pipeline.assets import ASSETS, CHECKS, replay_manifest, rollout_dataset
+from townlet_pipelines.pipeline.assets import ASSETS, replay_manifest, rollout_dataset
+from townlet_pipelines.pipeline.records import night_records
 from townlet_pipelines.pipeline.resources import TownletResource
 
 # In-process on purpose: the graph is a chain (each step waits for the previous), so parallel processes buy
 # nothing, while each subprocess step would re-import the code location and torch (measured in
 # ../shared/DAGSTER_NOTES.md: a 5-step torch chain 20 s multiprocess vs 7 s in-process).
+SCHEDULED_CONFIG = os.environ.get("TOWNLET_CONFIG") or "default"  # named in every run's config, not implied
+RUN_CONFIG = {"resources": {"townlet": {"config": {"config_path": SCHEDULED_CONFIG}}}}
 nightly_anneal = define_asset_job(
     "nightly_anneal", selection=AssetSelection.assets(*ASSETS), executor_def=in_process_executor,
-    description="Capture, BC, PPO, the guardrails, the anneal verdict and the promotion rule: end to end.",
+    config=RUN_CONFIG, tags={"townlet/config_source": SCHEDULED_CONFIG},
+    description="One night: capture, BC, PPO from the champion, the guardrails, the verdict and the promotion rule.",
 )
 capture_only = define_asset_job(
     "capture_only", selection=AssetSelection.assets(replay_manifest, rollout_dataset),
-    executor_def=in_process_executor, description="Refresh the expert and promoted-policy datasets only.",
+    executor_def=in_process_executor, config=RUN_CONFIG,
+    description="Refresh a night's expert and champion datasets only.",
 )
-SCHEDULED_CONFIG = os.environ.get("TOWNLET_CONFIG") or "default"  # named in every scheduled run, not implied
-nightly_anneal_schedule = ScheduleDefinition(
-    name="nightly_anneal_schedule", job=nightly_anneal, cron_schedule="0 2 * * *",
-    execution_timezone=os.environ.get("TOWNLET_TIMEZONE", "UTC"),
-    run_config={"resources": {"townlet": {"config": {"config_path": SCHEDULED_CONFIG}}}},
+nightly_anneal_schedule = build_schedule_from_partitioned_job(
+    nightly_anneal, name="nightly_anneal_schedule", hour_of_day=2, minute_of_hour=0,
     tags={"townlet/config_source": SCHEDULED_CONFIG},
-    description="02:00 every night, in $TOWNLET_TIMEZONE (default UTC), with the config named in its run config "
-                "($TOWNLET_CONFIG when the code location loaded, else the default profile).",
+    description="At 02:00 in $TOWNLET_TIMEZONE (default UTC), the night that just ended, with the config named in "
+                "the job's run config ($TOWNLET_CONFIG when the code location loaded, else the default profile).",
 )
 
 
@@ -54,9 +56,8 @@ def record_failed_runs(context: RunFailureSensorContext) -> None:
 
 defs = Definitions(
     assets=ASSETS,
-    asset_checks=CHECKS,
     jobs=[nightly_anneal, capture_only],
     schedules=[nightly_anneal_schedule],
     sensors=[record_failed_runs],
-    resources={"townlet": TownletResource()},
+    resources={"townlet": TownletResource(), "io_manager": night_records},
 )

@@ -29,23 +29,29 @@ class TownletResource(ConfigurableResource):
     artifacts_root: str | None = Field(None, description="default $TOWNLET_ARTIFACTS or dagster_home/artifacts")
     overrides: str = Field("", description="YAML mapping merged over the config, e.g. 'anneal: {loss_tolerance: 0.2}'")
 
-    def load_config(self) -> TownletConfig:
+    def load_config(self, night: str | None = None) -> TownletConfig:
+        """The configured recipe; with `night` (a partition key), that night's config: its own towns."""
         source = self.config_path or os.environ.get("TOWNLET_CONFIG") or "default"
         config = load_config(source)
-        if not self.overrides.strip():
+        if self.overrides.strip():
+            extra = yaml.safe_load(self.overrides)
+            if not isinstance(extra, dict):
+                raise ValueError("townlet resource: overrides must be a YAML mapping of config sections")
+            config = config_from_mapping(_merge(config.model_dump(mode="json"), extra), f"{source} + overrides")
+        if night is None:
             return config
-        extra = yaml.safe_load(self.overrides)
-        if not isinstance(extra, dict):
-            raise ValueError("townlet resource: overrides must be a YAML mapping of config sections")
-        return config_from_mapping(_merge(config.model_dump(mode="json"), extra), f"{source} + overrides")
+        from townlet_pipelines.training.nights import night_config
 
-    def provenance(self) -> dict[str, str]:
-        """What made a run's assets: the profile, where the config came from, and a hash of the whole config."""
+        return night_config(config, night)
+
+    def provenance(self, night: str | None = None) -> dict[str, str]:
+        """What made a run's assets: the profile, where the config came from, a hash of the whole recipe, and
+        the night (whose towns it used)."""
         config = self.load_config()
         source = self.config_path or os.environ.get("TOWNLET_CONFIG") or "default"
         digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
         return {"profile": config.profile, "config_source": source + (" + overrides" if self.overrides.strip() else ""),
-                "config_hash": digest[:12]}
+                "config_hash": digest[:12], **({"night": night} if night else {})}
 
     def root(self) -> Path:
         from townlet_pipelines.training.orchestrator import artifacts_root
@@ -58,8 +64,8 @@ class TownletResource(ConfigurableResource):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def training_context(self, run_id: str, config: TownletConfig | None = None):
+    def training_context(self, run_id: str, night: str | None = None):
         from townlet_pipelines.training.orchestrator import make_context
 
-        config = config or self.load_config()
+        config = self.load_config(night)
         return make_context(config, self.run_dir(run_id), self.root())

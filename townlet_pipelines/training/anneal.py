@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from townlet_pipelines.config import AnnealConfig, TownletConfig
 from townlet_pipelines.data.replay import ReplayDataset
-from townlet_pipelines.results import AnnealStageResult, AnnealSummary, BCTrainingResult, PPOTrainingResult
+from townlet_pipelines.results import AnnealStageResult, AnnealSummary, BCTrainingResult, PPOTrainingResult, Verdict
 from townlet_pipelines.training.bc import BCStrategy
 from townlet_pipelines.training.namespaces import namespace
 from townlet_pipelines.training.context import TrainingContext
+from townlet_pipelines.training.guardrails import champion as champion_verdict
+from townlet_pipelines.training.guardrails import loss_within, rate_within
 from townlet_pipelines.training.ppo import PPOStrategy
+
+log = logging.getLogger("townlet.training")
 
 
 def candidate_id(config: TownletConfig, label: str) -> str:
@@ -42,18 +47,13 @@ def judge(loss_total: float, evaluation: dict[str, float], baselines: dict[str, 
     one raises nothing). `queue_flag` / `intensity_flag`: the evaluated rate per agent-day rose more than
     its tolerance above the baseline; a zero baseline flags any conflict at all.
     """
-    flags = {"loss_flag": False, "queue_flag": False, "intensity_flag": False}
-    reference = baselines.get("loss")
-    if reference is not None and reference != 0:
-        flags["loss_flag"] = abs(loss_total - reference) / abs(reference) > anneal.loss_tolerance + 1e-12
-    for flag, key, metric, tolerance in (
-        ("queue_flag", "queue_events", "queue_conflict_events_per_agent_day", anneal.queue_tolerance),
-        ("intensity_flag", "queue_intensity", "queue_conflict_intensity_per_agent_day", anneal.intensity_tolerance),
-    ):
-        reference = baselines.get(key)
-        if reference is not None:
-            flags[flag] = evaluation[metric] > reference * (1 + tolerance) + 1e-12
-    return flags
+    return {
+        "loss_flag": not loss_within(loss_total, baselines.get("loss"), anneal.loss_tolerance),
+        "queue_flag": not rate_within(evaluation["queue_conflict_events_per_agent_day"], baselines.get("queue_events"),
+                                      anneal.queue_tolerance),
+        "intensity_flag": not rate_within(evaluation["queue_conflict_intensity_per_agent_day"],
+                                          baselines.get("queue_intensity"), anneal.intensity_tolerance),
+    }
 
 
 def verdict_reason(summary: AnnealSummary, anneal: AnnealConfig) -> str:
@@ -81,7 +81,40 @@ def verdict_reason(summary: AnnealSummary, anneal: AnnealConfig) -> str:
                 limit = baselines[key] * (1 + tolerance)
                 parts.append(f"PPO stage (cycle {stage.cycle}): {name} {value:.3f} per agent-day > limit {limit:.3f} "
                              f"= baseline {baselines[key]:.3f} + {tolerance:.0%}")
+    if summary.champion is not None:
+        verdict = champion_verdict(summary.champion)
+        if not verdict.passed:
+            parts.append(verdict.sentence)
     return "; ".join(parts) or "a guardrail held the candidate"
+
+
+def bc_verdict(outcome: "StagesOutcome", anneal: AnnealConfig) -> Verdict:
+    """`bc_accuracy_guardrail` from the measured validation accuracy of the last BC stage that ran (the
+    schedule stops at the first one that misses the threshold)."""
+    from townlet_pipelines.training.guardrails import bc_accuracy
+
+    return bc_accuracy(outcome.results[-1].val_accuracy, anneal.bc_accuracy_threshold)
+
+
+def ppo_verdicts(outcome: "StagesOutcome", anneal: AnnealConfig) -> list[Verdict]:
+    """`ppo_loss_guardrail`, `queue_conflict_guardrail` and `champion_guardrail` from what the PPO stages
+    measured and the baselines each was judged against (every stage; a failing stage names itself)."""
+    from townlet_pipelines.training.guardrails import ppo_loss, queue_conflicts
+
+    results = [r for r in outcome.results if isinstance(r, PPOTrainingResult)]
+    loss = ppo_loss([(r.anneal_cycle or 0, r.loss_total, r.baseline_loss) for r in results], anneal.loss_tolerance)
+    queues = []
+    for r in results:
+        e = r.evaluation
+        queues.append(queue_conflicts(
+            {"conflicts": e["queue_conflict_events_per_agent_day"],
+             "conflicts_ci95": e["queue_conflict_events_per_agent_day_ci95"],
+             "intensity": e["queue_conflict_intensity_per_agent_day"],
+             "intensity_ci95": e["queue_conflict_intensity_per_agent_day_ci95"]},
+            {"conflicts": r.baseline_queue_events, "intensity": r.baseline_queue_intensity},
+            {"conflicts": anneal.queue_tolerance, "intensity": anneal.intensity_tolerance}, int(e["towns"])))
+    queue = next((v for v in queues if not v.passed), queues[-1])
+    return [loss, queue, champion_verdict(outcome.champion)]
 
 
 @dataclass
@@ -93,6 +126,9 @@ class StagesOutcome:
     checkpoint: str | None  # path of the checkpoint carried forward
     checkpoint_id: str | None
     failed: bool = False
+    started_from: str | None = None  # PPO: the champion's or the BC clone's checkpoint, and why
+    champion: dict | None = None  # PPO: challenger against champion on the guardrail towns (None: no champion)
+    baseline_label: str | None = None  # PPO: the loss baseline's key (the dataset label, @ the champion started from)
 
     def to_json(self) -> str:
         return json.dumps({
@@ -100,6 +136,7 @@ class StagesOutcome:
             "results": [{"kind": "bc" if isinstance(r, BCTrainingResult) else "ppo", **r.model_dump(mode="json")}
                         for r in self.results],
             "checkpoint": self.checkpoint, "checkpoint_id": self.checkpoint_id, "failed": self.failed,
+            "started_from": self.started_from, "champion": self.champion, "baseline_label": self.baseline_label,
         }, indent=2)
 
     @classmethod
@@ -110,7 +147,8 @@ class StagesOutcome:
             kind = item.pop("kind")
             results.append((BCTrainingResult if kind == "bc" else PPOTrainingResult).model_validate(item))
         return cls([AnnealStageResult.model_validate(stage) for stage in data["stages"]], results,
-                   data["checkpoint"], data["checkpoint_id"], data["failed"])
+                   data["checkpoint"], data["checkpoint_id"], data["failed"], data.get("started_from"),
+                   data.get("champion"), data.get("baseline_label"))
 
 
 @dataclass
@@ -119,6 +157,7 @@ class AnnealStrategy:
     dataset_label: str | None = None
     rollout_dataset: str | Path | None = None  # PPO's stored rows for replay/mixed; default: the expert's
     name: str = "anneal"
+    from_champion: bool = True  # PPO starts from the current release when it fits, and must not fall behind it
     _expert_cache: dict | None = field(default=None, repr=False)
 
     def _label(self, context: TrainingContext) -> str:
@@ -146,13 +185,21 @@ class AnnealStrategy:
             outcome.checkpoint, outcome.checkpoint_id = result.checkpoint_path, result.checkpoint_id
         return outcome
 
-    def baselines(self, context: TrainingContext) -> dict[str, float | None]:
-        stored = context.baselines.get(self._label(context)) if context.baselines is not None else None
-        if stored is not None:
-            return {"loss": stored.loss_total, "queue_events": stored.queue_conflict_events,
-                    "queue_intensity": stored.queue_conflict_intensity, "source": None}
+    def baseline_label(self, context: TrainingContext, champion_checkpoint_id: str | None = None) -> str:
+        """Whose loss baseline a PPO stage is judged against: the dataset label's, or, when PPO starts from a
+        champion, that label's for this champion (a loss is comparable only from the same starting point: a
+        champion's fitted value head makes the next night's loss lower by design)."""
+        label = self._label(context)
+        return f"{label}@{champion_checkpoint_id}" if champion_checkpoint_id else label
+
+    def baselines(self, context: TrainingContext, label: str | None = None) -> dict[str, float | None]:
+        """Loss: the last accepted (PASS) run's for `label` (none yet: the first PPO stage sets it). Queue: the
+        dataset's generator, the scripted expert, scored on this run's guardrail towns, the very towns the
+        candidate is judged on (each night has its own), so the limit never drifts with accepted runs."""
+        stored = context.baselines.get(label or self._label(context)) if context.baselines is not None else None
         expert = self._expert_evaluation(context)
-        return {"loss": None, "queue_events": expert["queue_conflict_events_per_agent_day"],
+        return {"loss": stored.loss_total if stored is not None else None,
+                "queue_events": expert["queue_conflict_events_per_agent_day"],
                 "queue_intensity": expert["queue_conflict_intensity_per_agent_day"]}
 
     def _judged_baselines(self, context: TrainingContext, ppo: StagesOutcome) -> dict[str, float | None]:
@@ -179,11 +226,19 @@ class AnnealStrategy:
         return self._expert_cache
 
     def run_ppo_stages(self, context: TrainingContext, bc: StagesOutcome) -> StagesOutcome:
+        from townlet_pipelines.training.champion import compare_with_champion, current_champion
+
         anneal = context.config.anneal
         outcome = StagesOutcome([], [], bc.checkpoint, bc.checkpoint_id)
         if bc.failed:
             return outcome
-        baselines = self.baselines(context)
+        release, why = current_champion(context) if self.from_champion else (None, "from the BC clone")
+        log.info(why)
+        if release is not None:
+            outcome.checkpoint, outcome.checkpoint_id = release.path, release.checkpoint_id
+        outcome.started_from = f"{outcome.checkpoint_id}: {why}"
+        outcome.baseline_label = self.baseline_label(context, release.checkpoint_id if release is not None else None)
+        baselines = self.baselines(context, outcome.baseline_label)
         bc_accuracy = bc.stages[-1].accuracy if bc.stages else None
         for index, stage in enumerate(anneal.ordered()):
             if stage.mode != "ppo":
@@ -213,6 +268,9 @@ class AnnealStrategy:
                 checkpoint_id=result.checkpoint_id,
             ))
             outcome.checkpoint, outcome.checkpoint_id = result.checkpoint_path, result.checkpoint_id
+        champion = context.promotion.status().current_release if context.promotion is not None else None
+        if outcome.results and champion is not None and champion.path:
+            outcome.champion = compare_with_champion(context, outcome.checkpoint, champion)
         return outcome
 
     def summarize(self, context: TrainingContext, bc: StagesOutcome, ppo: StagesOutcome,
@@ -226,7 +284,7 @@ class AnnealStrategy:
         stages = bc.stages + ppo.stages
         if bc.failed:
             status = "FAIL"
-        elif any(not stage.passed for stage in ppo.stages):
+        elif any(not stage.passed for stage in ppo.stages) or not champion_verdict(ppo.champion).passed:
             status = "HOLD"
         else:
             status = "PASS"
@@ -241,11 +299,12 @@ class AnnealStrategy:
                 candidate, status, metrics,
                 checkpoint={"checkpoint_id": ppo.checkpoint_id, "path": ppo.checkpoint},
                 note=f"anneal of dataset {label}", run_id=run_id or context.artifacts.name,
+                night=str(context.config.nightly.night) if context.config.nightly.night else None,
             )
             streak, ready = snapshot.pass_streak, snapshot.ready
         if status == "PASS" and context.baselines is not None and last_ppo is not None:
             context.baselines.accept(
-                label, loss_total=last_ppo.loss_total,
+                ppo.baseline_label or label, loss_total=last_ppo.loss_total,
                 queue_conflict_events=evaluation["queue_conflict_events_per_agent_day"],
                 queue_conflict_intensity=evaluation["queue_conflict_intensity_per_agent_day"],
                 source=ppo.checkpoint_id or "",
@@ -257,6 +316,8 @@ class AnnealStrategy:
             promotion_pass_streak=streak, promotion_candidate_ready=ready, candidate_id=candidate,
             final_checkpoint_id=ppo.checkpoint_id, final_checkpoint_path=ppo.checkpoint,
             evaluation=evaluation, duration_sec=duration_sec, namespace=namespace(context.config),
+            night=str(context.config.nightly.night) if context.config.nightly.night else None,
+            started_from=ppo.started_from, champion=ppo.champion,
         )
 
     def run(self, context: TrainingContext) -> AnnealSummary:

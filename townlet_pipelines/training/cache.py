@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -90,6 +92,15 @@ def cached_bc_stages(strategy, context, dataset_identity: str, root: Path, say: 
         except (TrainingError, OSError, ValueError, KeyError) as error:
             say(f"cached BC stages {entry} are damaged ({' '.join(str(error).split())[:300]}); retraining")
     shutil.rmtree(entry, ignore_errors=True)  # damaged, or an interrupted earlier attempt
-    outcome = strategy.run_bc_stages(dataclasses.replace(context, artifacts=entry))
-    atomic_write_text(record, outcome.to_json().replace(json.dumps(str(root))[1:-1], ROOT_MARK))
-    return outcome, record, False
+    # Train in a folder of our own and move it into place whole: two runs that miss the same entry at once
+    # (two nights started together) each train, the first to finish publishes, the other's copy is dropped.
+    work = entry.with_name(f".{entry.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    outcome = strategy.run_bc_stages(dataclasses.replace(context, artifacts=work))
+    text = outcome.to_json().replace(json.dumps(str(work))[1:-1], json.dumps(str(entry))[1:-1])
+    atomic_write_text(work / record.name, text.replace(json.dumps(str(root))[1:-1], ROOT_MARK))
+    try:
+        work.rename(entry)
+    except OSError:  # another run published the same entry meanwhile: the same bytes, keep theirs
+        shutil.rmtree(work, ignore_errors=True)
+    return read_stages(record, root), record, False

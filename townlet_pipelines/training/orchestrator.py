@@ -17,7 +17,7 @@ from pathlib import Path
 from townlet_pipelines.config import TownletConfig
 from townlet_pipelines.data.baselines import BaselineStore
 from townlet_pipelines.data.capture import CaptureResult, acting_policy, capture
-from townlet_pipelines.data.promotion import PromotionStore
+from townlet_pipelines.data.promotion import PromotionError, PromotionStore
 from townlet_pipelines.results import AnnealSummary, BCTrainingResult, PPOTrainingResult
 from townlet_pipelines.training.anneal import AnnealStrategy
 from townlet_pipelines.training.bc import BCStrategy
@@ -141,6 +141,22 @@ def resume_training(run_dir: str | Path, expected_kind: str | None = None, progr
     raise TrainingError(f"{path}: kind {kind!r} cannot be resumed (bc or ppo)")
 
 
+def judge_and_store(strategy: AnnealStrategy, context: TrainingContext, bc, ppo, out: Path,
+                    run_id: str | None = None) -> AnnealSummary:
+    """Judge the stages, record the evaluation for promotion, and keep the summary at `out` (atomically).
+
+    The graph calls this from `anneal_summary` on a PASS, and from the training step whose guardrail held
+    the candidate (the run stops at that blocking check), so FAIL and HOLD are recorded too.
+    """
+    from townlet_pipelines.data.files import atomic_write_text
+
+    duration = sum(r.duration_sec if hasattr(r, "duration_sec") else r.epoch_duration_sec * r.updates
+                   for r in bc.results + ppo.results)
+    summary = strategy.summarize(context, bc, ppo, duration, run_id=run_id)
+    atomic_write_text(out, summary.model_dump_json(indent=2))
+    return summary
+
+
 def run_anneal(context: TrainingContext, dataset: str | Path) -> AnnealSummary:
     """Run the anneal and keep its summary in the run folder (`anneal_summary.json`), as the graph does."""
     from townlet_pipelines.data.files import atomic_write_text
@@ -185,8 +201,13 @@ def apply_promotion(store: PromotionStore, summary: AnnealSummary) -> PromotionO
                                 status.current_release.checkpoint_id)
     hashes = {"checkpoint_id": summary.final_checkpoint_id, "dataset_identity": summary.dataset_identity}
     metrics = {key: float(value) for key, value in summary.evaluation.items()}
-    release = store.promote(summary.candidate_id, summary.final_checkpoint_id, hashes, metrics,
-                            path=summary.final_checkpoint_path, first_release=first)
+    try:
+        release = store.promote(summary.candidate_id, summary.final_checkpoint_id, hashes, metrics,
+                                path=summary.final_checkpoint_path, first_release=first)
+    except PromotionError as error:  # the ledger moved on since this run judged (two nights at once): the rule,
+        now = store.status().current_release  # checked again under the store's lock, refuses; nothing changes
+        return PromotionOutcome(False, f"not promoted: {error}", now.release_id if now else None,
+                                now.checkpoint_id if now else None)
     reason = "first release: passed every guardrail" if first else "pass streak reached the required passes"
     return PromotionOutcome(True, reason, release.release_id, release.checkpoint_id)
 

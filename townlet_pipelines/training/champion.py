@@ -1,0 +1,66 @@
+"""The champion (the current release) as a night's starting point and as the bar its challenger must clear.
+
+A night's PPO starts from the champion's weights when its checkpoint fits the recipe (same observations and
+network), so each night keeps improving on the release it has; otherwise from the night's BC clone, and the
+reason is said. After training, challenger and champion are scored greedily on the night's guardrail towns;
+the paired difference of their rewards decides `champion_guardrail` (training/guardrails.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from townlet_pipelines.training.context import TrainingContext
+
+log = logging.getLogger("townlet.training")
+
+
+def current_champion(context: TrainingContext):
+    """(the current release or None, why it is or is not the starting point)."""
+    if context.promotion is None:
+        return None, "no promotion store: starting from the BC clone"
+    release = context.promotion.status().current_release
+    if release is None or not release.path:
+        return None, "no release yet: starting from the BC clone"
+    from townlet_pipelines.training.checkpoints import read_record
+    from townlet_pipelines.training.torch_support import TrainingError
+    from townlet_pipelines.world.engine import TownWorld
+
+    try:
+        record = read_record(release.path)
+    except TrainingError as error:
+        return None, f"release {release.release_id} is unreadable ({error}): starting from the BC clone"
+    if record.observation != TownWorld(context.config, 1).spec or record.model != context.config.model:
+        return None, (f"release {release.release_id} was trained with another network or observation: starting "
+                      "from the BC clone (it is still the champion to beat)")
+    return release, f"starting from the champion, release {release.release_id} (checkpoint {release.checkpoint_id})"
+
+
+def compare_with_champion(context: TrainingContext, candidate: str | Path, release) -> dict:
+    """Challenger and champion, scored as every candidate is, on the same guardrail towns: their rewards and
+    the paired difference."""
+    from townlet_pipelines.training.checkpoints import load_checkpoint
+    from townlet_pipelines.training.evaluation import evaluate, paired_difference
+    from townlet_pipelines.training.policy import TorchPolicy
+    from townlet_pipelines.world.engine import TownWorld
+
+    config, device = context.config, context.device
+    spec = TownWorld(config, 1).spec
+    rewards, means = {}, {}
+    for name, path in (("candidate", candidate), ("champion", release.path)):
+        model, _ = load_checkpoint(path, spec, device=device.device)
+        per_town: dict = {}
+        means[name] = evaluate(config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act,
+                               per_town=per_town)
+        rewards[name] = per_town["reward_per_agent_day"]
+    difference, half = paired_difference(rewards["candidate"], rewards["champion"])
+    comparison = {
+        "release_id": release.release_id, "champion_checkpoint_id": release.checkpoint_id,
+        "candidate_reward": means["candidate"]["reward_per_agent_day"],
+        "champion_reward": means["champion"]["reward_per_agent_day"],
+        "difference": difference, "difference_ci95": half, "towns": int(means["candidate"]["towns"]),
+    }
+    log.info("challenger %.3f vs champion %.3f reward per agent-day (%+.3f ± %.3f, %d towns)",
+             comparison["candidate_reward"], comparison["champion_reward"], difference, half, comparison["towns"])
+    return comparison
