@@ -418,6 +418,9 @@ def test_assets_name_their_config_and_carry_the_code_version_of_their_own_source
         metadata = nightly["first"].asset_materializations_for_node(key)[0].metadata
         assert metadata["profile"].value == "tiny" and metadata["config_source"].value.endswith("tiny.yaml")
         assert len(metadata["config_hash"].value) == 12 and metadata["night"].value == NIGHTS[0]
+    tags = nightly["instance"].get_run_by_id(nightly["first"].run_id).tags  # the run names them too
+    assert tags["townlet/profile"] == "tiny" and tags["townlet/config_source"].endswith("tiny.yaml")
+    assert tags["townlet/config_hash"] == metadata["config_hash"].value and tags["townlet/night"] == NIGHTS[0]
     graph = defs.resolve_asset_graph()
     versions = {key.to_user_string(): graph.get(key).code_version for key in graph.get_all_asset_keys()}
     assert versions == CODE_VERSIONS and len(set(versions.values())) >= 4 and "1" not in versions.values()

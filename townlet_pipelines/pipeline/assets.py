@@ -113,7 +113,11 @@ def made(context, townlet: TownletResource, record: dict, metadata: dict, data_v
             check_name=verdict.name, passed=verdict.passed, description=verdict.sentence,
             severity=AssetCheckSeverity.WARN if verdict.warning_only else AssetCheckSeverity.ERROR,
             metadata={key: _value(value) for key, value in verdict.measured.items()}))
-    return MaterializeResult(value=record, metadata={**metadata, **townlet.provenance(context.partition_key)},
+    provenance = townlet.provenance(context.partition_key)
+    tags = {f"townlet/{key}": value for key, value in provenance.items()}
+    if any(context.run.tags.get(key) != value for key, value in tags.items()):  # the run says what made it too
+        context.instance.add_run_tags(context.run.run_id, tags)
+    return MaterializeResult(value=record, metadata={**metadata, **provenance},
                              data_version=DataVersion(data_version), check_results=checks)
 
 
