@@ -172,6 +172,8 @@ def test_a_failed_guardrail_blocks_promotion_and_keeps_the_previous_release(nigh
     assert "validation accuracy" in metadata["reason"].value and "< threshold 1.01" in metadata["reason"].value
     assert evaluations["bc_accuracy_guardrail"].description.startswith("BC validation accuracy")
     assert "< threshold 1.010" in evaluations["bc_accuracy_guardrail"].description
+    failure = failed.get_step_failure_events()[0].step_failure_data.user_failure_data
+    assert failure.description.startswith("bc_accuracy_guardrail held the candidate: BC validation accuracy")
     told = [r.user_message for r in nightly["instance"].all_logs(failed.run_id) if r.dagster_event is None]
     assert any(line.startswith("bc_accuracy_guardrail held the candidate: BC validation accuracy") for line in told)
 

@@ -60,13 +60,16 @@ GPU_POOL = "gpu"
 
 
 def told_in_one_line(function):
-    """A user's or the environment's error (bad config, damaged data, a full disk) fails the step with the
-    same one-line sentence the CLI prints, instead of a traceback; programming errors keep theirs."""
+    """The step's outcome in one line, never a traceback a user has to read: a user's or the environment's
+    error (bad config, damaged data, a full disk) fails the step with the sentence the CLI prints
+    (programming errors keep their traceback), and a guardrail that holds the candidate fails it with the
+    guardrail's own verdict ("bc_accuracy_guardrail held the candidate: BC validation accuracy 0.900 < ...")
+    once the materialization and its checks are recorded, which stops the run before promotion."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
         except Failure:
             raise
         except Exception as error:  # noqa: BLE001 - sorted: only user errors are re-told
@@ -75,6 +78,12 @@ def told_in_one_line(function):
             if not is_user_error(error):
                 raise
             raise Failure(description=one_line(error)) from None
+        yield result
+        held = [check for check in result.check_results
+                if not check.passed and check.severity == AssetCheckSeverity.ERROR]
+        if held:
+            raise Failure(description="; ".join(f"{check.check_name} held the candidate: {check.description}"
+                                                for check in held))
 
     return wrapper
 
