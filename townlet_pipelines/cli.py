@@ -141,11 +141,18 @@ def _print_record(record, as_json: bool, keys: tuple[str, ...]) -> None:
 
 
 def _training_context(args: argparse.Namespace):
+    """The run's config and context; under torchrun, every rank joins the group and uses rank 0's folder."""
+    from townlet_pipelines.training import distributed
     from townlet_pipelines.training.orchestrator import make_context, new_run_dir
 
     config = load_config(args.config)
-    run_dir = new_run_dir(args.artifacts)
-    return config, make_context(config, run_dir, args.artifacts, progress=not args.json)
+    ranks = distributed.from_environment(config.runtime.device)
+    run_dir = distributed.broadcast(new_run_dir(args.artifacts) if ranks.main else None, ranks)
+    if not ranks.main:
+        import logging
+
+        logging.getLogger("townlet").setLevel(logging.WARNING)  # one rank tells the story
+    return config, make_context(config, run_dir, args.artifacts, progress=not args.json, ranks=ranks)
 
 
 BC_KEYS = ("accuracy", "val_accuracy", "loss", "val_loss", "samples_per_sec", "device", "checkpoint_id",
@@ -172,22 +179,30 @@ def _train(args: argparse.Namespace) -> int:
     if getattr(args, "resume", None):
         return _resume(args)
     config, context = _training_context(args)
-    if not args.json:
+    if not args.json and context.ranks.main:
         print(f"run folder {context.artifacts}  (device {context.device.name})", file=sys.stderr)
+    from townlet_pipelines.training.distributed import broadcast
+
+    ranks = context.ranks
     dataset = args.dataset
     if dataset is None and (args.kind in ("bc", "anneal") or getattr(args, "mode", None) in ("replay", "mixed")):
-        dataset = orchestrator.capture_expert(config, context.artifacts / "expert").path
-    if args.kind in ("bc", "ppo"):
+        made = orchestrator.capture_expert(config, context.artifacts / "expert").path if ranks.main else None
+        dataset = broadcast(made, ranks)
+    if ranks.active and args.kind == "anneal":
+        raise ValueError("train anneal runs in one process; launch `townlet train bc|ppo` under torchrun")
+    if args.kind in ("bc", "ppo") and ranks.main:
         absolute = lambda path: None if path is None else str(Path(path).absolute())  # noqa: E731
         orchestrator.record_invocation(context.artifacts, args.kind, config, dataset=absolute(dataset),
                                        init=absolute(args.init),
                                        mode=getattr(args, "mode", None), continue_optimizer=args.continue_optimizer)
     if args.kind == "bc":
         result = orchestrator.run_bc(context, dataset, args.init, args.continue_optimizer)
-        _print_record(result, args.json, BC_KEYS)
+        if ranks.main:
+            _print_record(result, args.json, BC_KEYS)
     elif args.kind == "ppo":
         result = orchestrator.run_ppo(context, args.init, dataset, args.mode, args.continue_optimizer)
-        _print_record(result, args.json, PPO_KEYS)
+        if ranks.main:
+            _print_record(result, args.json, PPO_KEYS)
     else:
         summary = orchestrator.run_anneal(context, dataset)
         outcome = orchestrator.apply_promotion(context.promotion, summary) if not args.no_promote else None

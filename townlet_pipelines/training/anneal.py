@@ -113,6 +113,8 @@ def ppo_verdicts(outcome: "StagesOutcome", anneal: AnnealConfig) -> list[Verdict
              "intensity_ci95": e["queue_conflict_intensity_per_agent_day_ci95"]},
             {"conflicts": r.baseline_queue_events, "intensity": r.baseline_queue_intensity},
             {"conflicts": anneal.queue_tolerance, "intensity": anneal.intensity_tolerance}, int(e["towns"])))
+    if not queues:
+        return [loss, Verdict("queue_conflict_guardrail", True, "no PPO stage ran"), champion_verdict(outcome.champion)]
     queue = next((v for v in queues if not v.passed), queues[-1])
     return [loss, queue, champion_verdict(outcome.champion)]
 
@@ -268,7 +270,9 @@ class AnnealStrategy:
                 checkpoint_id=result.checkpoint_id,
             ))
             outcome.checkpoint, outcome.checkpoint_id = result.checkpoint_path, result.checkpoint_id
-        champion = context.promotion.status().current_release if context.promotion is not None else None
+        champion = release  # the bar is the release this night started from (or, from the BC clone, the current)
+        if champion is None and context.promotion is not None:
+            champion = context.promotion.status().current_release
         if outcome.results and champion is not None and champion.path:
             outcome.champion = compare_with_champion(context, outcome.checkpoint, champion)
         return outcome

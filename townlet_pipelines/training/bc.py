@@ -17,6 +17,9 @@ from townlet_pipelines.data.replay import ReplayDataset
 from townlet_pipelines.results import BCTrainingResult
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.device import to_tensors
+from townlet_pipelines.training.distributed import (
+    all_sum, average_gradients, barrier, same_weights, shard_rows, verify_same_weights,
+)
 from townlet_pipelines.training.progress import Progress
 from townlet_pipelines.training.torch_support import TrainingError, require_torch
 
@@ -90,7 +93,7 @@ class BCStrategy:
 
     def run(self, context: TrainingContext) -> BCTrainingResult:
         torch = require_torch()
-        from townlet_pipelines.training.checkpoints import model_for, restore_optimizer, save_checkpoint
+        from townlet_pipelines.training.checkpoints import model_for, read_record, restore_optimizer, save_checkpoint
         from townlet_pipelines.training.resume import finish_progress, load_progress, progress_dir, save_progress
 
         config, bc = context.config, context.config.bc
@@ -104,6 +107,7 @@ class BCStrategy:
                                 f"bc.val_fraction {bc.val_fraction} leaves none to validate on")
         torch.manual_seed(bc.seed)
         model, parent = model_for(dataset.spec, config.model, device.device, self.init_checkpoint)
+        same_weights(model, context.ranks)
         optimizer = torch.optim.Adam(model.parameters(), lr=bc.learning_rate, weight_decay=bc.weight_decay)
         if self.continue_optimizer and self.init_checkpoint is not None:
             restore_optimizer(self.init_checkpoint, optimizer, device.device)
@@ -139,18 +143,21 @@ class BCStrategy:
                             val_acc=val_accuracy, rows=train_rows)
             loop.update(next=step + 1, seconds=time.perf_counter() - start, trainer_rows=trainer.rows,
                         trainer_seconds=trainer.seconds)
-            if (step + 1) % context.config.runtime.progress_every_epochs == 0 and step + 1 < len(plan):
+            if ((step + 1) % context.config.runtime.progress_every_epochs == 0 and step + 1 < len(plan)
+                    and context.ranks.main):
                 save_progress(progress_folder, step + 1, model, optimizer, loop, {})
         last = loop["last"]
         duration = time.perf_counter() - start
         metrics = {key: last[key] for key in ("accuracy", "loss", "val_accuracy", "val_loss")}
         if not all(np.isfinite(value) for value in metrics.values()):
             raise TrainingError(f"bc: non-finite metrics {metrics}; no checkpoint was written")
-        record = save_checkpoint(
-            out, model, "bc", config.model_dump(mode="json"), dataset.identity, parent, metrics, optimizer,
-            progress={"epochs": epochs, "dagger_rounds": rounds},
-        )
-        finish_progress(progress_folder)
+        verify_same_weights(model, context.ranks)
+        if context.ranks.main:  # one writer; the other ranks hold the very same weights
+            save_checkpoint(out, model, "bc", config.model_dump(mode="json"), dataset.identity, parent, metrics,
+                            optimizer, progress={"epochs": epochs, "dagger_rounds": rounds})
+            finish_progress(progress_folder)
+        barrier(context.ranks)
+        record = read_record(out)
         return BCTrainingResult(
             accuracy=last["accuracy"], loss=last["loss"], val_accuracy=last["val_accuracy"], val_loss=last["val_loss"],
             learning_rate=bc.learning_rate, batch_size=bc.batch_size, epochs=epochs, weight_decay=bc.weight_decay,
@@ -169,13 +176,13 @@ class BCStrategy:
         config = context.config
         episodes = -(-config.rollout.ticks // config.world.episode_ticks)
         seed = config.seeds.dagger.start + (round_index - 1) * config.bc.dagger_towns * episodes
-        if out.exists():  # made before a kill: deterministic from the same weights and seed, so reuse it
-            return ReplayDataset.open(out, verify="files").keep_in_memory(BATCH_KEYS)
-        state = torch.get_rng_state()
-        torch.manual_seed(seed)
-        capture(config, TorchPolicy(model, context.device, greedy=False), config.bc.dagger_towns,
-                config.rollout.ticks, seed, out, shard_rows=config.rollout.shard_rows)
-        torch.set_rng_state(state)
+        if not out.exists() and context.ranks.main:  # (made before a kill: deterministic, so reused)
+            state = torch.get_rng_state()
+            torch.manual_seed(seed)
+            capture(config, TorchPolicy(model, context.device, greedy=False), config.bc.dagger_towns,
+                    config.rollout.ticks, seed, out, shard_rows=config.rollout.shard_rows)
+            torch.set_rng_state(state)
+        barrier(context.ranks)  # rank 0 captured the round; every rank trains on its share of it
         return ReplayDataset.open(out, verify="files").keep_in_memory(BATCH_KEYS)
 
 
@@ -195,7 +202,11 @@ class _EpochTrainer:
         self.model.train()
         totals = np.zeros(3)  # loss sum, correct, rows
         start = time.perf_counter()
+        ranks = self.context.ranks
         for numpy_batch in dataset.iter_batches(bc.batch_size, seed=seed, episodes=episodes):
+            if len(numpy_batch["expert_actions"]) < ranks.world:
+                continue  # a tail too short to give every rank a row (every rank sees the same global batch)
+            numpy_batch = shard_rows(numpy_batch, ranks)
             batch = to_tensors(numpy_batch, device, BATCH_KEYS)
             with torch.autocast(device_type=device.device.type, dtype=torch.float16, enabled=device.amp):
                 loss, _, _, correct = bc_losses(self.model, batch, bc.value_coef, bc.decision_weight, columns)
@@ -204,10 +215,12 @@ class _EpochTrainer:
                 raise TrainingError("bc: non-finite loss; no checkpoint was written")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            average_gradients(self.model, ranks)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             rows = len(numpy_batch["expert_actions"])
             totals += (float(loss.detach()) * rows, float(correct), rows)
+        totals = all_sum(totals, ranks)  # the epoch over every rank's rows
         self.seconds += time.perf_counter() - start
         self.rows += int(totals[2])
         return totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1), int(totals[2])

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Protocol
 from pydantic import BaseModel
 
 from townlet_pipelines.config import TownletConfig
-from townlet_pipelines.training.logs import JsonlLog
+from townlet_pipelines.training.distributed import SINGLE, Ranks
+from townlet_pipelines.training.logs import JsonlLog, NullLog
 
 if TYPE_CHECKING:
     from townlet_pipelines.data.baselines import BaselineStore
@@ -25,8 +26,11 @@ class TrainingContext:
     promotion: "PromotionStore | None" = None
     baselines: "BaselineStore | None" = None
     progress: bool = False  # show progress bars on long loops
+    ranks: Ranks = SINGLE  # data-parallel processes (training/distributed.py); rank 0 writes
 
-    def log(self, name: str) -> JsonlLog:
+    def log(self, name: str) -> JsonlLog | NullLog:
+        if not self.ranks.main:
+            return NullLog()
         return JsonlLog(self.artifacts / "logs", name, self.config.runtime.log_rotate_entries)
 
 

@@ -49,3 +49,13 @@ class JsonlLog:
         with self.path.open("a") as handle:
             handle.write(json.dumps(entry, sort_keys=True, default=float) + "\n")
         self.entries += 1
+
+
+class NullLog:
+    """The training log of a rank that does not write (every rank but 0)."""
+
+    def truncate(self, key: str, first_dropped: int) -> None:
+        pass
+
+    def write(self, entry: dict) -> None:
+        pass

@@ -23,6 +23,7 @@ from townlet_pipelines.training.anneal import AnnealStrategy
 from townlet_pipelines.training.bc import BCStrategy
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.device import device_context
+from townlet_pipelines.training.distributed import SINGLE, Ranks, device_for
 from townlet_pipelines.training.namespaces import namespace
 from townlet_pipelines.training.ppo import PPOStrategy
 
@@ -48,13 +49,13 @@ def state_dir(root: str | Path | None, config: TownletConfig) -> Path:
 
 
 def make_context(config: TownletConfig, run_dir: Path, root: str | Path | None = None,
-                 progress: bool = False) -> TrainingContext:
+                 progress: bool = False, ranks: Ranks = SINGLE) -> TrainingContext:
     state = state_dir(root, config)
     return TrainingContext(
         config=config, artifacts=Path(run_dir), device=device_context(
-            config.runtime.device, config.runtime.amp, config.runtime.torch_threads),
+            device_for(ranks, config.runtime.device), config.runtime.amp, config.runtime.torch_threads),
         promotion=PromotionStore(state, required_passes=config.promotion.required_passes),
-        baselines=BaselineStore(state), progress=progress,
+        baselines=BaselineStore(state), progress=progress and ranks.main, ranks=ranks,
     )
 
 

@@ -36,6 +36,9 @@ from townlet_pipelines.data.replay import ReplayDataset
 from townlet_pipelines.results import PPOTrainingResult
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.device import DeviceContext, to_tensors
+from townlet_pipelines.training.distributed import (
+    all_sum, average_gradients, barrier, broadcast, require_rollout_mode, same_weights, verify_same_weights,
+)
 from townlet_pipelines.training.policy import observation_batch
 from townlet_pipelines.training.progress import LOGGER, Progress
 from townlet_pipelines.training.torch_support import TrainingError, require_torch
@@ -300,7 +303,7 @@ class PPOStrategy:
 
     def run(self, context: TrainingContext) -> PPOTrainingResult:
         torch = require_torch()
-        from townlet_pipelines.training.checkpoints import model_for, restore_optimizer, save_checkpoint
+        from townlet_pipelines.training.checkpoints import model_for, read_record, restore_optimizer, save_checkpoint
         from townlet_pipelines.training.evaluation import evaluate
         from townlet_pipelines.training.policy import TorchPolicy
         from townlet_pipelines.training.resume import finish_progress, load_progress, progress_dir, restore_world
@@ -321,16 +324,25 @@ class PPOStrategy:
         log = context.log(self.name)
         seed = ppo.seed + 7919 * self.cycle
         torch.manual_seed(seed)
+        ranks = context.ranks
+        require_rollout_mode(mode, ranks)
         first_town = config.seeds.ppo.start + PPO_CYCLE_SEEDS * self.cycle
+        episode_ticks = min(config.world.episode_ticks, ppo.episode_ticks or config.evaluation.ticks)
+        needed = ppo.rollout_towns * ranks.world * (2 + updates * ppo.rollout_ticks // episode_ticks)
+        if needed > PPO_CYCLE_SEEDS:
+            raise TrainingError(f"ppo: {ranks.world} ranks need {needed} town seeds per cycle, more than its "
+                                f"{PPO_CYCLE_SEEDS}; use fewer ranks, rollout_towns or updates")
         world = TownWorld(config, ppo.rollout_towns)
         episode = [0]
 
-        def next_seed():  # config validation keeps a cycle's episodes inside its PPO_CYCLE_SEEDS slice
+        def next_seed():  # each rank its own towns: episode e of rank r takes block e x world + r of the slice
             episode[0] += 1
-            return town_seeds(first_town + episode[0] * ppo.rollout_towns, ppo.rollout_towns)
+            return town_seeds(first_town + (episode[0] * ranks.world + ranks.rank) * ppo.rollout_towns,
+                              ppo.rollout_towns)
 
-        world.reset(town_seeds(first_town, ppo.rollout_towns))
+        world.reset(town_seeds(first_town + ranks.rank * ppo.rollout_towns, ppo.rollout_towns))
         model, parent = model_for(world.spec, config.model, device.device, self.init_checkpoint)
+        same_weights(model, ranks)
         for source in (dataset, anchor):
             if source is not None and source.spec != world.spec:
                 raise TrainingError(f"ppo: dataset {source.directory} has another observation spec than the world")
@@ -344,6 +356,8 @@ class PPOStrategy:
                           "zero_std": 0, "clip_triggered": 0, "transitions": 0, "steps": 0, "rollout_seconds": 0.0},
                       "telemetry": {key: 0.0 for key in TELEMETRY_KEYS}}
         arrays: dict[str, np.ndarray] = {}
+        if self.resume and ranks.active:
+            raise TrainingError("ppo: a data-parallel run keeps no progress checkpoints; start it again")
         if self.resume:  # the killed run's loop state, weights, moments and RNG; its world mid-episode
             loop, arrays = load_progress(progress_folder, model, optimizer, device.device)
             restore_world(world, arrays, loop["world_tick"])
@@ -400,10 +414,11 @@ class PPOStrategy:
                 entropies.append(rollout.arrays["entropy"].reshape(-1))
                 for key in TELEMETRY_KEYS:
                     telemetry[key] += rollout.telemetry[key]
-                if multiplier is not None:
+                if multiplier is not None:  # priced on every rank's towns, so every rank holds the same price
                     multipliers.append(penalty)
-                    rate = multiplier.update(rollout.telemetry["queue_conflict_events"],
-                                             agents * rollout.ticks / config.world.day_ticks)
+                    conflicts, agent_days = all_sum([rollout.telemetry["queue_conflict_events"],
+                                                     agents * rollout.ticks / config.world.day_ticks], ranks)
+                    rate = multiplier.update(conflicts, agent_days)
             if mode in ("replay", "mixed") and replay_count > 0:
                 parts.append(take_rows(replay_stream, replay_count, pending))
             keys = set.intersection(*(set(part) for part in parts))
@@ -433,6 +448,7 @@ class PPOStrategy:
                         raise TrainingError(f"ppo: non-finite loss at update {update}; no checkpoint was written")
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(objective).backward()
+                    average_gradients(model, ranks)
                     scaler.unscale_(optimizer)
                     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), ppo.max_grad_norm)
                     scaler.step(optimizer)
@@ -453,8 +469,8 @@ class PPOStrategy:
                             steps_per_s=(rollout.ticks * agents / rollout.seconds if mode != "replay" else None),
                             **({"conflicts": rate, "lam": multiplier.value} if multiplier is not None else {}))
             if ppo.validate_every and ((update + 1) % ppo.validate_every == 0 or update + 1 == updates):
-                scores = validation_scores(config, TorchPolicy(model, device, greedy=True).act)
-                chosen = selector.offer(update + 1, scores, model)
+                scores = broadcast(validation_scores(config, TorchPolicy(model, device, greedy=True).act), ranks)
+                chosen = selector.offer(update + 1, scores, model)  # rank 0's scores: one choice on every rank
                 log.write({"update": update, "cycle": self.cycle, "validation": "policy", "chosen": chosen, **scores})
                 LOGGER.info("ppo cycle %d validation after update %d: reward %.2f, conflicts %.3f, wages %.2f "
                             "per agent-day%s", self.cycle, update + 1, scores["reward_per_agent_day"],
@@ -463,7 +479,8 @@ class PPOStrategy:
             loop.update(next=update + 1, seconds=time.perf_counter() - start, episode=episode[0],
                         world_tick=world.state.tick,
                         adv=[float(data["advantages"].mean()), float(data["advantages"].std())])
-            if (update + 1) % config.runtime.progress_every_updates == 0 and update + 1 < updates:
+            # A data-parallel run keeps no progress checkpoints: each rank's towns are its own world state.
+            if (update + 1) % config.runtime.progress_every_updates == 0 and update + 1 < updates and not ranks.active:
                 self._save_progress(progress_folder, update + 1, model, optimizer, loop, world, entropies,
                                     multiplier, selector)
         selected = updates  # the update whose weights the stage returns
@@ -480,14 +497,19 @@ class PPOStrategy:
         metrics = {**{f"eval_{k}": v for k, v in evaluation.items()}, "loss_total": last["loss_total"],
                    "kl": last["kl"], "clip_fraction": last["clip_fraction"]}
         source = dataset or anchor
-        record = save_checkpoint(out_dir, model, "ppo", config.model_dump(mode="json"),
-                                 source.identity if source is not None else None, parent, metrics, optimizer,
-                                 progress={"updates": updates, "cycle": self.cycle,
-                                           "selected_update": selected})
-        finish_progress(progress_folder)
+        verify_same_weights(model, ranks)
+        if ranks.main:  # one writer; the other ranks hold the very same weights
+            save_checkpoint(out_dir, model, "ppo", config.model_dump(mode="json"),
+                            source.identity if source is not None else None, parent, metrics, optimizer,
+                            progress={"updates": updates, "cycle": self.cycle, "selected_update": selected})
+            finish_progress(progress_folder)
+        barrier(ranks)
+        record = read_record(out_dir)
+        rate, transitions = all_sum([counters["steps"] * agents / counters["rollout_seconds"]
+                                     if counters["rollout_seconds"] else 0.0, counters["transitions"]], ranks)
         entropy_all = np.concatenate(entropies) if entropies else np.zeros(1)
         return PPOTrainingResult(
-            epoch=ppo.update_epochs, updates=updates, transitions=counters["transitions"], steps=counters["steps"],
+            epoch=ppo.update_epochs, updates=updates, transitions=int(transitions), steps=counters["steps"],
             loss_policy=last["loss_policy"], loss_value=last["loss_value"], loss_entropy=last["loss_entropy"],
             loss_total=last["loss_total"], loss_bc=last["loss_bc"],
             clip_fraction=float(np.mean(stats["clip_fraction"])), clip_fraction_max=float(np.max(stats["clip_fraction"])),
@@ -500,8 +522,7 @@ class PPOStrategy:
             batch_entropy_std=float(entropy_all.std()), reward_advantage_corr=float(np.nan_to_num(np.nanmean(reward_adv) if np.isfinite(reward_adv).any() else 0.0)),
             data_mode=mode, cycle_id=self.cycle, rollout_ticks=ppo.rollout_ticks,
             epoch_duration_sec=duration / updates,
-            env_steps_per_sec=(counters["steps"] * agents / counters["rollout_seconds"]
-                               if counters["rollout_seconds"] else 0.0),
+            env_steps_per_sec=float(rate),  # every rank's towns
             device=device.name,
             queue_conflict_events=int(telemetry["queue_conflict_events"]),
             queue_conflict_intensity=float(telemetry["queue_conflict_intensity"]),
