@@ -67,16 +67,6 @@ def test_two_rank_bc_takes_the_steps_one_rank_takes(tmp_path):
     assert len(list((runs[0] / "logs").glob("bc*.jsonl"))) == 1
 
 
-def test_two_rank_ppo_trains_on_each_ranks_own_towns_and_writes_one_checkpoint(tmp_path):
-    config = {**TINY, "profile": "tiny"}
-    one = _train(tmp_path, "ppo", 1, config)
-    two = _train(tmp_path, "ppo", 2, config)
-    assert two["transitions"] == 2 * one["transitions"]  # twice the towns per update, one update count
-    assert two["checkpoint_id"] != one["checkpoint_id"]
-    runs = list((tmp_path / "artifacts-2" / "runs").iterdir())
-    assert len(runs) == 1 and (runs[0] / "ppo" / "checkpoint.json").is_file()
-
-
 def test_ppo_stored_rows_modes_stay_single_process():
     with pytest.raises(TrainingError, match="data_mode mixed runs in one process"):
         distributed.require_rollout_mode("mixed", distributed.Ranks(0, 2, 0, "gloo"))
@@ -145,3 +135,4 @@ def test_ranks_that_drift_apart_write_no_checkpoint(tmp_path):
     assert [process.exitcode for process in processes] == [0, 0]
     told = dict(queue.get(timeout=5) for _ in range(2))
     assert all("ranks [1] hold other weights than rank 0" in message for message in told.values())
+

@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
                         "the project's (e.g. the BC clone of that network)")
     versus.add_argument("--profile", action="store_true", help="instead: cProfile the project's PPO on the same budget")
     versus.add_argument("--json", action="store_true")
+    scaling = commands.add_parser("scaling", help="BC samples/s and PPO agent-steps/s for 1 and N data-parallel "
+                                  "processes (torchrun), and the scaling efficiency")
+    scaling.add_argument("--config", default="default")
+    scaling.add_argument("--processes", type=int, default=2)
+    scaling.add_argument("--rounds", type=int, default=3)
     one = commands.add_parser("world-one", help=argparse.SUPPRESS)
     one.add_argument("--towns", type=int, required=True)
     one.add_argument("--ticks", type=int, required=True)
@@ -99,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         from townlet_pipelines.bench import sb3
 
         sb3.main(args)
+    elif args.command == "scaling":
+        from townlet_pipelines.bench import scaling
+
+        scaling.main(args)
     elif args.command == "world":
         world_bench.main(args)
     else:

@@ -33,8 +33,8 @@ MAKERS = {  # the source files whose code makes each asset (and the pipeline's o
     "replay_manifest": (*WORLD, "data/replay.py", "training/cache.py", "training/orchestrator.py"),
     "rollout_dataset": (*WORLD, "data/replay.py", "training/orchestrator.py", "training/checkpoints.py",
                         "training/policy.py", "training/model.py"),
-    "bc_checkpoint": (*WORLD, "data/replay.py", "training/*.py", "pictures.py"),
-    "ppo_checkpoint": (*WORLD, "data/replay.py", "training/*.py", "pictures.py"),
+    "bc_checkpoint": (*WORLD, "data/replay.py", "training/*.py", "pictures.py", "pipeline/distributed_step.py"),
+    "ppo_checkpoint": (*WORLD, "data/replay.py", "training/*.py", "pictures.py", "pipeline/distributed_step.py"),
     "anneal_summary": ("config.py", "results.py", "training/anneal.py", "training/evaluation.py", "pictures.py",
                        "training/guardrails.py", "data/baselines.py", "data/promotion.py", "data/state_file.py"),
     "promoted_policy": ("config.py", "training/orchestrator.py", "data/promotion.py", "data/state_file.py",
@@ -281,6 +281,29 @@ def _picture(draw, entries: list[dict], alt: str) -> MetadataValue:
     return MetadataValue.md(markdown_image(draw(entries), alt))
 
 
+def _trained_in_processes(context, townlet: TownletResource, extras: dict) -> Path:
+    """Run a training step as `torchrun --nproc-per-node N` through Dagster Pipes: rank 0's progress lines
+    reach this run's log as they happen, and the stages record it wrote comes back. A failed rank fails the
+    step with that rank's one-line reason."""
+    import shutil
+    import sys
+
+    from dagster import PipesSubprocessClient
+
+    record = Path(extras["record"])
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    command = [torchrun, "--standalone", "--nproc-per-node", str(townlet.processes),
+               "-m", "townlet_pipelines.pipeline.distributed_step"]
+    context.log.info(f"training in {townlet.processes} processes: {' '.join(command)}")
+    extras = {**extras, "resource": townlet.settings(), "run_id": context.run.run_id, "night": context.partition_key}
+    try:
+        PipesSubprocessClient().run(context=context, command=command, extras=extras)
+    except Exception as error:  # noqa: BLE001 - retold with the failing rank's own sentence
+        told = [path.read_text() for path in sorted(record.parent.glob(f"{record.name}.rank*.error"))]
+        raise Failure(description="; ".join(told) or f"the {townlet.processes}-process step failed: {error}") from None
+    return record
+
+
 def _held(context, townlet, strategy, training, bc, ppo, verdicts) -> None:
     """A guardrail held the candidate: the run stops at the blocking check, so the core records the FAIL or
     HOLD now, and the graph shows it as an observation on `anneal_summary`, with its reason."""
@@ -314,9 +337,17 @@ def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource, repl
 
     training = townlet.training_context(context.run.run_id, context.partition_key)
     strategy = AnnealStrategy(replay_manifest["path"])
-    with training_log_to(context):
-        outcome, record, reused = cached_bc_stages(strategy, training, replay_manifest["dataset_identity"],
-                                                   townlet.root(), context.log.warning)
+    if townlet.processes > 1:  # data-parallel under torchrun (not cached: the cache is the one-process path)
+        from townlet_pipelines.training.cache import read_stages
+
+        record = _trained_in_processes(context, townlet, {
+            "kind": "bc", "dataset": replay_manifest["path"],
+            "record": str(_run_dir(townlet, context) / "bc-stages" / "bc_stages.json")})
+        outcome, reused = read_stages(record, townlet.root()), False
+    else:
+        with training_log_to(context):
+            outcome, record, reused = cached_bc_stages(strategy, training, replay_manifest["dataset_identity"],
+                                                       townlet.root(), context.log.warning)
     verdict = bc_verdict(outcome, training.config.anneal)
     _held(context, townlet, strategy, training, outcome, StagesOutcome([], [], None, None), [verdict])
     last = outcome.results[-1]
@@ -331,6 +362,7 @@ def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource, repl
         "val_loss": MetadataValue.float(last.val_loss),
         "bc_accuracy_threshold": MetadataValue.float(training.config.anneal.bc_accuracy_threshold),
         "samples_per_sec": MetadataValue.float(last.samples_per_sec),
+        "processes": MetadataValue.int(townlet.processes),
         "dataset_identity": last.dataset_identity,
         "device": last.device,
         "duration_sec": MetadataValue.float(sum(r.duration_sec for r in outcome.results)),
@@ -368,10 +400,16 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource, rep
     training = townlet.training_context(context.run.run_id, context.partition_key)
     config = training.config
     strategy = AnnealStrategy(replay_manifest["path"], rollout_dataset=rollout_dataset["path"])
-    with training_log_to(context):
-        outcome = strategy.run_ppo_stages(training, bc)
     record = run_dir / "ppo_stages.json"
-    atomic_write_text(record, outcome.to_json())
+    if townlet.processes > 1:  # data-parallel under torchrun, each rank on its own towns
+        _trained_in_processes(context, townlet, {
+            "kind": "ppo", "dataset": replay_manifest["path"], "rollout_dataset": rollout_dataset["path"],
+            "bc_stages": bc_checkpoint["stages_record"], "record": str(record)})
+        outcome = read_stages(record, townlet.root())
+    else:
+        with training_log_to(context):
+            outcome = strategy.run_ppo_stages(training, bc)
+        atomic_write_text(record, outcome.to_json())
     verdicts = ppo_verdicts(outcome, config.anneal)
     _held(context, townlet, strategy, training, bc, outcome, verdicts)
     last = outcome.results[-1]
@@ -388,6 +426,7 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource, rep
         "kl_divergence": MetadataValue.float(last.kl_divergence),
         "clip_fraction": MetadataValue.float(last.clip_fraction),
         "env_steps_per_sec": MetadataValue.float(last.env_steps_per_sec),
+        "processes": MetadataValue.int(townlet.processes),
         "baseline_loss": _number(last.baseline_loss),
         "reward_per_agent_day": MetadataValue.float(evaluation["reward_per_agent_day"]),
         "queue_conflicts_per_agent_day": MetadataValue.float(evaluation["queue_conflict_events_per_agent_day"]),

@@ -15,17 +15,32 @@ from townlet_pipelines.pipeline.resources import TownletResource
 
 # In-process on purpose: the graph is a chain (each step waits for the previous), so parallel processes buy
 # nothing, while each subprocess step would re-import the code location and torch (measured in
-# ../shared/DAGSTER_NOTES.md: a 5-step torch chain 20 s multiprocess vs 7 s in-process).
+# ../shared/DAGSTER_NOTES.md: a 5-step torch chain 20 s multiprocess vs 7 s in-process). On Kubernetes
+# (TOWNLET_EXECUTOR=k8s, deploy/helm/values.yaml) each step is its own pod instead, so the training steps'
+# op tags request a GPU for those pods alone (the run launcher reads run tags only, never op tags).
+EXECUTOR = os.environ.get("TOWNLET_EXECUTOR", "in_process")
+
+
+def _executor():
+    if EXECUTOR == "k8s":
+        from dagster_k8s import k8s_job_executor  # the `k8s` extra
+
+        return k8s_job_executor
+    if EXECUTOR != "in_process":
+        raise ValueError(f"TOWNLET_EXECUTOR={EXECUTOR!r}: choose in_process (the default) or k8s")
+    return in_process_executor
+
+
 SCHEDULED_CONFIG = os.environ.get("TOWNLET_CONFIG") or "default"  # named in every run's config, not implied
 RUN_CONFIG = {"resources": {"townlet": {"config": {"config_path": SCHEDULED_CONFIG}}}}
 nightly_anneal = define_asset_job(
-    "nightly_anneal", selection=AssetSelection.assets(*ASSETS), executor_def=in_process_executor,
+    "nightly_anneal", selection=AssetSelection.assets(*ASSETS), executor_def=_executor(),
     config=RUN_CONFIG, tags={"townlet/config_source": SCHEDULED_CONFIG},
     description="One night: capture, BC, PPO from the champion, the guardrails, the verdict and the promotion rule.",
 )
 capture_only = define_asset_job(
     "capture_only", selection=AssetSelection.assets(replay_manifest, rollout_dataset),
-    executor_def=in_process_executor, config=RUN_CONFIG,
+    executor_def=_executor(), config=RUN_CONFIG,
     description="Refresh a night's expert and champion datasets only.",
 )
 nightly_anneal_schedule = build_schedule_from_partitioned_job(

@@ -28,6 +28,13 @@ class TownletResource(ConfigurableResource):
     config_path: str | None = Field(None, description="YAML config file or profile; default $TOWNLET_CONFIG or 'default'")
     artifacts_root: str | None = Field(None, description="default $TOWNLET_ARTIFACTS or dagster_home/artifacts")
     overrides: str = Field("", description="YAML mapping merged over the config, e.g. 'anneal: {loss_tolerance: 0.2}'")
+    processes: int = Field(1, ge=1, description="training processes per BC/PPO step: more than 1 runs the step "
+                           "data-parallel under torchrun through Dagster Pipes (gloo on CPU, nccl on GPUs)")
+
+    def settings(self) -> dict:
+        """This resource's settings, resolved, for a process that rebuilds it (the torchrun ranks)."""
+        return {"config_path": self.config_path or os.environ.get("TOWNLET_CONFIG") or "default",
+                "artifacts_root": str(self.root()), "overrides": self.overrides}
 
     def load_config(self, night: str | None = None) -> TownletConfig:
         """The configured recipe; with `night` (a partition key), that night's config: its own towns."""

@@ -1,0 +1,103 @@
+"""A training step run by torchrun under Dagster Pipes: `torchrun --nproc-per-node N -m <this module>`.
+
+The training assets launch it when the `townlet` resource asks for more than one process (`processes`).
+Every rank joins the group and runs the same core call (`AnnealStrategy.run_bc_stages` / `run_ppo_stages`,
+data-parallel through training/distributed.py); rank 0 alone opens the Pipes channel, so its `townlet` log
+lines (epochs, updates, validation) reach the asset's run log as they happen, and it writes the stages record
+whose path it reports back. A rank that fails writes its one-line error beside the record, so the step fails
+with that rank's reason (torchrun stops the others).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def error_path(record: str | Path, rank: int) -> Path:
+    return Path(f"{record}.rank{rank}.error")
+
+
+def _forward_logs(pipes) -> None:
+    class ToPipes(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            pipes.log.info(record.getMessage())
+
+    logger = logging.getLogger("townlet")
+    logger.addHandler(ToPipes(logging.INFO))
+    logger.setLevel(logging.INFO)
+
+
+def run_step(extras: dict, pipes=None) -> str:
+    """Train this rank's part of the step; rank 0 writes and returns the stages record's path."""
+    from townlet_pipelines.data.files import atomic_write_text
+    from townlet_pipelines.pipeline.resources import TownletResource
+    from townlet_pipelines.training import distributed
+    from townlet_pipelines.training.anneal import AnnealStrategy
+    from townlet_pipelines.training.cache import read_stages
+
+    townlet = TownletResource(**extras["resource"])
+    config = townlet.load_config(extras.get("night"))
+    ranks = distributed.from_environment(config.runtime.device)
+    training = dataclasses.replace(townlet.training_context(extras["run_id"], extras.get("night")), ranks=ranks)
+    if ranks.active:
+        from townlet_pipelines.training.device import device_context
+
+        training = dataclasses.replace(training, device=device_context(
+            distributed.device_for(ranks, config.runtime.device), config.runtime.amp, config.runtime.torch_threads))
+    strategy = AnnealStrategy(extras["dataset"], rollout_dataset=extras.get("rollout_dataset"))
+    record = Path(extras["record"])
+    if extras["kind"] == "bc":
+        outcome = strategy.run_bc_stages(dataclasses.replace(training, artifacts=record.parent))
+    else:
+        outcome = strategy.run_ppo_stages(training, read_stages(extras["bc_stages"], townlet.root()))
+    if ranks.main:
+        atomic_write_text(record, outcome.to_json())
+    distributed.barrier(ranks)
+    return str(record)
+
+
+def main() -> int:
+    from dagster_pipes import open_dagster_pipes
+
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:  # one rank talks to Dagster; the others train
+        from townlet_pipelines.training.distributed import from_environment  # noqa: F401 - joined in run_step
+
+        extras = _extras_from_environment()
+        return _guarded(extras, None, rank)
+    with open_dagster_pipes() as pipes:
+        _forward_logs(pipes)
+        extras = dict(pipes.extras)
+        code = _guarded(extras, pipes, rank)
+        if code == 0:
+            pipes.report_custom_message({"stages_record": extras["record"]})
+        return code
+
+
+def _extras_from_environment() -> dict:
+    """The other ranks read the same extras Dagster handed to rank 0 (without opening the channel)."""
+    from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader
+
+    params = PipesEnvVarParamsLoader().load_context_params()
+    with PipesDefaultContextLoader().load_context(params) as data:
+        return dict(data.get("extras") or {})
+
+
+def _guarded(extras: dict, pipes, rank: int) -> int:
+    try:
+        run_step(extras, pipes)
+        return 0
+    except Exception as error:  # noqa: BLE001 - told to the asset in one line, then the process fails
+        from townlet_pipelines.data.files import atomic_write_text
+        from townlet_pipelines.errors import one_line
+
+        atomic_write_text(error_path(extras["record"], rank), f"rank {rank}: {one_line(error)}")
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
