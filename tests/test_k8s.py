@@ -358,3 +358,35 @@ def test_the_code_location_picks_the_k8s_job_executor_where_the_helm_values_say_
         printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                  env=env, cwd=ROOT).stdout.split()
         assert printed == [expected, expected]
+
+
+def test_a_multi_process_step_on_kubernetes_is_a_pod_with_one_gpu_per_rank(tmp_path, monkeypatch):
+    """Pipes on Kubernetes (`pipes_image`): the training step's torchrun is a pod built by dagster-k8s's own
+    build_pod_body from what the asset hands PipesK8sClient: the image, torchrun with N processes, N GPUs in
+    the limits, and the artifacts claim mounted at the root's own path."""
+    from dagster_k8s import PipesK8sClient
+    from dagster_k8s.pipes import build_pod_body
+    from kubernetes.client import ApiClient
+
+    from townlet_pipelines.pipeline.assets import _trained_in_processes
+    from townlet_pipelines.pipeline.resources import TownletResource
+
+    handed = {}
+    monkeypatch.setattr(PipesK8sClient, "run", lambda self, **kwargs: handed.update(kwargs))
+    townlet = TownletResource(config_path="smoke", artifacts_root=str(tmp_path), processes=2,
+                              pipes_image="registry.example.com/townlet-pipelines:1.0")
+    context = SimpleNamespace(log=SimpleNamespace(info=lambda message: None), run=SimpleNamespace(run_id="r1"),
+                              partition_key="2026-11-05")
+    record = _trained_in_processes(context, townlet, {"kind": "ppo", "record": str(tmp_path / "ppo_stages.json")})
+    assert record == tmp_path / "ppo_stages.json"
+    assert handed["extras"]["resource"]["artifacts_root"] == str(tmp_path) and handed["extras"]["night"] == "2026-11-05"
+    pod = ApiClient().sanitize_for_serialization(build_pod_body(
+        "townlet-step", handed["image"], handed["command"], {}, None, handed["base_pod_spec"]))
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == "registry.example.com/townlet-pipelines:1.0"
+    assert container["command"][:4] == ["torchrun", "--standalone", "--nproc-per-node", "2"]
+    assert container["command"][-2:] == ["-m", "townlet_pipelines.pipeline.distributed_step"]
+    assert container["resources"]["limits"][GPU] == "2"
+    assert container["volumeMounts"] == [{"mountPath": str(tmp_path), "name": "townlet-artifacts"}]
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "townlet-artifacts"
+    assert pod["spec"]["restartPolicy"] == "Never"

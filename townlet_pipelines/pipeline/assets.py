@@ -282,22 +282,32 @@ def _picture(draw, entries: list[dict], alt: str) -> MetadataValue:
 
 
 def _trained_in_processes(context, townlet: TownletResource, extras: dict) -> Path:
-    """Run a training step as `torchrun --nproc-per-node N` through Dagster Pipes: rank 0's progress lines
-    reach this run's log as they happen, and the stages record it wrote comes back. A failed rank fails the
-    step with that rank's one-line reason."""
+    """Run a training step as `torchrun --nproc-per-node N` through Dagster Pipes (a subprocess, or with
+    `pipes_image` a Kubernetes pod of its own): rank 0's progress lines reach this run's log as they happen,
+    and the stages record it wrote comes back. A failed rank fails the step with that rank's one-line reason."""
     import shutil
     import sys
 
-    from dagster import PipesSubprocessClient
+    from townlet_pipelines.pipeline.distributed_step import pod_spec, torchrun_command
 
     record = Path(extras["record"])
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    command = [torchrun, "--standalone", "--nproc-per-node", str(townlet.processes),
-               "-m", "townlet_pipelines.pipeline.distributed_step"]
-    context.log.info(f"training in {townlet.processes} processes: {' '.join(command)}")
     extras = {**extras, "resource": townlet.settings(), "run_id": context.run.run_id, "night": context.partition_key}
     try:
-        PipesSubprocessClient().run(context=context, command=command, extras=extras)
+        if townlet.pipes_image:
+            from dagster_k8s import PipesK8sClient  # the `k8s` extra
+
+            command = torchrun_command("torchrun", townlet.processes)
+            context.log.info(f"training in {townlet.processes} processes, pod {townlet.pipes_image}: "
+                             f"{' '.join(command)}")
+            PipesK8sClient().run(context=context, extras=extras, image=townlet.pipes_image, command=command,
+                                 base_pod_spec=pod_spec(townlet.processes, townlet.pipes_claim, str(townlet.root())))
+        else:
+            from dagster import PipesSubprocessClient
+
+            torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+            command = torchrun_command(torchrun, townlet.processes)
+            context.log.info(f"training in {townlet.processes} processes: {' '.join(command)}")
+            PipesSubprocessClient().run(context=context, command=command, extras=extras)
     except Exception as error:  # noqa: BLE001 - retold with the failing rank's own sentence
         told = [path.read_text() for path in sorted(record.parent.glob(f"{record.name}.rank*.error"))]
         raise Failure(description="; ".join(told) or f"the {townlet.processes}-process step failed: {error}") from None

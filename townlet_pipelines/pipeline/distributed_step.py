@@ -1,6 +1,8 @@
 """A training step run by torchrun under Dagster Pipes: `torchrun --nproc-per-node N -m <this module>`.
 
-The training assets launch it when the `townlet` resource asks for more than one process (`processes`).
+The training assets launch it when the `townlet` resource asks for more than one process (`processes`): as
+a subprocess of the step, or (`pipes_image` set, on Kubernetes) as a pod of its own through dagster-k8s's
+`PipesK8sClient`, with one GPU per process and the artifacts claim mounted (`pod_spec`).
 Every rank joins the group and runs the same core call (`AnnealStrategy.run_bc_stages` / `run_ppo_stages`,
 data-parallel through training/distributed.py); rank 0 alone opens the Pipes channel, so its `townlet` log
 lines (epochs, updates, validation) reach the asset's run log as they happen, and it writes the stages record
@@ -15,6 +17,24 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+
+def torchrun_command(torchrun: str, processes: int) -> list[str]:
+    return [torchrun, "--standalone", "--nproc-per-node", str(processes), "-m",
+            "townlet_pipelines.pipeline.distributed_step"]
+
+
+def pod_spec(processes: int, claim: str, artifacts: str) -> dict:
+    """The Kubernetes pod a multi-process step runs in (Pipes on Kubernetes): one GPU per process, and the
+    artifacts claim mounted where the launching step sees the root, so every path in the records holds."""
+    return {
+        "containers": [{
+            "resources": {"limits": {"nvidia.com/gpu": str(processes)}},
+            "volume_mounts": [{"name": "townlet-artifacts", "mount_path": artifacts}],
+        }],
+        "volumes": [{"name": "townlet-artifacts", "persistent_volume_claim": {"claim_name": claim}}],
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    }
 
 
 def error_path(record: str | Path, rank: int) -> Path:

@@ -31,6 +31,12 @@ class TownletResource(ConfigurableResource):
     processes: int = Field(1, ge=1, description="training processes per BC/PPO step: more than 1 runs the step "
                            "data-parallel under torchrun through Dagster Pipes (gloo on CPU, nccl on GPUs)")
 
+    pipes_image: str | None = Field(None, description="on Kubernetes: run a multi-process training step as a pod "
+                                    "of its own with this image (Dagster Pipes on Kubernetes, dagster-k8s) that "
+                                    "requests `processes` GPUs, instead of a subprocess of the step")
+    pipes_claim: str = Field("townlet-artifacts", description="the PersistentVolumeClaim holding the artifacts "
+                             "root, mounted in that pod at the root's own path (deploy/k8s/artifacts-pvc.yaml)")
+
     def settings(self) -> dict:
         """This resource's settings, resolved, for a process that rebuilds it (the torchrun ranks)."""
         return {"config_path": self.config_path or os.environ.get("TOWNLET_CONFIG") or "default",
