@@ -48,14 +48,14 @@ def test_a_failing_rank_fails_the_step_with_its_own_reason(tmp_path):
     from townlet_pipelines.pipeline.definitions import defs
 
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "profile": "tiny", "ppo": {**TINY["ppo"], "data_mode": "mixed"}}))
-    # mixed PPO is refused by every rank (data-parallel PPO collects its own rollouts)
+    # every rank refuses the split: 4 episodes leave none to train on with val_fraction 0.9
+    config.write_text(yaml.safe_dump({**TINY, "profile": "tiny", "bc": {**TINY["bc"], "val_fraction": 0.9}}))
     run_config = {"resources": {"townlet": {"config": {"config_path": str(config), "processes": 2,
                                                        "artifacts_root": str(tmp_path / "artifacts")}}}}
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def("nightly_anneal").execute_in_process(
             run_config=run_config, instance=instance, partition_key="2026-11-05", raise_on_error=False)
     assert not result.success
-    failure = next(e for e in result.get_step_failure_events() if e.step_key == "ppo_checkpoint")
+    failure = next(e for e in result.get_step_failure_events() if e.step_key == "bc_checkpoint")
     description = failure.step_failure_data.user_failure_data.description
-    assert description.startswith("rank ") and "data_mode mixed runs in one process" in description
+    assert description.startswith("rank 0: ") and "cannot be split with val_fraction=0.9" in description
