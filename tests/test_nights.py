@@ -48,7 +48,10 @@ def test_two_nights_at_once_each_train_and_judge_only_their_own_data(tmp_path):
     from dagster import AssetKey, DagsterInstance
 
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "profile": "tiny"}))
+    short = {**TINY, "profile": "tiny", "bc": {**TINY["bc"], "epochs": 1, "dagger_rounds": 0},  # plumbing, not learning
+             "anneal": {**TINY["anneal"], "bc_accuracy_threshold": 0.0,
+                        "schedule": [{"cycle": 0, "mode": "bc", "epochs": 1}, {"cycle": 1, "mode": "ppo", "epochs": 2}]}}
+    config.write_text(yaml.safe_dump(short))
     home, artifacts = tmp_path / "home", tmp_path / "artifacts"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
