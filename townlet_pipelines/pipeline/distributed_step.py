@@ -51,7 +51,7 @@ def _forward_logs(pipes) -> None:
     logger.setLevel(logging.INFO)
 
 
-def run_step(extras: dict, pipes=None) -> str:
+def run_step(extras: dict) -> str:
     """Train this rank's part of the step; rank 0 writes and returns the stages record's path."""
     from townlet_pipelines.data.files import atomic_write_text
     from townlet_pipelines.pipeline.resources import TownletResource
@@ -85,14 +85,11 @@ def main() -> int:
 
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # one rank talks to Dagster; the others train
-        from townlet_pipelines.training.distributed import from_environment  # noqa: F401 - joined in run_step
-
-        extras = _extras_from_environment()
-        return _guarded(extras, None, rank)
+        return _guarded(_extras_from_environment(), rank)
     with open_dagster_pipes() as pipes:
         _forward_logs(pipes)
         extras = dict(pipes.extras)
-        code = _guarded(extras, pipes, rank)
+        code = _guarded(extras, rank)
         if code == 0:
             pipes.report_custom_message({"stages_record": extras["record"]})
         return code
@@ -107,9 +104,9 @@ def _extras_from_environment() -> dict:
         return dict(data.get("extras") or {})
 
 
-def _guarded(extras: dict, pipes, rank: int) -> int:
+def _guarded(extras: dict, rank: int) -> int:
     try:
-        run_step(extras, pipes)
+        run_step(extras)
         return 0
     except Exception as error:  # noqa: BLE001 - told to the asset in one line, then the process fails
         from townlet_pipelines.data.files import atomic_write_text
