@@ -144,6 +144,7 @@ class PPOTrainingResult(_Record):
     intensity_flag: bool = False
     baseline_dataset_metrics: dict[str, float] = {}
     evaluation: dict[str, float] = {}
+    evaluation_town_rewards: list[float] = []  # reward per agent-day of each evaluation town, in seed order
     checkpoint_id: str | None = None
     checkpoint_path: str | None = None
     parent_checkpoint_id: str | None = None

@@ -274,7 +274,7 @@ class AnnealStrategy:
         if champion is None and context.promotion is not None:
             champion = context.promotion.status().current_release
         if outcome.results and champion is not None and champion.path:
-            outcome.champion = compare_with_champion(context, outcome.checkpoint, champion)
+            outcome.champion = compare_with_champion(context, outcome.results[-1], champion)
         return outcome
 
     def summarize(self, context: TrainingContext, bc: StagesOutcome, ppo: StagesOutcome,

@@ -2,14 +2,14 @@
 
 A night's PPO starts from the champion's weights when its checkpoint fits the recipe (same observations and
 network), so each night keeps improving on the release it has; otherwise from the night's BC clone, and the
-reason is said. After training, challenger and champion are scored greedily on the night's guardrail towns;
-the paired difference of their rewards decides `champion_guardrail` (training/guardrails.py).
+reason is said. The challenger's per-town scores from its PPO stage and the champion's, on the same
+guardrail towns, give the paired difference of rewards that decides `champion_guardrail`
+(training/guardrails.py).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from townlet_pipelines.training.context import TrainingContext
 
@@ -37,29 +37,30 @@ def current_champion(context: TrainingContext):
     return release, f"starting from the champion, release {release.release_id} (checkpoint {release.checkpoint_id})"
 
 
-def compare_with_champion(context: TrainingContext, candidate: str | Path, release) -> dict:
-    """Challenger and champion, scored as every candidate is, on the same guardrail towns: their rewards and
-    the paired difference."""
+def compare_with_champion(context: TrainingContext, candidate, release) -> dict:
+    """Challenger and champion on the same guardrail towns: the challenger's scores as its PPO stage measured
+    them (`candidate`: its PPOTrainingResult), the champion scored the same way; their paired difference."""
+    import numpy as np
+
     from townlet_pipelines.training.checkpoints import load_checkpoint
     from townlet_pipelines.training.evaluation import evaluate, paired_difference
     from townlet_pipelines.training.policy import TorchPolicy
     from townlet_pipelines.world.engine import TownWorld
 
     config, device = context.config, context.device
-    spec = TownWorld(config, 1).spec
-    rewards, means = {}, {}
-    for name, path in (("candidate", candidate), ("champion", release.path)):
-        model, _ = load_checkpoint(path, spec, device=device.device)
-        per_town: dict = {}
-        means[name] = evaluate(config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act,
-                               per_town=per_town)
-        rewards[name] = per_town["reward_per_agent_day"]
-    difference, half = paired_difference(rewards["candidate"], rewards["champion"])
+    model, _ = load_checkpoint(release.path, TownWorld(config, 1).spec, device=device.device)
+    per_town: dict = {}
+    champion = evaluate(config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act, per_town=per_town)
+    rewards = np.asarray(candidate.evaluation_town_rewards)
+    if len(rewards) != len(per_town["reward_per_agent_day"]):
+        raise ValueError(f"champion comparison: the candidate was scored on {len(rewards)} towns, the champion on "
+                         f"{len(per_town['reward_per_agent_day'])}")
+    difference, half = paired_difference(rewards, per_town["reward_per_agent_day"])
     comparison = {
         "release_id": release.release_id, "champion_checkpoint_id": release.checkpoint_id,
-        "candidate_reward": means["candidate"]["reward_per_agent_day"],
-        "champion_reward": means["champion"]["reward_per_agent_day"],
-        "difference": difference, "difference_ci95": half, "towns": int(means["candidate"]["towns"]),
+        "candidate_reward": float(candidate.evaluation["reward_per_agent_day"]),
+        "champion_reward": champion["reward_per_agent_day"],
+        "difference": difference, "difference_ci95": half, "towns": int(champion["towns"]),
     }
     log.info("challenger %.3f vs champion %.3f reward per agent-day (%+.3f ± %.3f, %d towns)",
              comparison["candidate_reward"], comparison["champion_reward"], difference, half, comparison["towns"])

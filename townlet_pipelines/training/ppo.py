@@ -490,9 +490,10 @@ class PPOStrategy:
 
         # ---- finish: score on the guardrail towns, write the checkpoint, build the record
         duration = time.perf_counter() - start
-        evaluation = {}
-        if self.evaluate_towns:
-            evaluation = evaluate(config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act)
+        evaluation, towns = {}, {}
+        if self.evaluate_towns:  # per town too: the champion is compared on the same towns, paired
+            evaluation = evaluate(config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act,
+                                  per_town=towns)
         last = _recent(stats, ppo)
         metrics = {**{f"eval_{k}": v for k, v in evaluation.items()}, "loss_total": last["loss_total"],
                    "kl": last["kl"], "clip_fraction": last["clip_fraction"]}
@@ -536,6 +537,7 @@ class PPOStrategy:
             lagrange_multiplier=multiplier.value if multiplier is not None else None,
             lagrange_multiplier_mean=float(np.mean(multipliers)) if multipliers else None,
             selected_update=selected,
+            evaluation_town_rewards=[float(value) for value in towns.get("reward_per_agent_day", [])],
             validation=dict(selector.best) if selector is not None and selector.best is not None else {},
             validation_expert=dict(selector.expert) if selector is not None else {},
             baseline_dataset_metrics=_dataset_metrics(source), evaluation=evaluation,
