@@ -131,6 +131,7 @@ def made(context, townlet: TownletResource, record: dict, metadata: dict, data_v
 
 
 def _value(value) -> MetadataValue:
+    """Any measured value as metadata; None (no baseline yet, no multiplier) as the text 'none'."""
     if value is None:
         return MetadataValue.text("none")
     if isinstance(value, bool) or isinstance(value, str):
@@ -140,11 +141,6 @@ def _value(value) -> MetadataValue:
     if isinstance(value, float):
         return MetadataValue.float(value)
     return MetadataValue.json(value)
-
-
-def _number(value) -> MetadataValue:
-    """A float, or the text 'none' when a baseline does not exist yet."""
-    return MetadataValue.text("none") if value is None else MetadataValue.float(float(value))
 
 
 def _run_dir(townlet: TownletResource, context) -> Path:
@@ -437,12 +433,12 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource, rep
         "clip_fraction": MetadataValue.float(last.clip_fraction),
         "env_steps_per_sec": MetadataValue.float(last.env_steps_per_sec),
         "processes": MetadataValue.int(townlet.processes),
-        "baseline_loss": _number(last.baseline_loss),
+        "baseline_loss": _value(last.baseline_loss),
         "reward_per_agent_day": MetadataValue.float(evaluation["reward_per_agent_day"]),
         "queue_conflicts_per_agent_day": MetadataValue.float(evaluation["queue_conflict_events_per_agent_day"]),
         "evaluation_towns": MetadataValue.int(int(evaluation["towns"])),
         "champion": MetadataValue.json(outcome.champion or {"champion": "none"}),
-        "lagrange_multiplier": _number(last.lagrange_multiplier),
+        "lagrange_multiplier": _value(last.lagrange_multiplier),
         "selected_update": MetadataValue.int(int(last.selected_update or last.updates)),
         "validation": MetadataValue.json({"policy": last.validation, "expert": last.validation_expert}),
         "device": last.device,

@@ -206,16 +206,12 @@ class AnnealStrategy:
 
     def _judged_baselines(self, context: TrainingContext, ppo: StagesOutcome) -> dict[str, float | None]:
         """The baselines the PPO stages were judged against, as their records carry them (the expert is
-        scored once per run, by the PPO step); with no PPO stage (a FAIL), the stored ones if any."""
-        if ppo.results:
-            first = ppo.results[0]
-            return {"loss": first.baseline_loss if first.baseline_loss is not None else first.loss_total,
-                    "queue_events": first.baseline_queue_events, "queue_intensity": first.baseline_queue_intensity}
-        stored = context.baselines.get(self._label(context)) if context.baselines is not None else None
-        if stored is None:
+        scored once per run, by the PPO step); with no PPO stage (a FAIL) nothing was judged against any."""
+        if not ppo.results:
             return {"loss": None, "queue_events": None, "queue_intensity": None}
-        return {"loss": stored.loss_total, "queue_events": stored.queue_conflict_events,
-                "queue_intensity": stored.queue_conflict_intensity}
+        first = ppo.results[0]
+        return {"loss": first.baseline_loss if first.baseline_loss is not None else first.loss_total,
+                "queue_events": first.baseline_queue_events, "queue_intensity": first.baseline_queue_intensity}
 
     def _expert_evaluation(self, context: TrainingContext) -> dict[str, float]:
         """The dataset's generator — the scripted expert, without the capture's DART noise — scored on the
