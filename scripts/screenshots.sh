@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/pip install -q -c constraints.txt -e ".[docs]"  # pillow, to shrink the screenshots
 command -v chromium > /dev/null || { echo "needs Debian's chromium (apt-get install chromium)"; exit 2; }
 work="$(mktemp -d)"
 trap 'kill -- -$dev 2> /dev/null || true; rm -rf "$work"' EXIT

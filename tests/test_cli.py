@@ -82,9 +82,27 @@ def test_a_users_mistake_is_one_line_and_exit_two(tmp_path, capsys):
     assert err.count("\n") == 1 and "promotion.json" in err and "Traceback" not in err
 
 
-def test_simulate_draws_the_town_into_a_png(tmp_path, capsys):
-    out = tmp_path / "town.png"
-    assert main(["simulate", "--config", "smoke", "--towns", "1", "--days", "1", "--render-png", str(out)]) == 0
-    data = out.read_bytes()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n") and 2_000 < len(data) < 150_000
+def test_simulate_draws_the_town_into_an_svg(tmp_path, capsys):
+    import re
+    import xml.etree.ElementTree as ET
+
+    out = tmp_path / "town.svg"
+    assert main(["simulate", "--config", "smoke", "--towns", "1", "--days", "1", "--render-svg", str(out)]) == 0
+    root = ET.parse(out).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg" and 2_000 < out.stat().st_size < 50_000
+    titles = [e.text for e in root.iter("{http://www.w3.org/2000/svg}text") if e.get("class") == "frame-title"]
+    assert len(titles) == 6 and titles[0].startswith("01:00  pantry ")  # a frame after every 60th tick
+    assert all(re.fullmatch(r"\d\d:\d\d  pantry \d+", title) for title in titles)
     assert f"wrote {out}" in capsys.readouterr().err
+
+
+def test_render_png_was_replaced_by_render_svg(tmp_path, capsys):
+    out = tmp_path / "town.png"
+    assert main(["simulate", "--config", "smoke", "--towns", "1", "--ticks", "60", "--render-png", str(out)]) == 2
+    assert capsys.readouterr().err == ("townlet: error: --render-png was replaced by --render-svg: pictures are SVG "
+                                       "now (--render-svg FILE)\n")
+    assert not out.exists()
+    from townlet_pipelines.cli import build_parser
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["simulate"].format_help()
+    assert "--render-svg FILE" in help_text and "--render-png" not in help_text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -113,13 +114,22 @@ def test_nightly_run_materializes_everything_and_every_check_passes(nightly):
     for node, key in (("bc_checkpoint", "training_curve_plot"), ("ppo_checkpoint", "training_curve_plot"),
                       ("promoted_policy", "town_day")):  # pictures, inline and small
         picture = result.asset_materializations_for_node(node)[0].metadata[key].value
-        assert picture.startswith("![") and "(data:image/png;base64," in picture and len(picture) < 200_000
+        assert picture.startswith("![") and "(data:image/svg+xml;base64," in picture and len(picture) < 200_000
     assert "| phase |" in result.asset_materializations_for_node("bc_checkpoint")[0].metadata["training_curve"].value
     held_out = result.asset_materializations_for_node("anneal_summary")[0].metadata
-    assert held_out["held_out_comparison"].value.startswith("![held-out comparison](data:image/png;base64,")
+    assert held_out["held_out_comparison"].value.startswith("![held-out comparison](data:image/svg+xml;base64,")
     assert set(held_out["held_out_reward"].value) == {"candidate", "scripted expert", "random"}  # no champion yet
     rerun = nightly["rerun"].asset_materializations_for_node("anneal_summary")[0].metadata
     assert set(rerun["held_out_reward"].value) == {"candidate", "champion", "scripted expert", "random"}
+    # The expert's and random's held-out rows depend on the config alone: scored on the first night, read back.
+    assert rerun["held_out_reward"].value["scripted expert"] == held_out["held_out_reward"].value["scripted expert"]
+    assert len(list((nightly["root"] / "cache").glob("reference-*.json"))) == 1
+    # The release's town-day picture is the one the night's held-out report drew of that checkpoint.
+    release = nightly["release_before"]["releases"][-1]
+    record = json.loads((nightly["root"] / "records" / "anneal_summary" / f"{NIGHTS[0]}.json").read_text())
+    drawn = Path(record["town_days"][release["checkpoint_id"]]).read_text()
+    shown = result.asset_materializations_for_node("promoted_policy")[0].metadata["town_day"].value
+    assert base64.b64decode(shown.split("base64,", 1)[1].rstrip(")")).decode() == drawn
 
 
 def test_lineage_links_each_asset_to_its_inputs(nightly):

@@ -22,6 +22,8 @@ def _simulate(args: argparse.Namespace) -> int:
     from townlet_pipelines.world.render import render_town
     from townlet_pipelines.world.simulate import make_policy, simulate
 
+    if args.render_png is not None:
+        raise ValueError("--render-png was replaced by --render-svg: pictures are SVG now (--render-svg FILE)")
     config = load_config(args.config)
     if args.variant:
         config = config.model_copy(
@@ -29,7 +31,7 @@ def _simulate(args: argparse.Namespace) -> int:
         )
     ticks = args.ticks if args.ticks is not None else args.days * config.world.day_ticks
     on_tick, strip = None, None
-    if args.render or args.render_png:
+    if args.render or args.render_svg:
         every = args.render_every
 
         def on_tick(world) -> None:
@@ -37,7 +39,7 @@ def _simulate(args: argparse.Namespace) -> int:
             if world.state.tick % every == 0:
                 if args.render:
                     print(render_town(world, 0), end="\n\n", flush=True)
-                if args.render_png:
+                if args.render_svg:
                     from townlet_pipelines.pictures import TownStrip
 
                     strip = strip or TownStrip(world, 0, frames=6)
@@ -45,13 +47,13 @@ def _simulate(args: argparse.Namespace) -> int:
 
     report = simulate(config, args.towns, ticks, make_policy(args.policy, config, args.seed), args.seed,
                       observe=not args.no_observe, on_tick=on_tick)
-    if args.render_png:
+    if args.render_svg:
         from townlet_pipelines.data.files import atomic_write_bytes
 
         if strip is None:
-            raise ValueError(f"--render-png: no frame was captured in {ticks} ticks (--render-every {every})")
-        atomic_write_bytes(args.render_png, strip.png())
-        print(f"wrote {args.render_png}", file=sys.stderr)
+            raise ValueError(f"--render-svg: no frame was captured in {ticks} ticks (--render-every {every})")
+        atomic_write_bytes(args.render_svg, strip.svg().encode())
+        print(f"wrote {args.render_svg}", file=sys.stderr)
     if args.json:
         print(report.model_dump_json(indent=2))
         return 0
@@ -385,8 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-observe", action="store_true", help="skip building observations")
     sim.add_argument("--render", action="store_true", help="print town 0 as text frames")
     sim.add_argument("--render-every", type=int, default=60, help="ticks between rendered frames")
-    sim.add_argument("--render-png", default=None, metavar="FILE",
-                     help="also draw town 0 over the run as a strip of pictures (PNG) into FILE")
+    sim.add_argument("--render-svg", default=None, metavar="FILE",
+                     help="also draw town 0 over the run as a strip of pictures (SVG) into FILE")
+    sim.add_argument("--render-png", default=None, metavar="FILE", help=argparse.SUPPRESS)  # replaced: says so
     sim.add_argument("--json", action="store_true", help="print the report as JSON")
     sim.set_defaults(handler=_simulate)
 

@@ -230,12 +230,12 @@ def rollout_dataset(context: AssetExecutionContext, townlet: TownletResource):
     from townlet_pipelines.data.replay import ReplayDataset
     from townlet_pipelines.training.orchestrator import capture_release_rollouts
 
-    training = townlet.training_context(context.run.run_id, context.partition_key)
-    if training.config.ppo.data_mode == "rollout":  # PPO collects on-policy: nothing captured here would be used
+    if townlet.load_config(context.partition_key).ppo.data_mode == "rollout":  # nothing captured would be used
         reason = "not captured: ppo.data_mode is rollout (PPO collects on-policy); replay or mixed would train on it"
         context.log.info(reason)
         return made(context, townlet, {"captured": False, "path": None, "dataset_identity": None},
                     {"captured": False, "reason": reason}, "none", skipped(reason))
+    training = townlet.training_context(context.run.run_id, context.partition_key)
     out = _fresh(_run_dir(townlet, context), "rollout_dataset")
     result, release = capture_release_rollouts(training, out)
     dataset = ReplayDataset.open(result.path, verify="none")  # verified once, by manifest_verified below
@@ -337,7 +337,7 @@ def _held(context, townlet, strategy, training, bc, ppo, verdicts) -> None:
        description="The anneal schedule's BC stages on the expert demonstrations (reused while they are unchanged).")
 @told_in_one_line
 def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource, replay_manifest: dict):
-    from townlet_pipelines.pictures import bc_curve_png
+    from townlet_pipelines.pictures import bc_curve_svg
     from townlet_pipelines.training.anneal import AnnealStrategy, StagesOutcome, bc_verdict
     from townlet_pipelines.training.cache import cached_bc_stages
 
@@ -374,7 +374,7 @@ def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource, repl
         "duration_sec": MetadataValue.float(sum(r.duration_sec for r in outcome.results)),
         "stages": MetadataValue.md(_stage_table(outcome.stages)),
         "training_curve": MetadataValue.md(_curve(logs, "bc", ("loss", "accuracy", "val_loss", "val_accuracy"))),
-        "training_curve_plot": _picture(bc_curve_png, _log_entries(logs, "bc"), "BC training curve"),
+        "training_curve_plot": _picture(bc_curve_svg, _log_entries(logs, "bc"), "BC training curve"),
     }, last.checkpoint_id, [verdict])
 
 
@@ -397,7 +397,7 @@ PPO_CHECKS = [
 def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource, replay_manifest: dict,
                    rollout_dataset: dict, bc_checkpoint: dict):
     from townlet_pipelines.data.files import atomic_write_text
-    from townlet_pipelines.pictures import ppo_curve_png
+    from townlet_pipelines.pictures import ppo_curve_svg
     from townlet_pipelines.training.anneal import AnnealStrategy, ppo_verdicts
     from townlet_pipelines.training.cache import read_stages
 
@@ -444,7 +444,7 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource, rep
         "device": last.device,
         "stages": MetadataValue.md(_stage_table(outcome.stages)),
         "training_curve": MetadataValue.md(_curve(run_dir / "logs", "ppo", ("loss_total", "kl", "clip_fraction"))),
-        "training_curve_plot": _picture(ppo_curve_png, _log_entries(run_dir / "logs", "ppo"), "PPO training curve"),
+        "training_curve_plot": _picture(ppo_curve_svg, _log_entries(run_dir / "logs", "ppo"), "PPO training curve"),
     }, outcome.checkpoint_id, verdicts)
 
 
@@ -465,18 +465,22 @@ def anneal_summary(context: AssetExecutionContext, townlet: TownletResource, rep
     path = _run_dir(townlet, context) / "anneal_summary.json"
     summary = judge_and_store(AnnealStrategy(replay_manifest["path"]), training, bc, ppo, path,
                               ppo_checkpoint["run_id"])
-    report = {}
+    report, town_days = {}, {}
     if training.config.evaluation.report_towns and summary.final_checkpoint_path:
-        from townlet_pipelines.pictures import comparison_png, markdown_image
+        from townlet_pipelines.pictures import comparison_svg, markdown_image
         from townlet_pipelines.training.evaluation import held_out_comparison
 
         champion = training.promotion.status().current_release  # promotion comes after this step
+        strips: dict = {}
         rows = held_out_comparison(training.config, summary.final_checkpoint_path,
-                                   champion.path if champion is not None else None, training.device)
-        report = {"held_out_comparison": MetadataValue.md(markdown_image(comparison_png(rows), "held-out comparison")),
+                                   champion.path if champion is not None else None, training.device,
+                                   cache_root=townlet.root(), strips=strips)
+        report = {"held_out_comparison": MetadataValue.md(markdown_image(comparison_svg(rows), "held-out comparison")),
                   "held_out_reward": MetadataValue.json({name: round(row["reward_per_agent_day"], 3)
                                                          for name, row in rows.items()})}
-    return made(context, townlet, {"path": str(path), "status": summary.status}, {
+        town_days = _keep_town_days(path.parent, strips, {"candidate": summary.final_checkpoint_id,
+                                                           "champion": champion and champion.checkpoint_id})
+    return made(context, townlet, {"path": str(path), "status": summary.status, "town_days": town_days}, {
         **report,
         "path": MetadataValue.path(str(path)),
         "status": summary.status,
@@ -494,6 +498,36 @@ def anneal_summary(context: AssetExecutionContext, townlet: TownletResource, rep
     }, sha256_file(path)[:16])
 
 
+def _keep_town_days(folder: Path, strips: dict, checkpoints: dict) -> dict[str, str]:
+    """The held-out report's pictures of its first town, one file per checkpoint: `promoted_policy` shows the
+    release's without playing that town again."""
+    from townlet_pipelines.data.files import atomic_write_text
+
+    kept = {}
+    for name, strip in strips.items():
+        if checkpoints.get(name):
+            out = folder / f"town_day-{checkpoints[name]}.svg"
+            atomic_write_text(out, strip.svg())
+            kept[checkpoints[name]] = str(out)
+    return kept
+
+
+def _town_day(training, release, town_days: dict[str, str]) -> str:
+    """The release over a day in the first held-out town: the night's report drew it when it scored this
+    checkpoint; else (a rollback, the report off) the town is played here."""
+    from townlet_pipelines.pictures import town_day_svg
+    from townlet_pipelines.training.checkpoints import load_checkpoint
+    from townlet_pipelines.training.policy import TorchPolicy
+    from townlet_pipelines.world.engine import TownWorld
+
+    try:
+        return Path(town_days[release.checkpoint_id]).read_text()
+    except (KeyError, OSError):
+        config = training.config
+        model, _ = load_checkpoint(release.path, TownWorld(config, 1).spec, device=training.device.device)
+        return town_day_svg(config, TorchPolicy(model, training.device, greedy=True).act, config.seeds.test.start)
+
+
 @asset(group_name=GROUP, code_version=CODE_VERSIONS["promoted_policy"], kinds={"python"}, partitions_def=NIGHTS,
        description="The current release after the night's promotion rule (promoted this night or not).")
 @told_in_one_line
@@ -509,15 +543,10 @@ def promoted_policy(context: AssetExecutionContext, townlet: TownletResource, an
     release = status.current_release
     pictures = {}
     if release is not None and release.path:  # what the released policy does: one held-out town over a day
-        from townlet_pipelines.pictures import markdown_image, town_day_png
-        from townlet_pipelines.training.checkpoints import load_checkpoint
-        from townlet_pipelines.training.policy import TorchPolicy
-        from townlet_pipelines.world.engine import TownWorld
+        from townlet_pipelines.pictures import markdown_image
 
-        config = training.config
-        model, _ = load_checkpoint(release.path, TownWorld(config, 1).spec, device=training.device.device)
-        png = town_day_png(config, TorchPolicy(model, training.device, greedy=True).act, config.seeds.test.start)
-        pictures["town_day"] = MetadataValue.md(markdown_image(png, f"release {release.release_id} over a day"))
+        svg = _town_day(training, release, anneal_summary.get("town_days", {}))
+        pictures["town_day"] = MetadataValue.md(markdown_image(svg, f"release {release.release_id} over a day"))
     return made(context, townlet, {"release_id": outcome.release_id, "promoted": outcome.promoted}, {
         **pictures,
         "promoted_this_run": outcome.promoted,

@@ -104,3 +104,31 @@ def cached_bc_stages(strategy, context, dataset_identity: str, root: Path, say: 
     except OSError:  # another run published the same entry meanwhile: the same bytes, keep theirs
         shutil.rmtree(work, ignore_errors=True)
     return read_stages(record, root), record, False
+
+
+def reference_scores_key(config: TownletConfig, seeds) -> str:
+    data = config.model_dump(mode="json")
+    return content_key("reference", {key: data[key] for key in ("world", "rewards", "observations", "expert",
+                                                                "evaluation")},
+                       [int(seed) for seed in seeds], _code_version())
+
+
+def cached_reference_scores(config: TownletConfig, seeds, score: Callable[[], dict], root: Path | None) -> dict:
+    """The held-out rows of the policies no training changes (the expert, a random policy): `score()` once per
+    config and towns, then read back. Without a root nothing is kept; an unreadable entry is scored again."""
+    from townlet_pipelines.data.files import atomic_write_text
+
+    if root is None:
+        return score()
+    path = Path(root) / "cache" / f"reference-{reference_scores_key(config, seeds)}.json"
+    try:
+        rows = json.loads(path.read_text())
+        if rows and all(isinstance(row, dict) and isinstance(row.get("reward_per_agent_day"), float)
+                        for row in rows.values()):
+            return rows
+    except (OSError, ValueError, AttributeError):
+        pass
+    rows = score()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(rows, indent=2, sort_keys=True))
+    return rows

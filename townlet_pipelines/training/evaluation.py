@@ -16,12 +16,13 @@ Z95 = 1.959964
 
 
 def evaluate(config: TownletConfig, act, seeds: tuple[int, ...] | None = None, ticks: int | None = None,
-             per_town: dict | None = None) -> dict[str, float]:
+             per_town: dict | None = None, on_tick=None) -> dict[str, float]:
     """Run `act(world) -> actions` on one town per seed; KPIs per agent-day with `<kpi>_ci95` half-widths.
 
     `seeds` defaults to the guardrail evaluation towns (`config.seeds.guardrail`). `act` may be a world
     `Policy.act` or a `TorchPolicy.act` (its `.actions` are used). Pass a dict as `per_town` to receive the
-    per-town arrays behind each KPI (paired comparisons use them).
+    per-town arrays behind each KPI (paired comparisons use them). `on_tick(world)` runs before each tick
+    (a picture watches a town through it).
     """
     seeds = tuple(config.seeds.guardrail.seeds() if seeds is None else seeds)
     if not seeds:
@@ -32,6 +33,8 @@ def evaluate(config: TownletConfig, act, seeds: tuple[int, ...] | None = None, t
     totals = {key: np.zeros(len(seeds)) for key in TELEMETRY_KEYS}
     reward = np.zeros(len(seeds))
     for _ in range(ticks):
+        if on_tick is not None:
+            on_tick(world)
         actions = act(world)
         actions = getattr(actions, "actions", actions)
         result = world.step(actions)
@@ -63,14 +66,20 @@ def paired_difference(candidate: np.ndarray, reference: np.ndarray) -> tuple[flo
     return float(difference.mean()), float(half)
 
 
-def held_out_comparison(config: TownletConfig, candidate, champion=None, device=None) -> dict[str, dict[str, float]]:
+def held_out_comparison(config: TownletConfig, candidate, champion=None, device=None, cache_root=None,
+                         strips: dict | None = None) -> dict[str, dict[str, float]]:
     """The candidate beside the champion (the current release, when there is one), the scripted expert and a
     random policy, greedy on the first `evaluation.report_towns` held-out towns (seeds.test): a picture for
-    people, never an input to training, tuning or a guardrail. `candidate`/`champion` are checkpoint folders."""
+    people, never an input to training, tuning or a guardrail. `candidate`/`champion` are checkpoint folders.
+
+    The expert's and the random policy's rows depend on the config alone, so with `cache_root` they are scored
+    once per config and read back on later nights. Pass a dict as `strips` to receive, per checkpoint name, a
+    `TownStrip` of the first held-out town over its first day (the picture `town_day_svg` would draw by playing
+    that town again)."""
+    from townlet_pipelines.training.cache import cached_reference_scores
     from townlet_pipelines.training.checkpoints import load_checkpoint
     from townlet_pipelines.training.device import device_context
     from townlet_pipelines.training.policy import TorchPolicy
-    from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
 
     device = device or device_context("cpu", False, config.runtime.torch_threads)
     seeds = config.seeds.test.seeds()[:config.evaluation.report_towns]
@@ -79,7 +88,29 @@ def held_out_comparison(config: TownletConfig, candidate, champion=None, device=
     for name, path in (("candidate", candidate), ("champion", champion)):
         if path is not None:
             model, _ = load_checkpoint(path, spec, device=device.device)
-            rows[name] = evaluate(config, TorchPolicy(model, device, greedy=True).act, seeds=seeds)
-    rows["scripted expert"] = evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds)
-    rows["random"] = evaluate(config, RandomPolicy(0).act, seeds=seeds)
+            watch = _first_day(config, strips, name) if strips is not None else None
+            rows[name] = evaluate(config, TorchPolicy(model, device, greedy=True).act, seeds=seeds, on_tick=watch)
+    rows.update(cached_reference_scores(config, seeds, lambda: reference_scores(config, seeds), cache_root))
     return rows
+
+
+def reference_scores(config: TownletConfig, seeds) -> dict[str, dict[str, float]]:
+    """The scripted expert and a random policy (seed 0) on `seeds`: the fixed ends of the held-out scale."""
+    from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
+
+    return {"scripted expert": evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds),
+            "random": evaluate(config, RandomPolicy(0).act, seeds=seeds)}
+
+
+def _first_day(config: TownletConfig, strips: dict, name: str, frames: int = 6):
+    """An `on_tick` that keeps `frames` evenly spaced pictures of town 0's first day in `strips[name]`."""
+    from townlet_pipelines.pictures import TownStrip
+
+    every, seen = max(1, config.world.day_ticks // frames), iter(range(config.world.day_ticks))
+
+    def watch(world) -> None:
+        tick = next(seen, None)  # ticks since the start: a later episode of the same towns is not drawn
+        if tick is not None and tick % every == 0:
+            strips.setdefault(name, TownStrip(world, 0, frames)).capture()
+
+    return watch

@@ -1,0 +1,45 @@
+"""The held-out report's shortcuts: reference rows kept per config, the town-day picture taken while scoring."""
+
+from __future__ import annotations
+
+import json
+
+from townlet_pipelines.config import load_config
+from townlet_pipelines.training.cache import cached_reference_scores
+from townlet_pipelines.training.evaluation import _first_day, evaluate
+from townlet_pipelines.world.policies import ScriptedExpert
+
+
+def test_reference_rows_are_scored_once_per_config_and_rescored_when_damaged(tmp_path):
+    config, calls = load_config("smoke"), []
+
+    def score():
+        calls.append(1)
+        return {"scripted expert": {"reward_per_agent_day": -9.5}, "random": {"reward_per_agent_day": -30.25}}
+
+    first = cached_reference_scores(config, (1, 2), score, tmp_path)
+    assert cached_reference_scores(config, (1, 2), score, tmp_path) == first and len(calls) == 1
+    cached_reference_scores(config, (1, 3), score, tmp_path)  # other towns: another entry
+    longer = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"ticks": 720})})
+    cached_reference_scores(longer, (1, 2), score, tmp_path)  # another evaluation: another entry
+    assert len(calls) == 3 and len(list((tmp_path / "cache").glob("reference-*.json"))) == 3
+    entry = sorted((tmp_path / "cache").glob("reference-*.json"))[0]
+    for damage in ("{not json", "{}", json.dumps({"random": {"reward_per_agent_day": "high"}})):
+        entry.write_text(damage)
+        cached_reference_scores(config, (1, 2), score, tmp_path)
+        cached_reference_scores(config, (1, 3), score, tmp_path)
+        cached_reference_scores(longer, (1, 2), score, tmp_path)
+    assert len(calls) == 6, "each damaged entry is scored again, once, and the others are read back"
+    assert cached_reference_scores(config, (1, 2), score, None) == first and len(calls) == 7  # no root: no cache
+
+
+def test_the_town_day_taken_while_scoring_is_the_day_a_replay_of_that_town_draws():
+    from townlet_pipelines.pictures import town_day_svg
+
+    config = load_config("smoke")
+    seeds = config.seeds.test.seeds()[:3]
+    strips: dict = {}
+    evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds, ticks=2 * config.world.day_ticks,
+             on_tick=_first_day(config, strips, "expert"))
+    assert len(strips["expert"].frames) == 6, "the first day only, six evenly spaced frames"
+    assert strips["expert"].svg() == town_day_svg(config, ScriptedExpert(config.expert).act, seeds[0])
