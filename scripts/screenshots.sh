@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/pip install -q -c constraints.txt -e ".[docs]"  # pillow, to shrink the screenshots
+.venv/bin/pip install -q -c constraints.txt -e ".[docs]"  # pillow (shrinking), websocket-client (clicks)
 command -v chromium > /dev/null || { echo "needs Debian's chromium (apt-get install chromium)"; exit 2; }
 work="$(mktemp -d)"
 trap 'kill -- -$dev 2> /dev/null || true; rm -rf "$work"' EXIT
@@ -35,11 +35,18 @@ shoot() {  # shoot NAME PATH
     --disable-component-update --disable-sync --hide-scrollbars --user-data-dir="$work/chrome" \
     --window-size=1440,900 --virtual-time-budget=25000 --screenshot="$work/$1.png" \
     "http://127.0.0.1:$port$2" > /dev/null 2>&1
+  shrink "$1"
+}
+shoot_picture() {  # shoot_picture NAME PATH METADATA_KEY: the page with that entry's picture opened
+  .venv/bin/python scripts/ui_markdown_shot.py "http://127.0.0.1:$port$2" "$3" "$work/$1.png"
+  shrink "$1" 256  # the picture's colours over the dialog's dimmed page
+}
+shrink() {  # shrink NAME [COLOURS]: two thirds the size, 64 colours (or COLOURS), into docs/ui/
   .venv/bin/python -c "
 from PIL import Image
 image = Image.open('$work/$1.png').convert('RGB')
 small = image.resize((image.width * 2 // 3, image.height * 2 // 3), Image.LANCZOS)
-small.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save('docs/ui/$1.png', optimize=True)"
+small.quantize(colors=${2:-64}, method=Image.Quantize.MEDIANCUT).save('docs/ui/$1.png', optimize=True)"
   echo "docs/ui/$1.png"
 }
 location="townlet_pipelines.pipeline.definitions"
@@ -49,3 +56,5 @@ shoot ppo-checks "/assets/ppo_checkpoint?view=checks"
 shoot anneal-summary "/assets/anneal_summary"
 shoot failed-run "/runs/$failed?logs=step%3Abc_checkpoint"
 shoot promoted-policy "/assets/promoted_policy"
+shoot_picture held-out-picture "/assets/anneal_summary" held_out_comparison
+shoot_picture town-day-picture "/assets/promoted_policy" town_day

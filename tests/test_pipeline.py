@@ -120,7 +120,7 @@ def test_nightly_run_materializes_everything_and_every_check_passes(nightly):
     assert held_out["held_out_comparison"].value.startswith("![held-out comparison](data:image/svg+xml;base64,")
     assert set(held_out["held_out_reward"].value) == {"candidate", "scripted expert", "random"}  # no champion yet
     rerun = nightly["rerun"].asset_materializations_for_node("anneal_summary")[0].metadata
-    assert set(rerun["held_out_reward"].value) == {"candidate", "champion", "scripted expert", "random"}
+    assert list(rerun["held_out_reward"].value) == ["candidate", "champion", "scripted expert", "random"]
     # The expert's and random's held-out rows depend on the config alone: scored on the first night, read back.
     assert rerun["held_out_reward"].value["scripted expert"] == held_out["held_out_reward"].value["scripted expert"]
     assert len(list((nightly["root"] / "cache").glob("reference-*.json"))) == 1

@@ -67,7 +67,7 @@ class TownletResource(ConfigurableResource):
                 "config_hash": digest[:12], **({"night": night} if night else {})}
 
     def root(self) -> Path:
-        from townlet_pipelines.training.orchestrator import artifacts_root
+        from townlet_pipelines.training.namespaces import artifacts_root  # light: no training modules
 
         return artifacts_root(self.artifacts_root)
 

@@ -90,7 +90,8 @@ def held_out_comparison(config: TownletConfig, candidate, champion=None, device=
             model, _ = load_checkpoint(path, spec, device=device.device)
             watch = _first_day(config, strips, name) if strips is not None else None
             rows[name] = evaluate(config, TorchPolicy(model, device, greedy=True).act, seeds=seeds, on_tick=watch)
-    rows.update(cached_reference_scores(config, seeds, lambda: reference_scores(config, seeds), cache_root))
+    references = cached_reference_scores(config, seeds, lambda: reference_scores(config, seeds), cache_root)
+    rows.update((name, references[name]) for name in ("scripted expert", "random"))  # the same order every night
     return rows
 
 

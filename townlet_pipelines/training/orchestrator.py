@@ -8,7 +8,6 @@ in `state/`.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,14 +23,9 @@ from townlet_pipelines.training.bc import BCStrategy
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.device import device_context
 from townlet_pipelines.training.distributed import SINGLE, Ranks, device_for
-from townlet_pipelines.training.namespaces import namespace
+from townlet_pipelines.training.namespaces import artifacts_root, namespace
 from townlet_pipelines.training.ppo import PPOStrategy
 
-DEFAULT_ARTIFACTS = Path("dagster_home") / "artifacts"
-
-
-def artifacts_root(root: str | Path | None = None) -> Path:
-    return Path(root or os.environ.get("TOWNLET_ARTIFACTS") or DEFAULT_ARTIFACTS).absolute()
 
 
 def new_run_dir(root: str | Path | None = None, run_id: str | None = None) -> Path:
