@@ -30,7 +30,8 @@ OPEN_ENTRY = """(() => {
 
 class Page:
     def __init__(self, socket_url: str) -> None:
-        self.socket, self.ids = websocket.create_connection(socket_url, timeout=60, suppress_origin=True), itertools.count(1)
+        self.socket = websocket.create_connection(socket_url, timeout=60, suppress_origin=True)
+        self.ids = itertools.count(1)
 
     def call(self, method: str, **params):
         message_id = next(self.ids)
@@ -61,10 +62,12 @@ def main() -> None:
         try:
             for _ in range(60):
                 try:
-                    targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{args.port}/json"))
+                    targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{args.port}/json", timeout=5))
                     break
                 except OSError:
                     time.sleep(0.5)
+            else:
+                raise SystemExit(f"chromium did not open its DevTools port {args.port} within 30 s")
             page = Page(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
             page.call("Emulation.setDeviceMetricsOverride", width=1440, height=900, deviceScaleFactor=1, mobile=False)
             page.call("Page.navigate", url=args.url)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -124,12 +123,10 @@ def test_nightly_run_materializes_everything_and_every_check_passes(nightly):
     # The expert's and random's held-out rows depend on the config alone: scored on the first night, read back.
     assert rerun["held_out_reward"].value["scripted expert"] == held_out["held_out_reward"].value["scripted expert"]
     assert len(list((nightly["root"] / "cache").glob("reference-*.json"))) == 1
-    # The release's town-day picture is the one the night's held-out report drew of that checkpoint.
-    release = nightly["release_before"]["releases"][-1]
+    # The tiny profile scores 120 ticks, less than its 360-tick day: the report keeps no town-day frames (a
+    # partial day is not "over a day"), so `promoted_policy` played the town itself (the picture is checked above).
     record = json.loads((nightly["root"] / "records" / "anneal_summary" / f"{NIGHTS[0]}.json").read_text())
-    drawn = Path(record["town_days"][release["checkpoint_id"]]).read_text()
-    shown = result.asset_materializations_for_node("promoted_policy")[0].metadata["town_day"].value
-    assert base64.b64decode(shown.split("base64,", 1)[1].rstrip(")")).decode() == drawn
+    assert record["town_days"] == {}
 
 
 def test_lineage_links_each_asset_to_its_inputs(nightly):

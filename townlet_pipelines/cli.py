@@ -244,9 +244,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from townlet_pipelines.config import config_from_mapping
     from townlet_pipelines.training.checkpoints import load_checkpoint, read_record
     from townlet_pipelines.training.device import device_context
-    from townlet_pipelines.training.evaluation import evaluate
+    from townlet_pipelines.training.evaluation import evaluate, reference_scores
     from townlet_pipelines.training.policy import TorchPolicy
-    from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
 
     config = load_config(args.config)
     record = read_record(args.checkpoint)
@@ -265,8 +264,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     rows = {
         f"checkpoint {record.checkpoint_id}": evaluate(
             config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act, seeds=seeds),
-        "scripted expert": evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds),
-        "random": evaluate(config, RandomPolicy(0).act, seeds=seeds),
+        **reference_scores(config, seeds),
     }
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -10,17 +10,17 @@ from __future__ import annotations
 from dagster import AssetCheckResult, AssetIn, Definitions, Output, asset, define_asset_job, in_process_executor
 
 from townlet_pipelines.pipeline.assets import ASSETS
-from townlet_pipelines.pipeline import definitions as real
+from townlet_pipelines.pipeline import definitions
 from townlet_pipelines.pipeline.records import NIGHTS
 
 
-def _hollow(real):
-    specs = list(real.check_specs)
-    inputs = {name: AssetIn(key) for name, key in real.keys_by_input_name.items()}
+def _hollow(asset_def):
+    specs = list(asset_def.check_specs)
+    inputs = {name: AssetIn(key) for name, key in asset_def.keys_by_input_name.items()}
 
-    @asset(key=real.key, ins=inputs, partitions_def=NIGHTS, check_specs=specs, group_name="hollow")
+    @asset(key=asset_def.key, ins=inputs, partitions_def=NIGHTS, check_specs=specs, group_name="hollow")
     def twin(context, **_upstream):
-        context.log.info(f"{real.key.to_user_string()}: nothing to do")
+        context.log.info(f"{asset_def.key.to_user_string()}: nothing to do")
         yield Output({"hollow": True})
         for spec in specs:
             yield AssetCheckResult(check_name=spec.name, passed=True)
@@ -28,5 +28,6 @@ def _hollow(real):
     return twin
 
 
-defs = Definitions(assets=[_hollow(real) for real in ASSETS], resources=real.defs.resources,
-                   jobs=[define_asset_job("nightly_anneal", executor_def=in_process_executor, config=real.RUN_CONFIG)])
+defs = Definitions(assets=[_hollow(asset_def) for asset_def in ASSETS], resources=definitions.defs.resources,
+                   jobs=[define_asset_job("nightly_anneal", executor_def=in_process_executor,
+                                          config=definitions.RUN_CONFIG)])

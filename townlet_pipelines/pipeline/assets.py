@@ -33,12 +33,15 @@ MAKERS = {  # the source files whose code makes each asset (and the pipeline's o
     "replay_manifest": (*WORLD, "data/replay.py", "training/cache.py", "training/orchestrator.py"),
     "rollout_dataset": (*WORLD, "data/replay.py", "training/orchestrator.py", "training/checkpoints.py",
                         "training/policy.py", "training/model.py"),
-    "bc_checkpoint": (*WORLD, "data/replay.py", "training/*.py", "pictures.py", "pipeline/distributed_step.py"),
-    "ppo_checkpoint": (*WORLD, "data/replay.py", "training/*.py", "pictures.py", "pipeline/distributed_step.py"),
-    "anneal_summary": ("config.py", "results.py", "training/anneal.py", "training/evaluation.py", "pictures.py",
-                       "training/guardrails.py", "data/baselines.py", "data/promotion.py", "data/state_file.py"),
+    "bc_checkpoint": (*WORLD, "data/replay.py", "training/*.py", "pictures.py", "svg.py",
+                      "pipeline/distributed_step.py"),
+    "ppo_checkpoint": (*WORLD, "data/replay.py", "training/*.py", "pictures.py", "svg.py",
+                       "pipeline/distributed_step.py"),
+    "anneal_summary": ("config.py", "results.py", "training/anneal.py", "training/evaluation.py", "training/cache.py",
+                       "pictures.py", "svg.py", "training/guardrails.py", "data/baselines.py", "data/promotion.py",
+                       "data/state_file.py"),
     "promoted_policy": ("config.py", "training/orchestrator.py", "data/promotion.py", "data/state_file.py",
-                        "pictures.py"),
+                        "pictures.py", "svg.py"),
 }
 
 

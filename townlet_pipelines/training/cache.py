@@ -2,9 +2,12 @@
 
 The expert dataset is keyed by everything that makes it (world, rewards, observations, expert, rollout
 and the code version); the BC stages by the dataset's identity, the model and BC settings, the schedule's
-BC stages and threshold, and the code version. Capture and BC are deterministic for a given key, so a hit
-is the same bytes a re-run would produce. Entries are immutable once complete; an incomplete one (no
-completion record) or a damaged one (a file whose sha256 no longer matches) is rebuilt, never trusted.
+BC stages and threshold, and the code version; the held-out report's reference rows (the expert's and a
+random policy's scores) by world, rewards, observations, expert, evaluation, the towns and the code version.
+Capture, BC and scoring are deterministic for a given key, so a hit is the same result a re-run would
+produce. Entries are immutable once complete; an incomplete one (no completion record) or a damaged one (a
+file whose sha256 no longer matches; for the small reference rows, one that does not parse) is rebuilt,
+never trusted.
 Paths inside an entry's record are stored relative to the artifacts root, so the root can move.
 """
 
@@ -113,9 +116,11 @@ def reference_scores_key(config: TownletConfig, seeds) -> str:
                        [int(seed) for seed in seeds], _code_version())
 
 
-def cached_reference_scores(config: TownletConfig, seeds, score: Callable[[], dict], root: Path | None) -> dict:
+def cached_reference_scores(config: TownletConfig, seeds, names: tuple[str, ...], score: Callable[[], dict],
+                            root: Path | None) -> dict:
     """The held-out rows of the policies no training changes (the expert, a random policy): `score()` once per
-    config and towns, then read back. Without a root nothing is kept; an unreadable entry is scored again."""
+    config and towns, then read back. Without a root nothing is kept; an entry that is unreadable or lacks one
+    of `names` is scored again."""
     from townlet_pipelines.data.files import atomic_write_text
 
     if root is None:
@@ -123,8 +128,8 @@ def cached_reference_scores(config: TownletConfig, seeds, score: Callable[[], di
     path = Path(root) / "cache" / f"reference-{reference_scores_key(config, seeds)}.json"
     try:
         rows = json.loads(path.read_text())
-        if rows and all(isinstance(row, dict) and isinstance(row.get("reward_per_agent_day"), float)
-                        for row in rows.values()):
+        if set(rows) == set(names) and all(isinstance(row, dict) and isinstance(row.get("reward_per_agent_day"), float)
+                                           for row in rows.values()):
             return rows
     except (OSError, ValueError, AttributeError):
         pass

@@ -88,11 +88,16 @@ def held_out_comparison(config: TownletConfig, candidate, champion=None, device=
     for name, path in (("candidate", candidate), ("champion", champion)):
         if path is not None:
             model, _ = load_checkpoint(path, spec, device=device.device)
-            watch = _first_day(config, strips, name) if strips is not None else None
+            whole_day = config.evaluation.ticks >= config.world.day_ticks  # else the caller plays the day itself
+            watch = _first_day(config, strips, name) if strips is not None and whole_day else None
             rows[name] = evaluate(config, TorchPolicy(model, device, greedy=True).act, seeds=seeds, on_tick=watch)
-    references = cached_reference_scores(config, seeds, lambda: reference_scores(config, seeds), cache_root)
-    rows.update((name, references[name]) for name in ("scripted expert", "random"))  # the same order every night
+    references = cached_reference_scores(config, seeds, REFERENCES, lambda: reference_scores(config, seeds),
+                                         cache_root)
+    rows.update((name, references[name]) for name in REFERENCES)  # the same order every night
     return rows
+
+
+REFERENCES = ("scripted expert", "random")
 
 
 def reference_scores(config: TownletConfig, seeds) -> dict[str, dict[str, float]]:

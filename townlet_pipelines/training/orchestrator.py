@@ -27,7 +27,6 @@ from townlet_pipelines.training.namespaces import artifacts_root, namespace
 from townlet_pipelines.training.ppo import PPOStrategy
 
 
-
 def new_run_dir(root: str | Path | None = None, run_id: str | None = None) -> Path:
     """A fresh folder for one run; an existing one is never reused."""
     run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
