@@ -8,7 +8,8 @@ import pytest
 
 from townlet_pipelines.config import load_config
 from townlet_pipelines.training.cache import cached_reference_scores
-from townlet_pipelines.training.evaluation import _first_day, evaluate
+from townlet_pipelines.pictures import FirstDay
+from townlet_pipelines.training.evaluation import evaluate
 from townlet_pipelines.world.policies import ScriptedExpert
 
 NAMES = ("scripted expert", "random")
@@ -43,11 +44,10 @@ def test_the_town_day_taken_while_scoring_is_the_day_a_replay_of_that_town_draws
 
     config = load_config("smoke")
     seeds = config.seeds.test.seeds()[:3]
-    strips: dict = {}
-    evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds, ticks=2 * config.world.day_ticks,
-             on_tick=_first_day(config, strips, "expert"))
-    assert len(strips["expert"].frames) == 6, "the first day only, six evenly spaced frames"
-    assert strips["expert"].svg() == town_day_svg(config, ScriptedExpert(config.expert).act, seeds[0])
+    watch = FirstDay(config.world.day_ticks)
+    evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds, ticks=2 * config.world.day_ticks, on_tick=watch)
+    assert len(watch.strip.frames) == 6, "the first day only, six evenly spaced frames"
+    assert watch.strip.svg() == town_day_svg(config, ScriptedExpert(config.expert).act, seeds[0])
 
 
 def test_the_report_keeps_a_town_day_per_scored_checkpoint_and_the_release_reads_its_own(tmp_path):
@@ -57,9 +57,9 @@ def test_the_report_keeps_a_town_day_per_scored_checkpoint_and_the_release_reads
     from townlet_pipelines.pipeline.assets import _keep_town_days, _town_day
 
     config = load_config("smoke")
-    strips: dict = {}
-    evaluate(config, ScriptedExpert(config.expert).act, seeds=config.seeds.test.seeds()[:2],
-             on_tick=_first_day(config, strips, "candidate"))
+    watch = FirstDay(config.world.day_ticks)
+    evaluate(config, ScriptedExpert(config.expert).act, seeds=config.seeds.test.seeds()[:2], on_tick=watch)
+    strips = {"candidate": watch.strip}
     kept = _keep_town_days(tmp_path, strips, {"candidate": "c0ffee", "champion": None})
     assert kept == {"c0ffee": str(tmp_path / "town_day-c0ffee.svg")}
     drawn = strips["candidate"].svg()

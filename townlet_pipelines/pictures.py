@@ -230,17 +230,30 @@ class TownStrip:
         return canvas.svg()
 
 
+class FirstDay:
+    """An `on_tick(world)` hook that keeps town 0's first day as a `TownStrip` of `frames` evenly spaced
+    pictures (`.strip`, None before the first tick); a later episode of the same towns is not drawn."""
+
+    def __init__(self, day_ticks: int, frames: int = 6) -> None:
+        self.day_ticks, self.frames, self.every = day_ticks, frames, max(1, day_ticks // max(frames, 1))
+        self.ticks, self.strip = 0, None
+
+    def __call__(self, world) -> None:
+        if self.ticks < self.day_ticks and self.ticks % self.every == 0:
+            self.strip = self.strip or TownStrip(world, 0, self.frames)
+            self.strip.capture()
+        self.ticks += 1
+
+
 def town_day_svg(config, act, seed: int, frames: int = 6) -> str:
     """One town played by `act` for one day from `seed`, as a strip of `frames` pictures."""
     from townlet_pipelines.world.engine import TownWorld
 
     world = TownWorld(config, 1)
     world.reset(seed)
-    strip = TownStrip(world, 0, frames)
-    every = max(1, config.world.day_ticks // max(frames, 1))
-    for tick in range(config.world.day_ticks):
-        if tick % every == 0:
-            strip.capture()
+    watch = FirstDay(config.world.day_ticks, frames)
+    for _ in range(config.world.day_ticks):
+        watch(world)
         actions = act(world)
         world.step(getattr(actions, "actions", actions))
-    return strip.svg()
+    return watch.strip.svg()

@@ -13,6 +13,7 @@ from townlet_pipelines.config import TownletConfig
 from townlet_pipelines.world.engine import TELEMETRY_KEYS, TownWorld
 
 Z95 = 1.959964
+REFERENCES = ("scripted expert", "random")  # the held-out report's fixed rows, in the order they are shown
 
 
 def evaluate(config: TownletConfig, act, seeds: tuple[int, ...] | None = None, ticks: int | None = None,
@@ -75,7 +76,8 @@ def held_out_comparison(config: TownletConfig, candidate, champion=None, device=
     The expert's and the random policy's rows depend on the config alone, so with `cache_root` they are scored
     once per config and read back on later nights. Pass a dict as `strips` to receive, per checkpoint name, a
     `TownStrip` of the first held-out town over its first day (the picture `town_day_svg` would draw by playing
-    that town again)."""
+    that town again); none when `evaluation.ticks` is shorter than a day."""
+    from townlet_pipelines.pictures import FirstDay
     from townlet_pipelines.training.cache import cached_reference_scores
     from townlet_pipelines.training.checkpoints import load_checkpoint
     from townlet_pipelines.training.device import device_context
@@ -85,19 +87,18 @@ def held_out_comparison(config: TownletConfig, candidate, champion=None, device=
     seeds = config.seeds.test.seeds()[:config.evaluation.report_towns]
     spec = TownWorld(config, 1).spec
     rows = {}
+    whole_day = config.evaluation.ticks >= config.world.day_ticks  # else the caller plays the day itself
     for name, path in (("candidate", candidate), ("champion", champion)):
         if path is not None:
             model, _ = load_checkpoint(path, spec, device=device.device)
-            whole_day = config.evaluation.ticks >= config.world.day_ticks  # else the caller plays the day itself
-            watch = _first_day(config, strips, name) if strips is not None and whole_day else None
+            watch = FirstDay(config.world.day_ticks) if strips is not None and whole_day else None
             rows[name] = evaluate(config, TorchPolicy(model, device, greedy=True).act, seeds=seeds, on_tick=watch)
+            if watch is not None and watch.strip is not None:
+                strips[name] = watch.strip
     references = cached_reference_scores(config, seeds, REFERENCES, lambda: reference_scores(config, seeds),
                                          cache_root)
     rows.update((name, references[name]) for name in REFERENCES)  # the same order every night
     return rows
-
-
-REFERENCES = ("scripted expert", "random")
 
 
 def reference_scores(config: TownletConfig, seeds) -> dict[str, dict[str, float]]:
@@ -106,17 +107,3 @@ def reference_scores(config: TownletConfig, seeds) -> dict[str, dict[str, float]
 
     return {"scripted expert": evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds),
             "random": evaluate(config, RandomPolicy(0).act, seeds=seeds)}
-
-
-def _first_day(config: TownletConfig, strips: dict, name: str, frames: int = 6):
-    """An `on_tick` that keeps `frames` evenly spaced pictures of town 0's first day in `strips[name]`."""
-    from townlet_pipelines.pictures import TownStrip
-
-    every, seen = max(1, config.world.day_ticks // frames), iter(range(config.world.day_ticks))
-
-    def watch(world) -> None:
-        tick = next(seen, None)  # ticks since the start: a later episode of the same towns is not drawn
-        if tick is not None and tick % every == 0:
-            strips.setdefault(name, TownStrip(world, 0, frames)).capture()
-
-    return watch
