@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,21 @@ def test_progress_logs_every_step_and_draws_a_tqdm_bar_when_asked(capsys, caplog
     assert [m.split(":")[0] for m in messages[1:]] == [f"ppo cycle 1 {i}/3 [rollout]" for i in (1, 2, 3)]
     err = capsys.readouterr().err
     assert "ppo cycle 1" in err and "3/3" in err and "bc " not in err  # only the bar that was asked for
+
+
+def test_the_code_version_follows_the_sources_not_git(tmp_path):
+    """Cache keys carry it: an uncommitted edit, or an image without git, must not reuse another code's entry."""
+    import shutil
+
+    from townlet_pipelines.training.checkpoints import code_version, source_digest
+
+    package = tmp_path / "townlet_pipelines"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "townlet_pipelines", package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    before = source_digest(package)
+    (package / "profiles" / "notes.txt").write_text("not code")
+    assert source_digest(package) == before
+    with (package / "training" / "bc.py").open("a") as source:
+        source.write("\n# an uncommitted edit\n")
+    assert source_digest(package) != before
+    assert code_version().endswith("+src." + source_digest(Path(__file__).resolve().parents[1] / "townlet_pipelines"))

@@ -8,8 +8,9 @@ Optimizer moments are saved beside the weights so training can resume where it s
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
-import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -44,18 +45,24 @@ class CheckpointRecord(BaseModel):
     code_version: str
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """The package version, plus the git commit when running from a checkout."""
+    """The package version and a digest of the package's source files. Cache keys (the expert dataset, the BC
+    stages, the held-out reference rows) carry it, so an entry made by other code is never reused: not after
+    an uncommitted edit, and not in an image without git (a commit id alone missed both)."""
     try:
         version = metadata.version("townlet-pipelines")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{version}+{commit}" if commit else version
+    return f"{version}+src.{source_digest(Path(__file__).resolve().parents[1])}"
+
+
+def source_digest(package: Path) -> str:
+    """A hash of every `.py` file under `package` (paths and bytes)."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
