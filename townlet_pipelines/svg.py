@@ -155,10 +155,8 @@ class Canvas:
                 + "\n".join(self.parts) + "</svg>\n")
 
 
-def axis_margin(scale: Scale | None, label: str) -> float:
+def axis_margin(scale: Scale, label: str) -> float:
     """Room beside a plot area for a y axis's tick labels and its name."""
-    if scale is None:
-        return 10.0
     return 4 + scale.label_width() + 4 + (LABEL + 6 if label else 0)
 
 
