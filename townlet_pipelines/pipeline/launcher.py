@@ -1,20 +1,31 @@
-"""Dagster's default run launcher, plus a health check that notices a run worker that died.
+"""Who runs a run, whether that process still lives, and the sweep that frees what a dead run left behind.
 
-With the default launcher a run whose process is killed (kill -9, the OOM killer, a reboot) stays STARTED
-for ever and keeps its `gpu` pool slot, so every later run waits on the pool. Run monitoring (enabled in
-`dagster_home/dagster.yaml`) asks the launcher about each started run; the default launcher cannot answer,
-this one can: the run worker logs its pid when it starts ("Started process for run (pid: N)"), and a pid
-that no longer exists, is a zombie or now belongs to a newer process means the worker is gone. Monitoring
-then fails the run and frees its pool slots (`free_slots_after_run_end_seconds`), and the next run goes on.
+A run whose process is killed (kill -9, the OOM killer, a closed terminal, a reboot) stays STARTED for ever
+and keeps its `gpu` pool slot, so every later run waits on the pool ("Step blocked by limit for pool gpu").
+Two paths lead there:
 
-The check reads this machine's process table, so it holds where the daemon and the run workers share a
-machine (`dagster dev`, one host); a cluster uses its own launcher (Kubernetes, Docker, ECS), which checks
-its workers itself.
+- `dagster job execute` (the main job, `scripts/run.sh`) runs the whole run inside the CLI process: there is
+  no run launcher and no run-worker pid.
+- a run launched from the UI or the schedule runs in a run worker that the code server spawns.
+
+Either way, the process that executes a run's steps in-process records who it is when its resources start
+(`claim_run`, called by the `night_records` IO manager): host, PID namespace (the inode of
+`/proc/self/ns/pid`), boot id, pid and the process's start time, as run tags (`townlet/worker.*`). From
+those, `worker_verdict` tells "alive", "dead" (the pid is gone, a zombie, or now another process; the
+machine rebooted) or "unknown" (another host or PID namespace, or no `/proc` to tell a reused pid): a run
+is only ever called dead where this process can see its worker's process table.
+
+`sweep_dead_runs` fails every STARTED/STARTING run whose recorded worker is dead and frees the pool slots of
+those runs and of runs that already ended; each new run calls it when it starts (in `claim_run`), and so
+does `scripts/run.sh` before it starts one. `MonitoredRunLauncher` gives run monitoring (the daemon, under
+`dagster dev`) the same verdict, so a killed run is failed there within `poll_interval_seconds` too.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from pathlib import Path
 
 from dagster import DagsterEventType, DefaultRunLauncher
@@ -23,58 +34,194 @@ from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from townlet_pipelines.data.files import pid_exists
 
 STARTED = "Started process for"
+TAG = "townlet/worker"  # run tags townlet/worker.host, .pidns, .boot, .pid, .start
+FIELDS = ("host", "pidns", "boot", "pid", "start")
+IN_PROGRESS = ("STARTING", "STARTED", "CANCELING")
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return "none"  # no /proc (not Linux): only existence can be checked
+
+
+def _boot_id() -> str:
+    return _read("/proc/sys/kernel/random/boot_id") or "none"
+
+
+def _start_ticks(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of a process, or None when it does not exist here."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "(command name)": state is first, starttime the 20th
+    return fields[0], fields[19]
 
 
 def _boot_time() -> float | None:
-    try:
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith("btime "):
-                return float(line.split()[1])
-    except OSError:
-        pass
+    for line in (_read("/proc/stat") or "").splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
     return None
 
 
-def process_alive(pid: int, started_by: float) -> bool:
-    """Whether `pid` is a live process that already existed at `started_by` (a Unix timestamp).
+def identity(pid: int | None = None) -> dict[str, str]:
+    """This machine's view of a process of its own (default: this one), as the run tags record it."""
+    pid = os.getpid() if pid is None else pid
+    started = _start_ticks(pid)
+    return {"host": socket.gethostname(), "pidns": _pid_namespace(), "boot": _boot_id(), "pid": str(pid),
+            "start": started[1] if started else "unknown"}
 
-    On Linux a zombie counts as dead, and so does a newer process that reused the pid; elsewhere only
-    existence is checked.
-    """
-    boot = _boot_time()
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        stat = None
-    if stat is not None and boot is not None:
-        fields = stat.rsplit(")", 1)[1].split()  # after "(command name)": state is first, starttime 20th
-        if fields[0] in ("Z", "X"):
-            return False
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK") <= started_by + 5.0
-    return pid_exists(pid)
+
+def worker_tags(pid: int | None = None) -> dict[str, str]:
+    return {f"{TAG}.{key}": value for key, value in identity(pid).items()}
+
+
+def recorded_worker(tags) -> dict[str, str] | None:
+    recorded = {key: tags.get(f"{TAG}.{key}") for key in FIELDS}
+    return recorded if all(recorded.values()) else None
+
+
+def worker_verdict(worker: dict[str, str]) -> tuple[str, str]:
+    """("alive" | "dead" | "unknown", why) for a recorded worker, judged from this process."""
+    here = identity()
+    name = f"pid {worker['pid']} on host {worker['host']}"
+    if worker["host"] != here["host"] or worker["pidns"] != here["pidns"]:
+        return "unknown", (f"run worker {name} (PID namespace {worker['pidns']}) is not visible from host "
+                           f"{here['host']} (PID namespace {here['pidns']}): its liveness is unknown here")
+    if worker["boot"] != "none" and here["boot"] != "none" and worker["boot"] != here["boot"]:
+        return "dead", f"run worker {name} is gone: the machine restarted since it started"
+    pid = int(worker["pid"])
+    seen = _start_ticks(pid)
+    if seen is None:
+        if here["pidns"] == "none":  # no /proc: existence is all there is
+            if pid_exists(pid):
+                return "unknown", f"run worker {name} exists, but without /proc a reused pid cannot be told apart"
+        return "dead", f"run worker {name} is gone (killed, out of memory or its terminal closed)"
+    state, start = seen
+    if state in ("Z", "X"):
+        return "dead", f"run worker {name} is gone (it exited; only its zombie is left)"
+    if worker["start"] != "unknown" and start != worker["start"]:
+        return "dead", f"run worker {name} is gone (the pid now belongs to a newer process)"
+    return "alive", f"run worker {name} is alive"
+
+
+def _legacy_verdict(pid: int, started_by: float) -> tuple[str, str]:
+    """A worker known only by the pid of its "Started process" event: it has not started its resources yet (the
+    first few seconds of a launched run), so it recorded no host; judged on this host's process table."""
+    seen, boot = _start_ticks(pid), _boot_time()
+    if seen is None and not pid_exists(pid):
+        return "dead", f"run worker pid {pid} is gone (killed, out of memory or the machine restarted)"
+    if seen is not None and boot is not None:
+        if seen[0] in ("Z", "X") or boot + int(seen[1]) / os.sysconf("SC_CLK_TCK") > started_by + 5.0:
+            return "dead", f"run worker pid {pid} is gone (a zombie, or the pid now belongs to a newer process)"
+        return "alive", f"run worker pid {pid} is alive"
+    return "unknown", f"run worker pid {pid} exists, but without /proc a reused pid cannot be told apart"
+
+
+def claim_run(instance, run, sweep: bool = True) -> None:
+    """Record this process as the run's worker (once per run), then sweep the runs dead workers left behind."""
+    if instance is None or run is None:
+        return
+    if recorded_worker(run.tags) is None:
+        instance.add_run_tags(run.run_id, worker_tags())
+    if sweep:
+        sweep_dead_runs(instance, skip=run.run_id, log=None)
+
+
+def sweep_dead_runs(instance, skip: str | None = None, log=print) -> list[str]:
+    """Fail each in-progress run whose recorded worker is provably dead, and free the pool slots of those runs
+    and of runs that ended; the ids of the runs failed. Runs whose worker is alive or unknown are left alone."""
+    from dagster import DagsterRunStatus, RunsFilter
+    from dagster._core.storage.dagster_run import FINISHED_STATUSES
+
+    failed = []
+    statuses = [DagsterRunStatus[name] for name in IN_PROGRESS]
+    for run in instance.get_runs(filters=RunsFilter(statuses=statuses)):
+        worker = recorded_worker(run.tags)
+        if run.run_id == skip or worker is None:
+            continue
+        verdict, why = worker_verdict(worker)
+        if verdict != "dead":
+            continue
+        current = instance.get_run_by_id(run.run_id)
+        if current is None or current.status not in statuses:
+            continue  # another sweeper got there first
+        instance.report_run_failed(current, f"{why}: the run is failed and its pool slots freed so later runs "
+                                            "proceed")
+        failed.append(run.run_id)
+        if log:
+            log(f"run {run.run_id} ({run.tags.get('dagster/partition', 'no night')}): {why}; marked failed")
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        holding = set(storage.get_concurrency_run_ids())
+        if holding:
+            ended = {run.run_id for run in instance.get_runs(filters=RunsFilter(run_ids=list(holding),
+                                                                              statuses=list(FINISHED_STATUSES)))}
+            for run_id in sorted(ended | (holding & set(failed))):
+                storage.free_concurrency_slots_for_run(run_id)
+                if log:
+                    log(f"freed the pool slots of run {run_id}")
+    return failed
 
 
 class MonitoredRunLauncher(DefaultRunLauncher):
-    """`DefaultRunLauncher` whose run workers run monitoring can check (see the module docstring)."""
+    """`DefaultRunLauncher` whose runs run monitoring can check (see the module docstring).
+
+    It covers the runs `dagster job execute` started as well as the ones it launched: the verdict comes from the
+    worker each run recorded. A worker on another host or PID namespace is "unknown", never "dead".
+    """
 
     @property
     def supports_check_run_worker_health(self) -> bool:
         return True
 
     def check_run_worker_health(self, run) -> CheckRunHealthResult:
-        started = [event for event in self._instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT)
-                   if (event.message or "").startswith(STARTED)]
-        if not started:  # not started yet, or executed without a run worker (in a CLI process): no verdict
-            return CheckRunHealthResult(WorkerStatus.RUNNING, "no run worker pid recorded yet")
-        event = started[-1]
-        metadata = event.dagster_event.engine_event_data.metadata if event.dagster_event else {}
-        pid = int(metadata["pid"].value) if "pid" in metadata else None
-        if pid is None:
-            return CheckRunHealthResult(WorkerStatus.RUNNING, "the run worker did not record its pid")
-        if process_alive(pid, event.timestamp):
-            return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker pid {pid} is alive", run_worker_id=str(pid))
-        return CheckRunHealthResult(
-            WorkerStatus.FAILED, f"run worker pid {pid} is gone (killed, out of memory or the machine restarted); "
-            "the run is failed and its pool slots freed so later runs proceed", run_worker_id=str(pid))
+        worker = recorded_worker(run.tags)
+        if worker is not None:
+            verdict, why = worker_verdict(worker)
+            pid = worker["pid"]
+        else:
+            started = [event for event in self._instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT)
+                       if (event.message or "").startswith(STARTED)]
+            event = started[-1] if started else None
+            metadata = event.dagster_event.engine_event_data.metadata if event and event.dagster_event else {}
+            if "pid" not in metadata:  # not started yet: no verdict
+                return CheckRunHealthResult(WorkerStatus.RUNNING, "no run worker recorded yet")
+            pid = str(int(metadata["pid"].value))
+            verdict, why = _legacy_verdict(int(pid), event.timestamp)
+        if verdict == "alive":
+            return CheckRunHealthResult(WorkerStatus.RUNNING, why, run_worker_id=pid)
+        if verdict == "unknown":
+            return CheckRunHealthResult(WorkerStatus.UNKNOWN, why, run_worker_id=pid)
+        return CheckRunHealthResult(WorkerStatus.FAILED, f"{why}; the run is failed and its pool slots freed so "
+                                                         "later runs proceed", run_worker_id=pid)
+
+
+def prepare(home: str | None = None) -> None:
+    """Before `scripts/run.sh` starts a run: make the instance's storage (once, under a lock, so two first runs
+    at once do not both create its tables) and sweep what dead runs left behind."""
+    import fcntl
+
+    from dagster import DagsterInstance
+
+    home = home or os.environ.get("DAGSTER_HOME")
+    if not home:
+        raise SystemExit("DAGSTER_HOME is not set")
+    Path(home).mkdir(parents=True, exist_ok=True)
+    with open(Path(home) / ".townlet-instance.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with DagsterInstance.from_config(home) as instance:
+            sweep_dead_runs(instance, log=lambda line: print(line, file=sys.stderr))
+
+
+if __name__ == "__main__":
+    prepare()

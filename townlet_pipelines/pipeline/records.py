@@ -55,5 +55,13 @@ class RecordIOManager(IOManager):
 
 @io_manager(required_resource_keys={"townlet"},
             description="Small JSON records of each asset, one per night, under the artifacts root.")
-def night_records(_init_context) -> RecordIOManager:
+def night_records(init_context) -> RecordIOManager:
+    # Every step needs this IO manager, so it starts with the run: under the in-process executor the process
+    # that starts it runs the whole run (the `dagster job execute` CLI or a run worker), and records itself as
+    # the run's worker; runs that a dead worker left STARTED are failed and their pool slots freed
+    # (pipeline/launcher.py). Under the k8s executor each step is a pod of its own and the launcher checks the run.
+    if os.environ.get("TOWNLET_EXECUTOR", "in_process") == "in_process":
+        from townlet_pipelines.pipeline.launcher import claim_run
+
+        claim_run(init_context.instance, init_context.dagster_run)
     return RecordIOManager()
