@@ -241,20 +241,14 @@ def parse_seeds(text: str, config) -> tuple[int, ...]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from townlet_pipelines.config import config_from_mapping
     from townlet_pipelines.training.checkpoints import load_checkpoint, read_record
     from townlet_pipelines.training.device import device_context
     from townlet_pipelines.training.evaluation import evaluate, reference_scores
-    from townlet_pipelines.training.policy import TorchPolicy
+    from townlet_pipelines.training.policy import evaluation_policy
 
     config = load_config(args.config)
-    record = read_record(args.checkpoint)
-    trained = config_from_mapping(record.config, f"{args.checkpoint} (its training config)")
-    if trained.world_hash() != config.world_hash():
-        raise ValueError(
-            f"{args.checkpoint}: trained for the world of profile {trained.profile!r} (world {trained.world_hash()[:12]}), "
-            f"not the world of --config {args.config or 'default'} (world {config.world_hash()[:12]}); "
-            f"evaluate it with the config it was trained with")
+    _trained_for(read_record(args.checkpoint), args.checkpoint, config, args.config,
+                 "evaluate it with the config it was trained with")
     seeds = parse_seeds(args.seeds, config)
     device = device_context(config.runtime.device, config.runtime.amp, config.runtime.torch_threads)
     from townlet_pipelines.world.engine import TownWorld
@@ -263,7 +257,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     model, record = load_checkpoint(args.checkpoint, TownWorld(config, 1).spec, device=device.device)
     rows = {
         f"checkpoint {record.checkpoint_id}": evaluate(
-            config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act, seeds=seeds),
+            config, evaluation_policy(model, device, config).act, seeds=seeds),
         **reference_scores(config, seeds),
     }
     if args.json:
@@ -280,6 +274,54 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trained_for(record, checkpoint, config, config_name: str | None, remedy: str) -> None:
+    """Refuse a checkpoint whose training config names another world than `config`'s."""
+    from townlet_pipelines.config import config_from_mapping
+
+    trained = config_from_mapping(record.config, f"{checkpoint} (its training config)")
+    if trained.world_hash() != config.world_hash():
+        raise ValueError(
+            f"{checkpoint}: trained for the world of profile {trained.profile!r} (world {trained.world_hash()[:12]}), "
+            f"not the world of --config {config_name or 'default'} (world {config.world_hash()[:12]}); {remedy}")
+
+
+def checkpoint_folder(path: str) -> Path:
+    """A checkpoint named by its folder or by a file inside it (`checkpoint.json`, `weights.safetensors`)."""
+    from townlet_pipelines.training.checkpoints import RECORD
+
+    given = Path(path)
+    folder = given.parent if given.is_file() else given
+    if not (folder / RECORD).is_file():
+        raise ValueError(f"--checkpoint {path}: not a checkpoint (no {RECORD} in {folder})")
+    return folder
+
+
+def _manual_promotion(args: argparse.Namespace, config, store) -> None:
+    """`promotion promote`: an operator's release is a copy of a named checkpoint, exactly like a nightly one, so
+    the next night starts from it and judges against it."""
+    from townlet_pipelines.training.checkpoints import verify_checkpoint
+    from townlet_pipelines.world.engine import TownWorld
+
+    if not (args.candidate and args.checkpoint):
+        raise ValueError("promotion promote: --candidate and --checkpoint CHECKPOINT_FOLDER are required (the release "
+                         "is a copy of that checkpoint)")
+    if args.override is not None and not args.override.strip():
+        raise ValueError("promotion promote: --override needs a reason (it was blank); the reason is recorded")
+    folder = checkpoint_folder(args.checkpoint)
+    record = verify_checkpoint(folder)
+    if args.checkpoint_id and args.checkpoint_id != record.checkpoint_id:
+        raise ValueError(f"--checkpoint-id {args.checkpoint_id}: {folder} holds checkpoint {record.checkpoint_id}")
+    _trained_for(record, folder, config, args.config, "promote it under the profile it was trained for")
+    spec = TownWorld(config, 1).spec
+    if record.observation != spec:
+        raise ValueError(f"{folder}: its observations ({record.observation.variant}, {record.observation.feature_dim} "
+                         f"features) are not this profile's ({spec.variant}, {spec.feature_dim} features)")
+    store.promote(args.candidate, record.checkpoint_id,
+                  {"checkpoint_id": record.checkpoint_id, "weights_sha256": record.weights_sha256,
+                   "dataset_identity": record.dataset_identity or ""}, record.metrics,
+                  path=folder, override=args.override)
+
+
 def _promotion(args: argparse.Namespace) -> int:
     from townlet_pipelines.data.promotion import PromotionStore
     from townlet_pipelines.training.orchestrator import state_dir
@@ -291,10 +333,7 @@ def _promotion(args: argparse.Namespace) -> int:
             raise ValueError("promotion rollback: --release RELEASE_ID is required")
         store.rollback(args.release)
     elif args.action == "promote":
-        if not (args.candidate and args.checkpoint_id):
-            raise ValueError("promotion promote: --candidate and --checkpoint-id are required")
-        store.promote(args.candidate, args.checkpoint_id, {"checkpoint_id": args.checkpoint_id}, {},
-                      override=args.override)
+        _manual_promotion(args, config, store)
     status = store.status()
     if args.json:
         print(status.model_dump_json(indent=2))
@@ -450,7 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     promotion.add_argument("action", choices=("status", "promote", "rollback"))
     promotion.add_argument("--release", default=None, help="release id to roll back to")
     promotion.add_argument("--candidate", default=None)
-    promotion.add_argument("--checkpoint-id", default=None)
+    promotion.add_argument("--checkpoint", default=None, metavar="CHECKPOINT_FOLDER",
+                           help="promote: the checkpoint to release (its folder, or a file in it); it is copied "
+                                "into the release")
+    promotion.add_argument("--checkpoint-id", default=None, help="promote: checked against --checkpoint's id")
     promotion.add_argument("--override", default=None, metavar="REASON",
                            help="promote even a checkpoint that was rolled back (or not ready); the reason is recorded")
     promotion.add_argument("--artifacts", default=None)

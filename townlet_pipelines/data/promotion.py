@@ -201,12 +201,14 @@ class PromotionStore:
 
         A checkpoint an operator rolled back is refused unless `override` says why; the reason is recorded.
         """
+        if override is not None and not override.strip():
+            raise PromotionError(f"checkpoint {checkpoint_id}: an operator override needs a reason (it was blank)")
         withdrawn = self.withdrawn(checkpoint_id)
         if withdrawn is not None and not override:
             raise PromotionError(
                 f"checkpoint {checkpoint_id} was rolled back at {withdrawn.at} (to release {withdrawn.release_id}); "
                 f"it is not promoted again unless an operator overrides: townlet promotion promote --candidate "
-                f"{candidate_id} --checkpoint-id {checkpoint_id} --override 'why'")
+                f"{candidate_id} --checkpoint CHECKPOINT_FOLDER --override 'why'")
         stored = None
         try:
             with locked_state(self.path, PromotionState) as holder:
