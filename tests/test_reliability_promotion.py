@@ -82,3 +82,28 @@ def test_the_store_refuses_a_blank_override(tmp_path):
     with pytest.raises(PromotionError, match="needs a reason"):
         store.promote("c", "k", override=" \t ")
     assert store.releases() == []
+
+
+def test_a_rollback_that_lands_while_a_promotion_waits_for_the_lock_is_honoured(tmp_path, monkeypatch):
+    """The withdrawn-checkpoint test runs under the store's lock: a rollback that withdraws the checkpoint after
+    `promote` was called, but before it holds the lock, stops the promotion."""
+    from townlet_pipelines.data import promotion
+
+    store = PromotionStore(tmp_path, required_passes=1)
+    store.promote("c", "good", first_release=True)
+    store.record_evaluation("c", "PASS", checkpoint={"checkpoint_id": "bad"}, run_id="n1")
+    store.promote("c", "bad")
+    store.record_evaluation("c", "PASS", checkpoint={"checkpoint_id": "bad"}, run_id="n2")  # ready again
+    real, raced = promotion.locked_state, []
+
+    def rollback_first(path, model):  # the operator's rollback wins the race for the lock
+        if not raced:
+            raced.append(store.releases()[0].release_id)
+            PromotionStore(tmp_path, required_passes=1).rollback(raced[0])
+        return real(path, model)
+
+    monkeypatch.setattr(promotion, "locked_state", rollback_first)
+    with pytest.raises(PromotionError, match="was rolled back"):
+        store.promote("c", "bad")
+    assert raced and store.status().current_release.checkpoint_id == "good"
+    assert [release.checkpoint_id for release in store.releases()] == ["good", "bad"]

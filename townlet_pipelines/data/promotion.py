@@ -140,8 +140,12 @@ class PromotionStore:
 
     def withdrawn(self, checkpoint_id: str) -> Event | None:
         """The rollback that withdrew this checkpoint, unless an operator re-promoted it since."""
+        return self._withdrawn(self._read(), checkpoint_id)
+
+    @staticmethod
+    def _withdrawn(state: PromotionState, checkpoint_id: str) -> Event | None:
         found = None
-        for event in self._read().history:
+        for event in state.history:
             if event.kind == "rollback" and event.checkpoint.get("withdrawn_checkpoint_id") == checkpoint_id:
                 found = event
             elif event.kind == "promotion" and event.checkpoint.get("checkpoint_id") == checkpoint_id and found:
@@ -203,16 +207,17 @@ class PromotionStore:
         """
         if override is not None and not override.strip():
             raise PromotionError(f"checkpoint {checkpoint_id}: an operator override needs a reason (it was blank)")
-        withdrawn = self.withdrawn(checkpoint_id)
-        if withdrawn is not None and not override:
-            raise PromotionError(
-                f"checkpoint {checkpoint_id} was rolled back at {withdrawn.at} (to release {withdrawn.release_id}); "
-                f"it is not promoted again unless an operator overrides: townlet promotion promote --candidate "
-                f"{candidate_id} --checkpoint CHECKPOINT_FOLDER --override 'why'")
         stored = None
         try:
             with locked_state(self.path, PromotionState) as holder:
                 state = holder[0]
+                # Under the lock: a rollback that withdraws this checkpoint while the promotion waits is seen.
+                withdrawn = self._withdrawn(state, checkpoint_id)
+                if withdrawn is not None and not override:
+                    raise PromotionError(
+                        f"checkpoint {checkpoint_id} was rolled back at {withdrawn.at} (to release "
+                        f"{withdrawn.release_id}); it is not promoted again unless an operator overrides: townlet "
+                        f"promotion promote --candidate {candidate_id} --checkpoint CHECKPOINT_FOLDER --override 'why'")
                 if override:
                     pass  # the operator's explicit decision replaces the readiness rule
                 elif first_release:
