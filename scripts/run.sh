@@ -12,9 +12,10 @@ export TOWNLET_ARTIFACTS="${TOWNLET_ARTIFACTS:-$PWD/dagster_home/artifacts}"
 NIGHT="${2:-${TOWNLET_NIGHT:-$(.venv/bin/python -c \
   'from townlet_pipelines.pipeline.records import NIGHTS; print(NIGHTS.get_last_partition_key())')}}"
 echo "nightly_anneal for night $NIGHT with config $TOWNLET_CONFIG"
-# The instance's storage made once (two first runs at once would both create its tables), and the runs a killed
-# job left STARTED failed, with their `gpu` pool slot freed, so this run does not wait on them for ever.
-.venv/bin/python -m townlet_pipelines.pipeline.launcher
+# The night checked (a date, not before the first night, ended), the instance's storage made once (two first runs
+# at once would both create its tables), and the runs a killed job left STARTED failed, with their `gpu` pool slot
+# freed, so this run does not wait on them for ever.
+.venv/bin/python -m townlet_pipelines.pipeline.launcher "$NIGHT"
 status=0
 .venv/bin/dagster job execute -m townlet_pipelines.pipeline.definitions -j nightly_anneal \
   --tags "{\"dagster/partition\": \"$NIGHT\"}" \

@@ -223,3 +223,33 @@ def test_a_checkpoint_with_non_finite_metrics_is_never_written(tmp_path):
     with pytest.raises(ValueError, match="metrics"):
         save_checkpoint(tmp_path / "ckpt", model, "bc", {}, None, None, {"val_accuracy": float("nan")})
     assert list(tmp_path.iterdir()) == []  # neither the checkpoint nor a temporary
+
+
+def test_a_killed_runs_bc_cache_work_folder_is_swept_by_the_next(tmp_path, dataset):
+    """SIGKILL a run while it trains a BC cache entry in its work folder; the next run that builds an entry there
+    removes that folder (its writer is gone) and publishes its own."""
+    from townlet_pipelines.data.replay import ReplayDataset
+    from townlet_pipelines.training.anneal import AnnealStrategy
+    from townlet_pipelines.training.cache import cached_bc_stages
+
+    config_file, root = _config_file(tmp_path), tmp_path / "artifacts"
+    code = ("import sys\nfrom pathlib import Path\nfrom townlet_pipelines.config import load_config\n"
+            "from townlet_pipelines.data.replay import ReplayDataset\n"
+            "from townlet_pipelines.training import orchestrator\n"
+            "from townlet_pipelines.training.anneal import AnnealStrategy\n"
+            "from townlet_pipelines.training.cache import cached_bc_stages\n"
+            "config, root, data = load_config(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]\n"
+            "context = orchestrator.make_context(config, orchestrator.new_run_dir(root), root)\n"
+            "cached_bc_stages(AnnealStrategy(data), context, ReplayDataset.open(data, verify='none').identity, root)\n")
+    process = subprocess.Popen([sys.executable, "-c", code, str(config_file), str(root), str(dataset)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = _kill_when(process, "cache/.bc-*/**/step-000001", root)
+    work = root / "cache" / progress.relative_to(root / "cache").parts[0]
+    assert work.is_dir() and process.returncode == -signal.SIGKILL
+
+    config = config_from_mapping(yaml.safe_load(config_file.read_text()), "tiny")
+    context = orchestrator.make_context(config, orchestrator.new_run_dir(root), root)
+    identity = ReplayDataset.open(dataset, verify="none").identity
+    _, record, reused = cached_bc_stages(AnnealStrategy(dataset), context, identity, root, print)
+    assert not reused and record.is_file()
+    assert not work.exists() and [path.name for path in (root / "cache").iterdir()] == [record.parent.name]

@@ -24,6 +24,9 @@ def is_user_error(error: BaseException) -> bool:
     return isinstance(error, user_errors()) or type(error).__name__ == "SafetensorError"
 
 
+FULL_DISK = " (the disk is full: free space and run again; nothing already written was changed)"
+
+
 def one_line(error: BaseException) -> str:
     """The error's message on one line (a config error keeps its own layout: one line per field)."""
     from townlet_pipelines.config import ConfigError
@@ -31,8 +34,10 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, ConfigError):
         return str(error)
     text = " ".join(str(error).split()) or type(error).__name__
-    if type(error).__name__ == "SafetensorError":
+    if type(error).__name__ == "SafetensorError":  # one the training code did not name (it names its files)
+        if "os error 28" in text:
+            return text + FULL_DISK
         text = f"damaged checkpoint file ({text}); re-create it or restore it from its release copy"
     if isinstance(error, OSError) and error.errno == 28:
-        text += " (the disk is full: free space and run again; nothing already written was changed)"
+        text += FULL_DISK
     return text

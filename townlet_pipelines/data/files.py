@@ -71,6 +71,13 @@ def _prefix(name: str) -> str:
     return f".{name}.{_HOST}-{os.getpid()}."
 
 
+def temporary_sibling(final: str | Path) -> Path:
+    """A fresh name beside `final` for a folder a writer builds and renames into place; `sweep_leftovers` removes
+    it once its writer is gone (killed). The caller creates it."""
+    final = Path(final)
+    return final.with_name(f"{_prefix(final.name)}{os.urandom(4).hex()}.tmp")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -206,6 +206,30 @@ class MonitoredRunLauncher(DefaultRunLauncher):
                                                          "later runs proceed", run_worker_id=pid)
 
 
+def check_night(night: str) -> str:
+    """A partition key `scripts/run.sh` may run: a date (YYYY-MM-DD) of a night that began on or after the first
+    night and has ended; otherwise a ValueError in one sentence (Dagster's own answer is a traceback)."""
+    import re
+    from datetime import date
+
+    from townlet_pipelines.pipeline.records import FIRST_NIGHT, NIGHTS, TIMEZONE
+
+    last = NIGHTS.get_last_partition_key()
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", night):
+            raise ValueError
+        date.fromisoformat(night)
+    except ValueError:
+        raise ValueError(f"night {night!r}: not a date; a night is named YYYY-MM-DD (the last that ended: {last})") \
+            from None
+    if night < FIRST_NIGHT:
+        raise ValueError(f"night {night}: before the first night, {FIRST_NIGHT} (TOWNLET_FIRST_NIGHT)")
+    if last is None or night > last:
+        raise ValueError(f"night {night}: it has not ended yet (a night ends at 02:00 {TIMEZONE}; the last that "
+                         f"ended: {last})")
+    return night
+
+
 def prepare(home: str | None = None) -> None:
     """Before `scripts/run.sh` starts a run: make the instance's storage (once, under a lock, so two first runs
     at once do not both create its tables) and sweep what dead runs left behind."""
@@ -223,5 +247,17 @@ def prepare(home: str | None = None) -> None:
             sweep_dead_runs(instance, log=lambda line: print(line, file=sys.stderr))
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> int:
+    """`python -m townlet_pipelines.pipeline.launcher [NIGHT]`: check the night, then `prepare`."""
+    try:
+        for night in argv:
+            check_night(night)
+    except ValueError as error:
+        print(f"townlet: error: {error}", file=sys.stderr)
+        return 2
     prepare()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -27,6 +27,24 @@ def record_path(root: Path, asset: str, night: str) -> Path:
     return Path(root) / "records" / asset / f"{night}.json"
 
 
+def read_record(path: Path, asset: str, night: str) -> dict:
+    """A night's record of an asset, or a Failure naming the file: empty, not JSON, not a record, another night's."""
+    def damaged(why: str) -> Failure:
+        return Failure(f"{path}: damaged record ({why}); re-materialize {asset} for night {night}")
+
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise damaged(" ".join(str(error).split()) if path.stat().st_size else "the file is empty") from None
+    if not isinstance(record, dict) or not record.get("run_id") or "night" not in record:
+        raise damaged("not a record written by a run: no run_id or night")
+    if not set(record) - {"run_id", "night"}:
+        raise damaged("it holds nothing but its run_id and night")
+    if record["night"] != night:
+        raise damaged(f"it is night {record['night']}'s")
+    return record
+
+
 class RecordIOManager(IOManager):
     """Stores an asset's returned record under its night; loads an input from the same night's record."""
 
@@ -47,10 +65,7 @@ class RecordIOManager(IOManager):
         path = record_path(context.resources.townlet.root(), asset, night)
         if not path.is_file():
             raise Failure(f"{asset} has no record for night {night} ({path}); materialize it for that night first")
-        try:
-            return json.loads(path.read_text())
-        except ValueError as error:
-            raise Failure(f"{path}: damaged record ({error}); re-materialize {asset} for night {night}") from None
+        return read_record(path, asset, night)
 
 
 @io_manager(required_resource_keys={"townlet"},

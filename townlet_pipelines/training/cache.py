@@ -16,9 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Callable
 
@@ -79,7 +77,7 @@ def read_stages(record: str | Path, root: Path):
 
 def cached_bc_stages(strategy, context, dataset_identity: str, root: Path, say: Callable[[str], None] = print):
     """(the anneal's BC stages, the entry's record path, reused?): a verified cache hit, or a fresh training."""
-    from townlet_pipelines.data.files import atomic_write_text
+    from townlet_pipelines.data.files import atomic_write_text, sweep_leftovers, temporary_sibling
     from townlet_pipelines.training.checkpoints import verify_checkpoint
     from townlet_pipelines.training.torch_support import TrainingError
 
@@ -97,8 +95,9 @@ def cached_bc_stages(strategy, context, dataset_identity: str, root: Path, say: 
     shutil.rmtree(entry, ignore_errors=True)  # damaged, or an interrupted earlier attempt
     # Train in a folder of our own and move it into place whole: two runs that miss the same entry at once
     # (two nights started together) each train, the first to finish publishes, the other's copy is dropped.
-    work = entry.with_name(f".{entry.name}.{socket.gethostname()}-{os.getpid()}.tmp")
-    shutil.rmtree(work, ignore_errors=True)
+    # Its name carries this host and pid: the work folder of a run that was killed is swept by the next one.
+    sweep_leftovers(entry.parent)
+    work = temporary_sibling(entry)
     outcome = strategy.run_bc_stages(dataclasses.replace(context, artifacts=work))
     text = outcome.to_json().replace(json.dumps(str(work))[1:-1], json.dumps(str(entry))[1:-1])
     atomic_write_text(work / record.name, text.replace(json.dumps(str(root))[1:-1], ROOT_MARK))

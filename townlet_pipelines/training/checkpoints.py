@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import re
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -79,20 +81,69 @@ def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
     return tensors, layout
 
 
+def _safetensor_error() -> type[Exception]:
+    from safetensors import SafetensorError
+
+    return SafetensorError
+
+
+def write_tensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
+    """safetensors' `save_file`, whose errors name the file; a full disk is an OSError (ENOSPC), not damage."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except _safetensor_error() as error:
+        code = re.search(r"os error (\d+)", str(error))
+        if code:  # "Error while serializing: I/O error: No space left on device (os error 28)"
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+        raise TrainingError(f"{path}: could not write tensors ({' '.join(str(error).split())})") from None
+
+
+def damaged_file(path: str | Path, error: BaseException) -> TrainingError:
+    return TrainingError(f"{path}: damaged checkpoint file ({' '.join(str(error).split())[:200]}); re-create it or "
+                         "restore it from its release copy")
+
+
+def read_tensors(path: str | Path) -> dict:
+    """safetensors' `load_file`; a damaged file is a TrainingError naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except _safetensor_error() as error:
+        raise damaged_file(path, error) from None
+
+
+def spec_difference(found: ObservationSpec, expected: ObservationSpec) -> str:
+    """What differs between two observation specs, field by field ("action_names: only in the checkpoint …")."""
+    parts = []
+    for name in ObservationSpec.model_fields:
+        mine, theirs = getattr(found, name), getattr(expected, name)
+        if mine == theirs:
+            continue
+        if name.endswith("_names") or name == "map_channels":
+            only_mine = [item for item in mine if item not in theirs]
+            only_theirs = [item for item in theirs if item not in mine]
+            parts.append(f"{name}: only in the checkpoint {only_mine}, only in the data {only_theirs}"
+                         if only_mine or only_theirs else f"{name}: the same {len(mine)} in another order")
+        else:
+            parts.append(f"{name}: {mine!r} in the checkpoint, {theirs!r} in the data")
+    return "; ".join(parts)
+
+
 def save_checkpoint(
     directory: str | Path, model, kind: str, config: dict, dataset_identity: str | None,
     parent_checkpoint_id: str | None, metrics: dict[str, float], optimizer=None, progress: dict[str, int] | None = None,
 ) -> CheckpointRecord:
-    from safetensors.torch import save_file
-
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     with atomic_directory(directory) as temporary:
-        save_file(weights, str(temporary / WEIGHTS))
+        write_tensors(weights, temporary / WEIGHTS)
         digest = sha256_file(temporary / WEIGHTS)
         layout = None
         if optimizer is not None:
             tensors, layout = _optimizer_tensors(optimizer)
-            save_file(tensors, str(temporary / OPTIMIZER), metadata={"layout": json.dumps(layout)})
+            write_tensors(tensors, temporary / OPTIMIZER, metadata={"layout": json.dumps(layout)})
         record = CheckpointRecord(
             checkpoint_id=digest[:16], kind=kind, created_at=datetime.now(timezone.utc).isoformat(),
             observation=model.spec, model=model.model_config, config=config, dataset_identity=dataset_identity,
@@ -125,8 +176,6 @@ def verify_checkpoint(directory: str | Path) -> CheckpointRecord:
 def load_checkpoint(directory: str | Path, expected_spec: ObservationSpec | None = None, device="cpu", optimizer=None):
     """(model, record); refuses a checkpoint whose spec differs from `expected_spec` or whose weights changed."""
     require_torch()
-    from safetensors.torch import load_file
-
     from townlet_pipelines.training.model import PolicyNetwork
 
     directory = Path(directory)
@@ -134,15 +183,12 @@ def load_checkpoint(directory: str | Path, expected_spec: ObservationSpec | None
     if record.schema_version != CHECKPOINT_SCHEMA_VERSION:
         raise TrainingError(f"{directory / RECORD}: schema_version {record.schema_version} is not supported")
     if expected_spec is not None and record.observation != expected_spec:
-        raise TrainingError(
-            f"{directory}: checkpoint observation spec ({record.observation.variant}, map "
-            f"{record.observation.map_shape}, {record.observation.feature_dim} features) does not match the data "
-            f"({expected_spec.variant}, map {expected_spec.map_shape}, {expected_spec.feature_dim} features)"
-        )
+        raise TrainingError(f"{directory}: checkpoint observation spec does not match the data "
+                            f"({spec_difference(record.observation, expected_spec)})")
     if sha256_file(directory / WEIGHTS) != record.weights_sha256:
         raise TrainingError(f"{directory / WEIGHTS}: sha256 does not match the checkpoint record")
     model = PolicyNetwork(record.observation, record.model)
-    model.load_state_dict(load_file(str(directory / WEIGHTS)))
+    model.load_state_dict(read_tensors(directory / WEIGHTS))
     model.to(device)
     if optimizer is not None:
         restore_optimizer(directory, optimizer, device)
@@ -156,14 +202,17 @@ def restore_optimizer(directory: str | Path, optimizer, device="cpu") -> bool:
     path = Path(directory) / OPTIMIZER
     if not path.is_file():
         return False
-    with safe_open(str(path), framework="pt") as handle:
-        layout = json.loads(handle.metadata()["layout"])
-        state = {}
-        for index, values in layout["state"].items():
-            state[int(index)] = {
-                name: (handle.get_tensor(f"state.{index}.{name}").to(device) if value == "tensor" else value)
-                for name, value in values.items()
-            }
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            layout = json.loads(handle.metadata()["layout"])
+            state = {}
+            for index, values in layout["state"].items():
+                state[int(index)] = {
+                    name: (handle.get_tensor(f"state.{index}.{name}").to(device) if value == "tensor" else value)
+                    for name, value in values.items()
+                }
+    except (_safetensor_error(), ValueError, KeyError, TypeError) as error:
+        raise damaged_file(path, error) from None
     optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
     return True
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -48,16 +49,14 @@ def require_progress(directory: Path) -> Path:
 def save_progress(directory: Path, step: int, model, optimizer, state: dict, arrays: dict[str, np.ndarray]) -> Path:
     """Write step `step` atomically, then drop the older ones."""
     torch = require_torch()
-    from safetensors.torch import save_file
-
-    from townlet_pipelines.training.checkpoints import _optimizer_tensors
+    from townlet_pipelines.training.checkpoints import _optimizer_tensors, write_tensors
 
     arrays = {**arrays, "torch_rng": torch.get_rng_state().numpy()}
     with atomic_directory(directory / f"step-{step:06d}") as temporary:
-        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()},
-                  str(temporary / WEIGHTS))
+        write_tensors({name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()},
+                      temporary / WEIGHTS)
         tensors, layout = _optimizer_tensors(optimizer)
-        save_file(tensors, str(temporary / OPTIMIZER), metadata={"layout": json.dumps(layout)})
+        write_tensors(tensors, temporary / OPTIMIZER, metadata={"layout": json.dumps(layout)})
         (temporary / ARRAYS).write_bytes(npz_bytes(arrays, compress=False))
         (temporary / STATE).write_text(json.dumps({"step": step, **state}, sort_keys=True))
     for older, path in _steps(directory):
@@ -72,20 +71,24 @@ def load_progress(directory: Path, model, optimizer, device) -> tuple[dict, dict
     Raises a TrainingError naming the folder when there is nothing to resume from.
     """
     torch = require_torch()
-    from safetensors.torch import load_file
-
-    from townlet_pipelines.training.checkpoints import restore_optimizer
+    from townlet_pipelines.training.checkpoints import _safetensor_error, read_tensors, restore_optimizer
 
     path = require_progress(directory)
+    reading = path / STATE
     try:
-        state = json.loads((path / STATE).read_text())
-        model.load_state_dict(load_file(str(path / WEIGHTS)))
+        state = json.loads(reading.read_text())
+        reading = path / WEIGHTS
+        model.load_state_dict(read_tensors(reading))
+        reading = path / OPTIMIZER
         restore_optimizer(path, optimizer, device)
-        with np.load(path / ARRAYS, allow_pickle=False) as archive:
+        reading = path / ARRAYS
+        with np.load(reading, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise TrainingError(f"{path}: damaged progress checkpoint ({' '.join(str(error).split())[:200]}); "
-                            "remove it to resume from the step before") from None
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile, TrainingError,
+            _safetensor_error()) as error:
+        told = " ".join(str(error).split()).removeprefix(f"{reading}: ")[:200] or type(error).__name__
+        raise TrainingError(f"{reading}: damaged progress checkpoint ({told}); remove {path} to resume from the "
+                            "step before") from None
     torch.set_rng_state(torch.from_numpy(arrays.pop("torch_rng")))
     return state, arrays
 
