@@ -128,7 +128,7 @@ def test_decision_rows_weigh_more_than_continuations():
 def test_the_conflict_multiplier_rises_over_budget_and_never_goes_negative():
     from townlet_pipelines.training.ppo import ConflictMultiplier
 
-    multiplier = ConflictMultiplier(budget=0.5, learning_rate=0.1, window=2)
+    multiplier = ConflictMultiplier(budget=0.5, ki=0.1, window=2)
     rate = multiplier.update(conflicts=3.0, agent_days=2.0)  # 1.5 per agent-day: three times the budget
     assert rate == pytest.approx(1.5) and multiplier.value == pytest.approx(0.2)
     multiplier.update(conflicts=0.0, agent_days=2.0)  # window of two updates: 0.75 per agent-day
@@ -136,6 +136,26 @@ def test_the_conflict_multiplier_rises_over_budget_and_never_goes_negative():
     for _ in range(20):
         multiplier.update(conflicts=0.0, agent_days=2.0)
     assert multiplier.value == 0.0
+
+
+def test_the_pid_multiplier_answers_an_overshoot_at_once_and_brakes_a_climb():
+    from townlet_pipelines.training.ppo import ConflictMultiplier
+
+    plain = ConflictMultiplier(budget=1.0, ki=0.5, integral=2.0)
+    pid = ConflictMultiplier(budget=1.0, ki=0.5, kp=4.0, kd=3.0, integral=2.0)
+    assert plain.value == pid.value == 2.0  # both start at the configured price
+    plain.update(conflicts=1.5, agent_days=1.0)
+    pid.update(conflicts=1.5, agent_days=1.0)
+    assert plain.value == pytest.approx(2.25)  # dual ascent: one integral step on e = 0.5
+    assert pid.value == pytest.approx(2.25 + 4.0 * 0.5)  # plus the proportional answer; no derivative yet
+    pid.update(conflicts=2.0, agent_days=1.0)  # climbing by half the budget
+    assert pid.value == pytest.approx(2.75 + 4.0 * 1.0 + 3.0 * 0.5)
+    pid.update(conflicts=0.5, agent_days=1.0)  # back under budget: the P term lowers the price, I unwinds
+    assert pid.value == pytest.approx(max(0.0, 4.0 * -0.5 + 2.5))
+    saved = pid.state()
+    again = ConflictMultiplier(budget=1.0, ki=0.5, kp=4.0, kd=3.0)
+    again.restore(saved)
+    assert (again.value, again.integral, again.previous_rate) == (pid.value, pid.integral, pid.previous_rate)
 
 
 def _shield_model(**model):

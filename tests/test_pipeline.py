@@ -25,7 +25,8 @@ from townlet_pipelines.pipeline.definitions import defs  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 ASSET_KEYS = {"replay_manifest", "rollout_dataset", "bc_checkpoint", "ppo_checkpoint", "anneal_summary",
               "promoted_policy"}
-GUARDRAILS = {"bc_accuracy_guardrail", "ppo_loss_guardrail", "queue_conflict_guardrail", "champion_guardrail"}
+GUARDRAILS = {"bc_accuracy_guardrail", "ppo_loss_guardrail", "queue_conflict_guardrail", "expert_guardrail",
+              "champion_guardrail"}
 NIGHTS = ("2026-11-05", "2026-11-06", "2026-11-07", "2026-11-08")
 
 

@@ -188,3 +188,4 @@ class AnnealSummary(_Record):
     night: str | None = None  # the nightly partition (its towns: townlet_pipelines/training/nights.py)
     started_from: str | None = None  # the checkpoint PPO started from (the champion's or the BC clone's) and why
     champion: dict[str, float | int | str] | None = None  # challenger vs champion on the guardrail towns
+    expert: dict[str, float | int | str] | None = None  # candidate vs the scripted expert on the same towns

@@ -43,6 +43,18 @@ def main(argv: list[str] | None = None) -> None:
     noise.add_argument("--towns", type=lambda text: [int(v) for v in text.split(",")], default=[8, 32, 128])
     noise.add_argument("--sets", type=int, default=5)
     noise.add_argument("--start", type=int, default=60_000_000, help="first seed (outside every training range)")
+    nights = commands.add_parser("nights", help="nights through the nightly's own code: verdicts, releases and "
+                                 "held-out reward against the expert, as a distribution over nights")
+    nights.add_argument("--config", default="default")
+    nights.add_argument("--nights", type=int, default=5)
+    nights.add_argument("--first", default="2026-11-25", help="the first night (YYYY-MM-DD)")
+    nights.add_argument("--step", type=int, default=1, help="days between nights")
+    together = nights.add_mutually_exclusive_group()
+    together.add_argument("--chain", action="store_true", help="consecutive nights on one artifacts root (default)")
+    together.add_argument("--independent", action="store_true", help="every night a first night on a root of its own")
+    nights.add_argument("--artifacts", default=None, help="where the nights' roots go (default $TOWNLET_ARTIFACTS "
+                        "or dagster_home/artifacts)")
+    nights.add_argument("--out", default="bench-nights", help="folder for nights.md, nights.json and nights.svg")
     pipeline = commands.add_parser("pipeline", help="nightly_anneal through Dagster against the CLI")
     pipeline.add_argument("--profiles", type=lambda text: text.split(","), default=["smoke", "default"])
     pipeline.add_argument("--rounds", type=int, default=5, help="CLI/Dagster pairs per profile, order alternating")
@@ -96,6 +108,10 @@ def main(argv: list[str] | None = None) -> None:
         from townlet_pipelines.bench import learning
 
         learning.noise_main(args)
+    elif args.command == "nights":
+        from townlet_pipelines.bench import nights
+
+        nights.main(args)
     elif args.command == "pipeline":
         from townlet_pipelines.bench import pipeline
 

@@ -36,7 +36,7 @@ def main(args) -> None:
     from townlet_pipelines.training.checkpoints import load_checkpoint
     from townlet_pipelines.training.device import device_context
     from townlet_pipelines.training.evaluation import evaluate, paired_difference
-    from townlet_pipelines.training.policy import TorchPolicy
+    from townlet_pipelines.training.policy import evaluation_policy
     from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
 
     config = load_config(args.config)
@@ -77,7 +77,7 @@ def main(args) -> None:
     for name, path in checkpoints.items():
         model, record = load_checkpoint(path, device=device.device)
         towns[name] = {}
-        rows[f"{name}"] = evaluate(config, TorchPolicy(model, device, greedy=True).act, seeds=seeds,
+        rows[f"{name}"] = evaluate(config, evaluation_policy(model, device, config).act, seeds=seeds,
                                    per_town=towns[name])
     header = f"  {'policy':<30}" + "".join(f"{key.removesuffix('_per_agent_day')[:16]:>20}" for key in KEYS)
     print(header)

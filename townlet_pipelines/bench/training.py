@@ -15,7 +15,7 @@ def main(args) -> None:
     from townlet_pipelines.training import orchestrator
     from townlet_pipelines.training.checkpoints import load_checkpoint
     from townlet_pipelines.training.evaluation import evaluate
-    from townlet_pipelines.training.policy import TorchPolicy
+    from townlet_pipelines.training.policy import evaluation_policy
     from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
 
     base = load_config(args.config).model_dump(mode="json")
@@ -41,7 +41,7 @@ def main(args) -> None:
         seeds = config.seeds.test.seeds()
         for name, checkpoint in (("bc", bc.checkpoint_path), ("ppo (from bc)", ppo.checkpoint_path)):
             model, _ = load_checkpoint(checkpoint, device=context.device.device)
-            rows[name] = evaluate(config, TorchPolicy(model, context.device, greedy=True).act, seeds=seeds)
+            rows[name] = evaluate(config, evaluation_policy(model, context.device, config).act, seeds=seeds)
         rows["scripted expert"] = evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds)
         rows["random"] = evaluate(config, RandomPolicy(0).act, seeds=seeds)
         print(f"held-out towns seeds.test ({len(seeds)} towns), {config.evaluation.ticks} ticks, greedy:")

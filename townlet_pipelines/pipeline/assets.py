@@ -386,6 +386,9 @@ PPO_CHECKS = [
                    description="Every PPO stage's loss lies within loss_tolerance of the baseline for its dataset."),
     AssetCheckSpec("queue_conflict_guardrail", asset="ppo_checkpoint", blocking=True,
                    description="Queue conflicts and their intensity rose at most queue_tolerance above the baseline."),
+    AssetCheckSpec("expert_guardrail", asset="ppo_checkpoint", blocking=True,
+                   description="The candidate's reward is no worse than the scripted expert's on the night's "
+                               "guardrail towns, within the 95% interval of the paired difference."),
     AssetCheckSpec("champion_guardrail", asset="ppo_checkpoint", blocking=True,
                    description="The challenger's reward is no worse than the champion's on the night's guardrail "
                                "towns, within the 95% interval of the paired difference."),
@@ -441,8 +444,9 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource, rep
         "queue_conflicts_per_agent_day": MetadataValue.float(evaluation["queue_conflict_events_per_agent_day"]),
         "evaluation_towns": MetadataValue.int(int(evaluation["towns"])),
         "champion": MetadataValue.json(outcome.champion or {"champion": "none"}),
+        "expert": MetadataValue.json(outcome.expert or {"expert": "none"}),
         "lagrange_multiplier": _value(last.lagrange_multiplier),
-        "selected_update": MetadataValue.int(int(last.selected_update or last.updates)),
+        "selected_update": MetadataValue.int(int(last.updates if last.selected_update is None else last.selected_update)),
         "validation": MetadataValue.json({"policy": last.validation, "expert": last.validation_expert}),
         "device": last.device,
         "stages": MetadataValue.md(_stage_table(outcome.stages)),
@@ -520,7 +524,7 @@ def _town_day(training, release, town_days: dict[str, str]) -> str:
     checkpoint; else (a rollback, the report off) the town is played here."""
     from townlet_pipelines.pictures import town_day_svg
     from townlet_pipelines.training.checkpoints import load_checkpoint
-    from townlet_pipelines.training.policy import TorchPolicy
+    from townlet_pipelines.training.policy import evaluation_policy
     from townlet_pipelines.world.engine import TownWorld
 
     try:
@@ -528,7 +532,7 @@ def _town_day(training, release, town_days: dict[str, str]) -> str:
     except (KeyError, OSError):
         config = training.config
         model, _ = load_checkpoint(release.path, TownWorld(config, 1).spec, device=training.device.device)
-        return town_day_svg(config, TorchPolicy(model, training.device, greedy=True).act, config.seeds.test.start)
+        return town_day_svg(config, evaluation_policy(model, training.device, config).act, config.seeds.test.start)
 
 
 @asset(group_name=GROUP, code_version=CODE_VERSIONS["promoted_policy"], kinds={"python"}, partitions_def=NIGHTS,

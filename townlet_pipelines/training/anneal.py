@@ -26,6 +26,7 @@ from townlet_pipelines.training.bc import BCStrategy
 from townlet_pipelines.training.namespaces import namespace
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.guardrails import champion as champion_verdict
+from townlet_pipelines.training.guardrails import expert as expert_verdict
 from townlet_pipelines.training.guardrails import loss_within, rate_within
 from townlet_pipelines.training.ppo import PPOStrategy
 
@@ -81,8 +82,7 @@ def verdict_reason(summary: AnnealSummary, anneal: AnnealConfig) -> str:
                 limit = baselines[key] * (1 + tolerance)
                 parts.append(f"PPO stage (cycle {stage.cycle}): {name} {value:.3f} per agent-day > limit {limit:.3f} "
                              f"= baseline {baselines[key]:.3f} + {tolerance:.0%}")
-    if summary.champion is not None:
-        verdict = champion_verdict(summary.champion)
+    for verdict in (expert_verdict(summary.expert), champion_verdict(summary.champion)):
         if not verdict.passed:
             parts.append(verdict.sentence)
     return "; ".join(parts) or "a guardrail held the candidate"
@@ -97,8 +97,9 @@ def bc_verdict(outcome: "StagesOutcome", anneal: AnnealConfig) -> Verdict:
 
 
 def ppo_verdicts(outcome: "StagesOutcome", anneal: AnnealConfig) -> list[Verdict]:
-    """`ppo_loss_guardrail`, `queue_conflict_guardrail` and `champion_guardrail` from what the PPO stages
-    measured and the baselines each was judged against (every stage; a failing stage names itself)."""
+    """`ppo_loss_guardrail`, `queue_conflict_guardrail`, `expert_guardrail` and `champion_guardrail` from what
+    the PPO stages measured and the baselines each was judged against (every stage; a failing stage names
+    itself)."""
     from townlet_pipelines.training.guardrails import ppo_loss, queue_conflicts
 
     results = [r for r in outcome.results if isinstance(r, PPOTrainingResult)]
@@ -114,9 +115,10 @@ def ppo_verdicts(outcome: "StagesOutcome", anneal: AnnealConfig) -> list[Verdict
             {"conflicts": r.baseline_queue_events, "intensity": r.baseline_queue_intensity},
             {"conflicts": anneal.queue_tolerance, "intensity": anneal.intensity_tolerance}, int(e["towns"])))
     if not queues:
-        return [loss, Verdict("queue_conflict_guardrail", True, "no PPO stage ran"), champion_verdict(outcome.champion)]
+        return [loss, Verdict("queue_conflict_guardrail", True, "no PPO stage ran"), expert_verdict(outcome.expert),
+                champion_verdict(outcome.champion)]
     queue = next((v for v in queues if not v.passed), queues[-1])
-    return [loss, queue, champion_verdict(outcome.champion)]
+    return [loss, queue, expert_verdict(outcome.expert), champion_verdict(outcome.champion)]
 
 
 @dataclass
@@ -130,6 +132,7 @@ class StagesOutcome:
     failed: bool = False
     started_from: str | None = None  # PPO: the champion's or the BC clone's checkpoint, and why
     champion: dict | None = None  # PPO: challenger against champion on the guardrail towns (None: no champion)
+    expert: dict | None = None  # PPO: the candidate against the scripted expert on the same towns
     baseline_label: str | None = None  # PPO: the loss baseline's key (the dataset label, @ the champion started from)
 
     def to_json(self) -> str:
@@ -139,6 +142,7 @@ class StagesOutcome:
                         for r in self.results],
             "checkpoint": self.checkpoint, "checkpoint_id": self.checkpoint_id, "failed": self.failed,
             "started_from": self.started_from, "champion": self.champion, "baseline_label": self.baseline_label,
+            "expert": self.expert,
         }, indent=2)
 
     @classmethod
@@ -150,7 +154,7 @@ class StagesOutcome:
             results.append((BCTrainingResult if kind == "bc" else PPOTrainingResult).model_validate(item))
         return cls([AnnealStageResult.model_validate(stage) for stage in data["stages"]], results,
                    data["checkpoint"], data["checkpoint_id"], data["failed"], data.get("started_from"),
-                   data.get("champion"), data.get("baseline_label"))
+                   data.get("champion"), data.get("baseline_label"), data.get("expert"))
 
 
 @dataclass
@@ -215,13 +219,37 @@ class AnnealStrategy:
 
     def _expert_evaluation(self, context: TrainingContext) -> dict[str, float]:
         """The dataset's generator — the scripted expert, without the capture's DART noise — scored on the
-        guardrail towns (seeds.guardrail) exactly as a candidate is: the queue baselines of a first run."""
+        guardrail towns (seeds.guardrail) exactly as a candidate is: the queue baselines of a first run, and
+        the reward every candidate must not fall below (`expert_guardrail`)."""
         if self._expert_cache is None:
             from townlet_pipelines.training.evaluation import evaluate
             from townlet_pipelines.world.policies import ScriptedExpert
 
-            self._expert_cache = evaluate(context.config, ScriptedExpert(context.config.expert).act)
-        return self._expert_cache
+            towns: dict = {}
+            report = evaluate(context.config, ScriptedExpert(context.config.expert).act, per_town=towns)
+            self._expert_cache = {"report": report, "towns": towns}
+        return self._expert_cache["report"]
+
+    def compare_with_expert(self, context: TrainingContext, candidate: PPOTrainingResult) -> dict:
+        """The candidate's reward on the guardrail towns (as its PPO stage scored them) against the expert's on
+        the same towns: their paired difference, which decides `expert_guardrail`."""
+        import numpy as np
+
+        from townlet_pipelines.training.evaluation import paired_difference
+
+        report = self._expert_evaluation(context)
+        expert_towns = self._expert_cache["towns"]["reward_per_agent_day"]
+        rewards = np.asarray(candidate.evaluation_town_rewards)
+        if len(rewards) != len(expert_towns):
+            raise ValueError(f"expert comparison: the candidate was scored on {len(rewards)} towns, the expert on "
+                             f"{len(expert_towns)}")
+        difference, half = paired_difference(rewards, expert_towns)
+        comparison = {"candidate_reward": float(candidate.evaluation["reward_per_agent_day"]),
+                      "expert_reward": report["reward_per_agent_day"], "difference": difference,
+                      "difference_ci95": half, "towns": int(report["towns"])}
+        log.info("candidate %.3f vs scripted expert %.3f reward per agent-day (%+.3f ± %.3f, %d towns)",
+                 comparison["candidate_reward"], comparison["expert_reward"], difference, half, comparison["towns"])
+        return comparison
 
     def run_ppo_stages(self, context: TrainingContext, bc: StagesOutcome) -> StagesOutcome:
         from townlet_pipelines.training.champion import compare_with_champion, current_champion
@@ -269,6 +297,8 @@ class AnnealStrategy:
         champion = release  # the bar is the release this night started from (or, from the BC clone, the current)
         if champion is None and context.promotion is not None:
             champion = context.promotion.status().current_release
+        if outcome.results and outcome.results[-1].evaluation_town_rewards:
+            outcome.expert = self.compare_with_expert(context, outcome.results[-1])
         if outcome.results and champion is not None and champion.path:
             outcome.champion = compare_with_champion(context, outcome.results[-1], champion)
         return outcome
@@ -284,7 +314,8 @@ class AnnealStrategy:
         stages = bc.stages + ppo.stages
         if bc.failed:
             status = "FAIL"
-        elif any(not stage.passed for stage in ppo.stages) or not champion_verdict(ppo.champion).passed:
+        elif (any(not stage.passed for stage in ppo.stages) or not expert_verdict(ppo.expert).passed
+              or not champion_verdict(ppo.champion).passed):
             status = "HOLD"
         else:
             status = "PASS"
@@ -317,7 +348,7 @@ class AnnealStrategy:
             final_checkpoint_id=ppo.checkpoint_id, final_checkpoint_path=ppo.checkpoint,
             evaluation=evaluation, duration_sec=duration_sec, namespace=namespace(context.config),
             night=str(context.config.nightly.night) if context.config.nightly.night else None,
-            started_from=ppo.started_from, champion=ppo.champion,
+            started_from=ppo.started_from, champion=ppo.champion, expert=ppo.expert,
         )
 
     def run(self, context: TrainingContext) -> AnnealSummary:

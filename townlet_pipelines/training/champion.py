@@ -44,13 +44,13 @@ def compare_with_champion(context: TrainingContext, candidate, release) -> dict:
 
     from townlet_pipelines.training.checkpoints import load_checkpoint
     from townlet_pipelines.training.evaluation import evaluate, paired_difference
-    from townlet_pipelines.training.policy import TorchPolicy
+    from townlet_pipelines.training.policy import evaluation_policy
     from townlet_pipelines.world.engine import TownWorld
 
     config, device = context.config, context.device
     model, _ = load_checkpoint(release.path, TownWorld(config, 1).spec, device=device.device)
     per_town: dict = {}
-    champion = evaluate(config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act, per_town=per_town)
+    champion = evaluate(config, evaluation_policy(model, device, config).act, per_town=per_town)
     rewards = np.asarray(candidate.evaluation_town_rewards)
     if len(rewards) != len(per_town["reward_per_agent_day"]):
         raise ValueError(f"champion comparison: the candidate was scored on {len(rewards)} towns, the champion on "

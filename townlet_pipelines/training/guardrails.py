@@ -70,15 +70,33 @@ def queue_conflicts(measured: dict[str, float], baselines: dict[str, float | Non
         "tolerance": tolerances["conflicts"], "intensity_tolerance": tolerances["intensity"], "evaluation_towns": towns})
 
 
+def _not_worse(name: str, comparison: dict, reference: str, label: str) -> tuple[bool, str]:
+    """Whether the candidate's reward is no worse than `reference`'s beyond the 95% interval of the paired
+    per-town difference, and the sentence that says so (naming the interval it used)."""
+    difference, half = comparison["difference"], comparison["difference_ci95"]
+    passed = difference + half >= -SLACK
+    sentence = (f"{name} {comparison['candidate_reward']:.3f} vs {label} {comparison[f'{reference}_reward']:.3f} "
+                f"reward per agent-day: {difference:+.3f} ± {half:.3f} (95% Student-t, paired) on the same "
+                f"{comparison['towns']} towns; {'no worse' if passed else 'worse'} within the interval")
+    return passed, sentence
+
+
 def champion(comparison: dict | None) -> Verdict:
     """The challenger passes unless its reward is worse than the champion's beyond the 95% interval of the
     paired difference on the same towns; with no champion (nothing released yet) there is nothing to beat."""
     if comparison is None:
-        return Verdict("champion_guardrail", True, "no champion yet: the first release is judged by the other "
-                       "guardrails alone", {"champion": "none"})
-    difference, half = comparison["difference"], comparison["difference_ci95"]
-    passed = difference + half >= -SLACK
-    sentence = (f"challenger {comparison['candidate_reward']:.3f} vs champion {comparison['champion_reward']:.3f} "
-                f"({comparison['release_id']}) reward per agent-day: {difference:+.3f} ± {half:.3f} on the same "
-                f"{comparison['towns']} towns; {'no worse' if passed else 'worse'} within the 95% interval")
+        return Verdict("champion_guardrail", True, "no champion yet: the first release is judged against the "
+                       "scripted expert (expert_guardrail)", {"champion": "none"})
+    passed, sentence = _not_worse("challenger", comparison, "champion", f"champion ({comparison['release_id']})")
     return Verdict("champion_guardrail", passed, sentence, dict(comparison))
+
+
+def expert(comparison: dict | None) -> Verdict:
+    """The candidate passes unless its reward is worse than the scripted expert's beyond the 95% interval of the
+    paired difference on the same guardrail towns: the nightly never releases a policy worse than the
+    baseline it exists to beat (a later release must also beat its champion: `champion`)."""
+    if comparison is None:
+        return Verdict("expert_guardrail", True, "no PPO stage ran: nothing to compare with the expert",
+                       {"expert": "none"})
+    passed, sentence = _not_worse("candidate", comparison, "expert", "scripted expert")
+    return Verdict("expert_guardrail", passed, sentence, dict(comparison))

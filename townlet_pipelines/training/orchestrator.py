@@ -172,7 +172,9 @@ def apply_promotion(store: PromotionStore, summary: AnnealSummary) -> PromotionO
     """Promote the anneal's final checkpoint when the rule allows it.
 
     The rule: the candidate's pass streak has reached `required_passes` (state `ready`), or the instance
-    has no release yet and this run passed every guardrail (the first release).
+    has no release yet and this run passed every guardrail (the first release). A later release must also
+    have scored more than the champion it would replace on the night's guardrail towns: `champion_guardrail`
+    holds a challenger that is worse beyond the interval, and this keeps one that is merely no worse.
     """
     status = store.status()
     current = status.current_release.release_id if status.current_release else None
@@ -193,6 +195,12 @@ def apply_promotion(store: PromotionStore, summary: AnnealSummary) -> PromotionO
     if status.current_release is not None and status.current_release.checkpoint_id == summary.final_checkpoint_id:
         return PromotionOutcome(False, "this checkpoint is the current release already", current,
                                 status.current_release.checkpoint_id)
+    champion = summary.champion
+    if not first and champion is not None and champion["difference"] <= 0:  # passing is not improving
+        return PromotionOutcome(
+            False, f"not promoted: the challenger scored {champion['difference']:+.3f} reward per agent-day against "
+            f"the champion {champion['release_id']} on the night's guardrail towns; a release must improve on it",
+            current, status.current_release.checkpoint_id)
     hashes = {"checkpoint_id": summary.final_checkpoint_id, "dataset_identity": summary.dataset_identity}
     metrics = {key: float(value) for key, value in summary.evaluation.items()}
     try:

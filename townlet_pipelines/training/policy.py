@@ -8,6 +8,7 @@ from townlet_pipelines.data.capture import PolicyOutput
 from townlet_pipelines.data.manifest import Generator
 from townlet_pipelines.training.device import DeviceContext, to_tensors
 from townlet_pipelines.training.torch_support import require_torch
+from townlet_pipelines.world import rng
 from townlet_pipelines.world.engine import TownWorld
 
 
@@ -24,11 +25,20 @@ def observation_batch(world: TownWorld) -> dict[str, np.ndarray]:
 
 
 class TorchPolicy:
-    """Samples (or, greedy, takes the most likely) legal action; reports log-probs and values."""
+    """Samples (or, greedy, takes the most likely) legal action; reports log-probs and values.
 
-    def __init__(self, model, device: DeviceContext, greedy: bool = False, checkpoint_id: str | None = None) -> None:
+    With `seed`, each agent's draw is the world's counter-based uniform for (its town's seed, the tick, the
+    policy stream, the agent), inverted through the action probabilities: an evaluation replays the same draws
+    whatever else used torch's generator before it, town k draws the same numbers batched or alone, and two
+    policies scored on the same towns share their random numbers (a paired comparison measures the policies,
+    not the dice). Without it, torch's global generator samples (PPO's rollouts, seeded by the run).
+    """
+
+    def __init__(self, model, device: DeviceContext, greedy: bool = False, checkpoint_id: str | None = None,
+                 seed: int | None = None) -> None:
         self.model, self.device, self.greedy = model, device, greedy
         self.generator = Generator(kind="checkpoint", checkpoint_id=checkpoint_id)
+        self.stream = None if seed is None or greedy else rng.STREAM_POLICY + 16 * seed
 
     def _forward(self, world: TownWorld):
         batch = to_tensors(observation_batch(world), self.device, ("map", "features", "action_mask"))
@@ -39,14 +49,35 @@ class TorchPolicy:
         self.model.eval()
         with torch.no_grad():
             distribution, values = self._forward(world)
-            actions = distribution.probs.argmax(dim=1) if self.greedy else distribution.sample()
+            if self.greedy:
+                actions = distribution.probs.argmax(dim=1)
+            elif self.stream is not None:
+                actions = self._inverse_cdf(world, distribution.probs)
+            else:
+                actions = distribution.sample()
             log_probs = distribution.log_prob(actions)
         shape = (world.towns, world.agents)
         return PolicyOutput(actions.cpu().numpy().reshape(shape), log_probs.cpu().numpy().reshape(shape).astype(np.float32),
                             values.cpu().numpy().reshape(shape).astype(np.float32))
+
+    def _inverse_cdf(self, world: TownWorld, probs):
+        """The action whose cumulative probability first exceeds the agent's counter-based uniform draw (scaled
+        by the row's total, so rounding never picks past the last legal action)."""
+        torch = require_torch()
+        draws = rng.uniform(world.state.seeds, world.state.tick, self.stream, (world.agents,)).reshape(-1, 1)
+        cumulative = probs.double().cumsum(dim=1)
+        threshold = torch.from_numpy(draws).to(probs.device) * cumulative[:, -1:]
+        return (cumulative <= threshold).sum(dim=1).clamp_(max=probs.shape[1] - 1)
 
     def bootstrap_values(self, world: TownWorld) -> np.ndarray:
         torch = require_torch()
         with torch.no_grad():
             _, values = self._forward(world)
         return values.cpu().numpy().reshape(world.towns, world.agents).astype(np.float32)
+
+
+def evaluation_policy(model, device: DeviceContext, config) -> TorchPolicy:
+    """How every evaluation plays a network (validation, guardrails, champion, held-out report, `townlet
+    evaluate`): as `config.evaluation` says, greedy or sampled with its seed."""
+    evaluation = config.evaluation
+    return TorchPolicy(model, device, greedy=evaluation.greedy, seed=evaluation.sample_seed)

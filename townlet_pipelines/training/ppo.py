@@ -176,25 +176,54 @@ def take_rows(stream: Iterator[dict[str, np.ndarray]], count: int, pending: list
 # ----------------------------------------------------------------------------------- the constraint
 @dataclass
 class ConflictMultiplier:
-    """PPO-Lagrangian's λ on queue conflicts: dual ascent on (rate / budget − 1), never below zero.
+    """The PID Lagrangian of Stooke, Achiam & Abbeel (2020) on queue conflicts: λ prices one conflict in reward.
 
-    The rate is conflicts per agent-day over a trailing window of updates that covers about one day of
-    every rollout town, so meal-time peaks and quiet nights are averaged, not chased.
+    The error is e = rate / budget − 1, the rate being conflicts per agent-day over a trailing window of updates
+    that covers about one day of every rollout town (meal-time peaks and quiet nights averaged, not chased):
+
+        I ← max(0, I + ki·e)                      the integral: plain dual ascent (PPO-Lagrangian) when kp = kd = 0
+        λ = max(0, kp·e + I + kd·max(0, rate − previous rate) / budget)
+
+    The proportional term answers an overshoot within the update instead of after the integral has wound up,
+    and the derivative term brakes a rate that is climbing; together they damp the oscillation of plain dual
+    ascent. The integral starts at `lagrange_init`, so conflicts are priced from the first update.
     """
 
     budget: float  # conflicts per agent-day
-    learning_rate: float
+    ki: float
+    kp: float = 0.0
+    kd: float = 0.0
+    integral: float = 0.0
     value: float = 0.0
     window: int = 1
+    previous_rate: float | None = None
     history: collections.deque = field(default_factory=collections.deque)
+
+    def __post_init__(self) -> None:
+        self.value = max(0.0, self.integral)
 
     def update(self, conflicts: float, agent_days: float) -> float:
         self.history.append((conflicts, agent_days))
         while len(self.history) > self.window:
             self.history.popleft()
         rate = sum(c for c, _ in self.history) / max(sum(d for _, d in self.history), 1e-9)
-        self.value = max(0.0, self.value + self.learning_rate * (rate / max(self.budget, 1e-9) - 1.0))
+        budget = max(self.budget, 1e-9)
+        error = rate / budget - 1.0
+        self.integral = max(0.0, self.integral + self.ki * error)
+        rising = max(0.0, rate - self.previous_rate) / budget if self.previous_rate is not None else 0.0
+        self.value = max(0.0, self.kp * error + self.integral + self.kd * rising)
+        self.previous_rate = rate
         return rate
+
+    def state(self) -> dict:
+        return {"value": self.value, "integral": self.integral, "previous_rate": self.previous_rate,
+                "history": [list(item) for item in self.history]}
+
+    def restore(self, state: dict) -> None:
+        self.value = state["value"]
+        self.integral = state.get("integral", state["value"])
+        self.previous_rate = state.get("previous_rate")
+        self.history.extend(tuple(item) for item in state["history"])
 
 
 VALIDATION_KEYS = ("reward_per_agent_day", "faints_per_agent_day", "queue_conflict_events_per_agent_day",
@@ -305,7 +334,7 @@ class PPOStrategy:
         torch = require_torch()
         from townlet_pipelines.training.checkpoints import model_for, read_record, restore_optimizer, save_checkpoint
         from townlet_pipelines.training.evaluation import evaluate
-        from townlet_pipelines.training.policy import TorchPolicy
+        from townlet_pipelines.training.policy import evaluation_policy
         from townlet_pipelines.training.resume import finish_progress, load_progress, progress_dir, restore_world
         from townlet_pipelines.world.policies import ScriptedExpert
 
@@ -375,14 +404,16 @@ class PPOStrategy:
                 selector.best, selector.best_update = loop["selected"]["scores"], loop["selected"]["update"]
                 selector.best_state = {name[len("best."):]: torch.from_numpy(value).to(device.device)
                                        for name, value in arrays.items() if name.startswith("best.")}
+            elif ppo.select_keep_start and ppo.validate_every and loop["next"] == 0:
+                self._offer_start(config, model, device, selector, log, ranks)
         if ppo.conflict_budget > 0 and mode != "replay":
             expert_rate = expert["queue_conflict_events_per_agent_day"]
             multiplier = ConflictMultiplier(
-                budget=max(ppo.conflict_budget * expert_rate, 1e-3), learning_rate=ppo.lagrange_lr,
-                value=ppo.lagrange_init, window=max(1, -(-config.world.day_ticks // ppo.rollout_ticks)))
+                budget=max(ppo.conflict_budget * expert_rate, 1e-3), ki=ppo.lagrange_lr, kp=ppo.lagrange_kp,
+                kd=ppo.lagrange_kd, integral=ppo.lagrange_init,
+                window=max(1, -(-config.world.day_ticks // ppo.rollout_ticks)))
             if "lagrange" in loop:
-                multiplier.value = loop["lagrange"]["value"]
-                multiplier.history.extend(tuple(item) for item in loop["lagrange"]["history"])
+                multiplier.restore(loop["lagrange"])
         agents = world.towns * world.agents
         replay_stream = replay_rows(dataset, ppo.gamma, ppo.gae_lambda, seed) if dataset is not None else None
         pending: list = []
@@ -469,7 +500,7 @@ class PPOStrategy:
                             steps_per_s=(rollout.ticks * agents / rollout.seconds if mode != "replay" else None),
                             **({"conflicts": rate, "lam": multiplier.value} if multiplier is not None else {}))
             if ppo.validate_every and ((update + 1) % ppo.validate_every == 0 or update + 1 == updates):
-                scores = broadcast(validation_scores(config, TorchPolicy(model, device, greedy=True).act), ranks)
+                scores = broadcast(validation_scores(config, evaluation_policy(model, device, config).act), ranks)
                 chosen = selector.offer(update + 1, scores, model)  # rank 0's scores: one choice on every rank
                 log.write({"update": update, "cycle": self.cycle, "validation": "policy", "chosen": chosen, **scores})
                 LOGGER.info("ppo cycle %d validation after update %d: reward %.2f, conflicts %.3f, wages %.2f "
@@ -492,7 +523,7 @@ class PPOStrategy:
         duration = time.perf_counter() - start
         evaluation, towns = {}, {}
         if self.evaluate_towns:  # per town too: the champion is compared on the same towns, paired
-            evaluation = evaluate(config, TorchPolicy(model, device, greedy=config.evaluation.greedy).act,
+            evaluation = evaluate(config, evaluation_policy(model, device, config).act,
                                   per_town=towns)
         last = _recent(stats, ppo)
         metrics = {**{f"eval_{k}": v for k, v in evaluation.items()}, "loss_total": last["loss_total"],
@@ -545,6 +576,19 @@ class PPOStrategy:
         )
 
 
+    def _offer_start(self, config: TownletConfig, model, device: DeviceContext, selector: "SnapshotSelector",
+                     log, ranks) -> None:
+        """The starting weights (the champion's or the BC clone's) compete as update 0: a stage that finds no
+        snapshot better under the constraints returns its start, never a worse snapshot."""
+        from townlet_pipelines.training.policy import evaluation_policy
+
+        scores = broadcast(validation_scores(config, evaluation_policy(model, device, config).act), ranks)
+        selector.offer(0, scores, model)
+        log.write({"update": -1, "cycle": self.cycle, "validation": "policy", "start": True, "chosen": True, **scores})
+        LOGGER.info("ppo cycle %d validation of its start: reward %.2f, conflicts %.3f, wages %.2f per agent-day "
+                    "(kept unless a snapshot does better)", self.cycle, scores["reward_per_agent_day"],
+                    scores["queue_conflict_events_per_agent_day"], scores["wages_per_agent_day"])
+
     @staticmethod
     def _replay_count(mode: str, target: int, share: float) -> int:
         """Stored rows per update: all of it in `replay`, `share` of the mini-batches in `mixed`."""
@@ -562,7 +606,7 @@ class PPOStrategy:
             entropies[:] = [np.concatenate(entropies)]
             arrays["entropies"] = entropies[0]
         if multiplier is not None:
-            loop["lagrange"] = {"value": multiplier.value, "history": [list(item) for item in multiplier.history]}
+            loop["lagrange"] = multiplier.state()
         if selector is not None and selector.best is not None:
             loop["selected"] = {"scores": selector.best, "update": selector.best_update}
             arrays.update({f"best.{name}": tensor.cpu().numpy() for name, tensor in selector.best_state.items()})

@@ -52,3 +52,4 @@ STREAM_TIE_BREAK = 3
 STREAM_CHAT_SUCCESS = 4
 STREAM_CHAT_QUALITY = 5
 STREAM_NEEDS = 6
+STREAM_POLICY = 7  # a sampled evaluation's draws (training/policy.py); + 16 x its seed

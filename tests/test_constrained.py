@@ -1,0 +1,206 @@
+"""Constrained PPO, the snapshot choice that keeps its start, the expert guardrail, honest intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from townlet_pipelines.config import PPOConfig  # noqa: E402
+from townlet_pipelines.training.ppo import ConflictMultiplier, Rollout, ppo_losses, rollout_rows  # noqa: E402
+
+
+class Bandit(torch.nn.Module):
+    """Two actions: `safe` pays 0.2 and costs nothing, `greedy` pays 1.0 and causes one conflict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.zeros(2))
+        self.value = torch.nn.Parameter(torch.zeros(1))
+
+    def distribution(self, features, action_mask, map_=None):
+        rows = len(features)
+        return torch.distributions.Categorical(logits=self.logits.expand(rows, 2)), self.value.expand(rows)
+
+
+def _train_bandit(multiplier: ConflictMultiplier | None, updates: int = 80, agents: int = 256) -> list[float]:
+    """PPO through the shipped pieces (the penalised rows of `rollout_rows`, `ppo_losses`, the multiplier):
+    the rate of the costly action per update."""
+    torch.manual_seed(0)
+    ppo = PPOConfig(learning_rate=0.05)
+    model = Bandit()
+    optimizer = torch.optim.Adam(model.parameters(), lr=ppo.learning_rate)
+    rates = []
+    for _ in range(updates):
+        with torch.no_grad():
+            distribution, values = model.distribution(torch.zeros(agents, 1), None)
+            actions = distribution.sample()
+            log_probs = distribution.log_prob(actions).detach()
+        costs = actions.float().numpy()
+        arrays = {"features": np.zeros((1, agents, 1), np.float32), "action_mask": np.ones((1, agents, 2), bool),
+                  "actions": actions.numpy()[None], "old_log_probs": log_probs.numpy()[None],
+                  "value_preds": values.detach().numpy()[None], "rewards": (0.2 + 0.8 * costs)[None].astype(np.float32),
+                  "costs": costs[None], "dones": np.ones((1, agents), bool)}
+        penalty = multiplier.value if multiplier is not None else 0.0
+        rows = rollout_rows(Rollout(arrays, np.zeros(agents, np.float32), {}, 1, 0.0), penalty, ppo)
+        rates.append(float(costs.mean()))
+        if multiplier is not None:
+            multiplier.update(conflicts=float(costs.sum()), agent_days=float(agents))
+        batch = {key: torch.as_tensor(value) for key, value in rows.items()}
+        for _ in range(ppo.update_epochs):
+            out = ppo_losses(model, batch, ppo)
+            optimizer.zero_grad()
+            out["loss"].backward()
+            optimizer.step()
+    return rates
+
+
+def test_constrained_ppo_keeps_a_cost_under_budget_that_plain_ppo_overspends():
+    budget = 0.3
+    plain = _train_bandit(None)
+    constrained = _train_bandit(ConflictMultiplier(budget=budget, ki=2.0, kp=20.0, kd=10.0))
+    assert np.mean(plain[-20:]) > 0.9  # the costly action pays more: unconstrained PPO takes it nearly always
+    late = np.mean(constrained[-20:])
+    assert late <= budget * 1.15, late  # held at the budget during training, not only judged at the gate
+    assert late >= budget * 0.5, late  # and not priced out of it altogether: the reward is still wanted
+
+
+
+# --------------------------------------------------------------------------- the snapshot choice keeps its start
+def _scripted_validation(monkeypatch, later_reward: float) -> None:
+    """Validation as a script: the expert first, then the start, then every later snapshot at `later_reward`."""
+    from townlet_pipelines.training import ppo
+
+    calls = []
+
+    def scores(config, act):
+        calls.append(act)
+        reward = {1: -2.0, 2: -1.0}.get(len(calls), later_reward)
+        conflicts = 0.1 if len(calls) == 1 else 0.05  # the expert's, then every policy's: within the budget
+        return {"reward_per_agent_day": reward, "faints_per_agent_day": 0.0,
+                "queue_conflict_events_per_agent_day": conflicts, "wages_per_agent_day": 1.0}
+
+    monkeypatch.setattr(ppo, "validation_scores", scores)
+
+
+def _tiny_ppo(tmp_path, **ppo):
+    from townlet_pipelines.training import orchestrator
+    from townlet_pipelines.training.ppo import PPOStrategy, SnapshotSelector
+    from tests.test_training import tiny
+
+    config = tiny(ppo={"select_keep_start": True, "validate_every": 1, "updates": 2, **ppo})
+    context = orchestrator.make_context(config, orchestrator.new_run_dir(tmp_path), tmp_path)
+    kept = {}
+    original = SnapshotSelector.offer
+
+    def offer(self, update, scores, model):  # remember the start's weights as the stage saw them
+        if update == 0:
+            kept.update({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
+        return original(self, update, scores, model)
+
+    return config, context, kept, offer, PPOStrategy(evaluate_towns=False)
+
+
+def test_a_stage_that_finds_nothing_better_returns_its_start(tmp_path, monkeypatch):
+    from townlet_pipelines.training.checkpoints import load_checkpoint
+    from townlet_pipelines.training.ppo import SnapshotSelector
+
+    _scripted_validation(monkeypatch, later_reward=-5.0)  # every snapshot worse than the start
+    config, context, start, offer, strategy = _tiny_ppo(tmp_path, learning_rate=0.05)
+    monkeypatch.setattr(SnapshotSelector, "offer", offer)
+    result = strategy.run(context)
+    assert result.selected_update == 0 and result.validation["reward_per_agent_day"] == -1.0
+    model, _ = load_checkpoint(result.checkpoint_path)
+    for name, tensor in model.state_dict().items():  # the very weights it started from, not a worse snapshot
+        assert torch.equal(tensor, start[name]), name
+
+
+def test_a_better_snapshot_replaces_the_start(tmp_path, monkeypatch):
+    from townlet_pipelines.training.ppo import SnapshotSelector
+
+    _scripted_validation(monkeypatch, later_reward=0.5)
+    config, context, start, offer, strategy = _tiny_ppo(tmp_path)
+    monkeypatch.setattr(SnapshotSelector, "offer", offer)
+    result = strategy.run(context)
+    assert result.selected_update == 1  # the first snapshot that did better; the second only tied it
+    assert result.validation["reward_per_agent_day"] == 0.5
+
+
+# --------------------------------------------------------------------------------------------- the expert bar
+def test_the_expert_guardrail_holds_a_candidate_worse_than_the_expert():
+    from townlet_pipelines.training.guardrails import expert
+
+    worse = expert({"candidate_reward": -25.0, "expert_reward": -22.0, "difference": -3.0, "difference_ci95": 0.2,
+                    "towns": 256})
+    assert not worse.passed and "worse within the interval" in worse.sentence and "Student-t" in worse.sentence
+    close = expert({"candidate_reward": -22.1, "expert_reward": -22.0, "difference": -0.1, "difference_ci95": 0.2,
+                    "towns": 256})
+    assert close.passed  # not worse beyond the interval
+    assert expert(None).passed and "no PPO stage" in expert(None).sentence
+
+
+def test_a_passing_challenger_that_is_not_better_is_not_released(tmp_path):
+    from townlet_pipelines.data.promotion import PromotionStore
+    from townlet_pipelines.results import AnnealSummary
+    from townlet_pipelines.training.orchestrator import apply_promotion
+
+    store = PromotionStore(tmp_path, required_passes=1)
+    store.promote("c", "champion-id", first_release=True)
+    store.record_evaluation("c", "PASS", night="2026-11-26")
+
+    def summary(difference: float) -> AnnealSummary:
+        return AnnealSummary(
+            stages=[], status="PASS", dataset_label="expert", dataset_identity="d", baselines={},
+            promotion_pass_streak=1, promotion_candidate_ready=True, candidate_id="c",
+            final_checkpoint_id=f"challenger{difference}", final_checkpoint_path=None, duration_sec=1.0,
+            champion={"release_id": "r0001", "difference": difference, "difference_ci95": 0.3})
+
+    kept = apply_promotion(store, summary(-0.05))
+    assert not kept.promoted and "must improve" in kept.reason and store.status().releases == 1
+    assert apply_promotion(store, summary(0.4)).promoted and store.status().releases == 2
+
+
+# ------------------------------------------------------------------------------------------- honest intervals
+def test_intervals_use_student_t_where_towns_are_few():
+    from townlet_pipelines.training.evaluation import half_width, paired_difference, t95
+
+    assert t95(4) == pytest.approx(3.1824) and t95(2) == pytest.approx(12.7062)
+    assert t95(256) == pytest.approx(1.9693, abs=1e-4) and t95(64) == pytest.approx(1.9983, abs=1e-4)
+    values = np.array([1.0, 2.0, 4.0, 7.0])
+    assert half_width(values) == pytest.approx(3.1824 * values.std(ddof=1) / 2)
+    mean, half = paired_difference(values, np.zeros(4))
+    assert mean == pytest.approx(3.5) and half == pytest.approx(half_width(values))
+    with pytest.raises(ValueError, match="at least 2"):
+        t95(1)
+
+
+# ------------------------------------------------------------------------------------------ sampled evaluation
+def test_a_sampled_evaluation_replays_its_draws_and_a_town_draws_the_same_alone_or_batched():
+    from townlet_pipelines.training.checkpoints import model_for
+    from townlet_pipelines.training.device import device_context
+    from townlet_pipelines.training.evaluation import evaluate
+    from townlet_pipelines.training.policy import evaluation_policy
+    from townlet_pipelines.world.engine import TownWorld
+    from tests.test_training import tiny
+
+    config = tiny()
+    assert not config.evaluation.greedy
+    torch.manual_seed(3)
+    model, _ = model_for(TownWorld(config, 1).spec, config.model, "cpu")
+    device = device_context("cpu", False, 1)
+    seeds = (90_000_000, 90_000_001, 90_000_002)
+
+    def rewards(towns):
+        per_town: dict = {}
+        torch.manual_seed(len(towns))  # the global generator must not matter
+        evaluate(config, evaluation_policy(model, device, config).act, seeds=towns, per_town=per_town)
+        return per_town["reward_per_agent_day"]
+
+    batched = rewards(seeds)
+    np.testing.assert_array_equal(batched, rewards(seeds))
+    assert rewards(seeds[1:2])[0] == batched[1]
+    other = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"sample_seed": 1})})
+    per_town: dict = {}
+    evaluate(other, evaluation_policy(model, device, other).act, seeds=seeds, per_town=per_town)
+    assert not np.array_equal(per_town["reward_per_agent_day"], batched)  # another seed, other draws
