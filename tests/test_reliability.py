@@ -253,3 +253,39 @@ def test_a_killed_runs_bc_cache_work_folder_is_swept_by_the_next(tmp_path, datas
     _, record, reused = cached_bc_stages(AnnealStrategy(dataset), context, identity, root, print)
     assert not reused and record.is_file()
     assert not work.exists() and [path.name for path in (root / "cache").iterdir()] == [record.parent.name]
+
+
+def test_a_progress_step_is_only_resumed_under_the_recipe_that_wrote_it(tmp_path, dataset, capsys):
+    """A killed `townlet train bc`, whose run folder then names another bc.learning_rate: `--resume` refuses in one
+    line naming the step, instead of continuing the old recipe's weights and recording them as the new one's."""
+    from townlet_pipelines.cli import main
+
+    config_file, root = _config_file(tmp_path), tmp_path / "artifacts"
+    process = _townlet("train", "bc", "--config", str(config_file), "--artifacts", str(root), "--json",
+                       "--dataset", str(dataset))
+    step = _kill_when(process, "runs/*/bc.progress/step-000002", root)
+    run_dir = step.parent.parent
+    invocation = json.loads((run_dir / "invocation.json").read_text())
+    invocation["config"]["bc"]["learning_rate"] = 0.001  # another recipe than the one the step was written under
+    (run_dir / "invocation.json").write_text(json.dumps(invocation))
+    assert main(["train", "bc", "--resume", str(run_dir), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"townlet: error: {step}: written under another recipe (")
+    assert "lr 0.002 in the step, 0.001 in this run" in err
+    assert not (run_dir / "bc" / "checkpoint.json").exists()  # nothing was written as this run's
+
+    # The training config alone (same optimizer settings, another dagger_rounds) is part of the recipe too.
+    import torch
+
+    from tests.test_training import tiny
+    from townlet_pipelines.training.resume import load_progress, recipe, save_progress
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.002)
+    folder = tmp_path / "progress"
+    save_progress(folder, 1, model, optimizer, {"next": 1}, {}, config=tiny())
+    other = tiny(bc={"dagger_rounds": 3})
+    with pytest.raises(Exception, match="written under another recipe \\(training config"):
+        load_progress(folder, model, torch.optim.Adam(model.parameters(), lr=0.002), "cpu", config=other)
+    state, _ = load_progress(folder, model, torch.optim.Adam(model.parameters(), lr=0.002), "cpu", config=tiny())
+    assert state == {"next": 1, "step": 1} and recipe(folder, optimizer, tiny())["config"]

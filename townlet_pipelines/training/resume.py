@@ -6,11 +6,14 @@ torch's RNG state, the loop's own state (JSON) and its arrays (a world snapshot,
 weights). Older steps are removed after the new one is complete, so a kill at any instant leaves at least
 one complete step. Resuming loads the newest step and replays nothing: the loop is deterministic given
 that state, so the resumed run writes the checkpoint an uninterrupted run writes (bit-identical on CPU
-with the same thread count). A finished stage removes its progress folder.
+with the same thread count). A finished stage removes its progress folder. Each step records the recipe it
+was written under (`recipe`: the optimizer's settings and a hash of the training config); a run that would
+resume it under another recipe is refused, naming the step.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -46,8 +49,43 @@ def require_progress(directory: Path) -> Path:
     return steps[-1][1]
 
 
-def save_progress(directory: Path, step: int, model, optimizer, state: dict, arrays: dict[str, np.ndarray]) -> Path:
-    """Write step `step` atomically, then drop the older ones."""
+HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "momentum", "amsgrad")
+
+
+def recipe(directory: Path, optimizer, config=None) -> dict:
+    """What a progress step must share with the run that resumes it: the optimizer's settings (learning rate,
+    weight decay, …) and a hash of the training config (all but `runtime`): `config`'s, else the one the run
+    folder's invocation records. A step written under another recipe must not be continued as this one."""
+    groups = [{key: value for key, value in group.items() if key in HYPERPARAMETERS}
+              for group in optimizer.state_dict()["param_groups"]]
+    training = config.model_dump(mode="json") if config is not None else None
+    if training is None:
+        try:
+            training = json.loads((Path(directory).parent / "invocation.json").read_text())["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            training = None
+    digest = None
+    if isinstance(training, dict):
+        training = {key: value for key, value in training.items() if key != "runtime"}
+        digest = hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:16]
+    return json.loads(json.dumps({"optimizer": groups, "config": digest}))  # tuples as lists, as read back
+
+
+def _check_recipe(path: Path, written: dict, resuming: dict) -> None:
+    if written["optimizer"] != resuming["optimizer"]:
+        differs = sorted({f"{key} {old.get(key)} in the step, {new.get(key)} in this run"
+                          for old, new in zip(written["optimizer"], resuming["optimizer"])
+                          for key in HYPERPARAMETERS if old.get(key) != new.get(key)}) or ["its parameter groups"]
+        raise TrainingError(f"{path}: written under another recipe (optimizer {'; '.join(differs)}); resume a run "
+                            "only with the settings it was started with")
+    if written["config"] and resuming["config"] and written["config"] != resuming["config"]:
+        raise TrainingError(f"{path}: written under another recipe (training config {written['config']} in the step, "
+                            f"{resuming['config']} in this run); resume a run only with the settings it was started with")
+
+
+def save_progress(directory: Path, step: int, model, optimizer, state: dict, arrays: dict[str, np.ndarray],
+                  config=None) -> Path:
+    """Write step `step` atomically, with the recipe it was written under, then drop the older ones."""
     torch = require_torch()
     from townlet_pipelines.training.checkpoints import _optimizer_tensors, write_tensors
 
@@ -58,37 +96,52 @@ def save_progress(directory: Path, step: int, model, optimizer, state: dict, arr
         tensors, layout = _optimizer_tensors(optimizer)
         write_tensors(tensors, temporary / OPTIMIZER, metadata={"layout": json.dumps(layout)})
         (temporary / ARRAYS).write_bytes(npz_bytes(arrays, compress=False))
-        (temporary / STATE).write_text(json.dumps({"step": step, **state}, sort_keys=True))
+        (temporary / STATE).write_text(json.dumps({"step": step, **state, "recipe": recipe(directory, optimizer, config)},
+                                                  sort_keys=True))
     for older, path in _steps(directory):
         if older < step:
             shutil.rmtree(path, ignore_errors=True)
     return directory / f"step-{step:06d}"
 
 
-def load_progress(directory: Path, model, optimizer, device) -> tuple[dict, dict[str, np.ndarray]]:
+def load_progress(directory: Path, model, optimizer, device, config=None) -> tuple[dict, dict[str, np.ndarray]]:
     """Restore the newest complete step into `model` and `optimizer`; (loop state, arrays).
 
-    Raises a TrainingError naming the folder when there is nothing to resume from.
+    Raises a TrainingError naming the folder when there is nothing to resume from, and naming the step when it was
+    written under another recipe (`recipe`) than the optimizer and config this run resumes with.
     """
     torch = require_torch()
     from townlet_pipelines.training.checkpoints import _safetensor_error, read_tensors, restore_optimizer
 
     path = require_progress(directory)
-    reading = path / STATE
+    resuming = recipe(directory, optimizer, config)  # before the step's optimizer settings replace this run's
+    damages = (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile, TrainingError,
+               _safetensor_error())
+
+    def damaged(reading: Path, error: BaseException) -> TrainingError:
+        told = " ".join(str(error).split()).removeprefix(f"{reading}: ")[:200] or type(error).__name__
+        return TrainingError(f"{reading}: damaged progress checkpoint ({told}); remove {path} to resume from the "
+                             "step before")
+
     try:
-        state = json.loads(reading.read_text())
-        reading = path / WEIGHTS
+        state = json.loads((path / STATE).read_text())
+        written = state.pop("recipe", None)  # steps written before steps carried one: nothing to compare
+        if written is not None and not (isinstance(written, dict) and {"optimizer", "config"} <= set(written)):
+            raise ValueError(f"its recipe is unreadable: {written!r}"[:200])
+    except damages as error:
+        raise damaged(path / STATE, error) from None
+    if written is not None:
+        _check_recipe(path, written, resuming)
+    reading = path / WEIGHTS
+    try:
         model.load_state_dict(read_tensors(reading))
         reading = path / OPTIMIZER
         restore_optimizer(path, optimizer, device)
         reading = path / ARRAYS
         with np.load(reading, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile, TrainingError,
-            _safetensor_error()) as error:
-        told = " ".join(str(error).split()).removeprefix(f"{reading}: ")[:200] or type(error).__name__
-        raise TrainingError(f"{reading}: damaged progress checkpoint ({told}); remove {path} to resume from the "
-                            "step before") from None
+    except damages as error:
+        raise damaged(reading, error) from None
     torch.set_rng_state(torch.from_numpy(arrays.pop("torch_rng")))
     return state, arrays
 
