@@ -134,6 +134,24 @@ def ppo_entries(updates: int = 8, chosen=(3,), expert: bool = True, every: int =
     return entries
 
 
+def test_ppo_curve_shows_the_constraint_per_update_below_the_validations():
+    entries = ppo_entries(every=4)
+    for entry in entries:
+        if entry.get("mode") == "rollout":
+            entry.update(conflict_rate=0.05 * entry["update"], conflict_budget=0.2, lagrange_multiplier=max(0.0, entry["update"] - 4.0))
+    root = parse(ppo_curve_svg(entries))
+    lines = series(root)
+    assert {"conflict_rate", "conflict_budget", "lagrange_multiplier"} <= set(lines)
+    assert len(points(lines["conflict_rate"])) == len(points(lines["lagrange_multiplier"])) == 8
+    budget = points(lines["conflict_budget"])
+    assert len({py for _, py in budget}) == 1  # a constant budget is a flat line
+    third = frame_box(root, 2)
+    assert frame_box(root, 1)[1] + frame_box(root, 1)[3] < third[1]
+    assert all(third[1] <= py <= third[1] + third[3] for _, py in points(lines["conflict_rate"]))
+    unpriced = parse(ppo_curve_svg(ppo_entries()))
+    assert "conflict_rate" not in series(unpriced) and any("no conflict budget" in t for t in texts(unpriced))
+
+
 def test_ppo_curve_draws_updates_on_top_and_validations_below():
     root = parse(ppo_curve_svg(ppo_entries()))
     lines = series(root)
@@ -199,7 +217,7 @@ def test_comparison_has_a_bar_and_an_error_bar_per_policy_in_each_panel():
     bars = find(root, "rect", "bar")
     assert len(bars) == 3 * len(ROWS) and len(find(root, "polyline", "error")) == 3 * len(ROWS)
     assert texts(root, "name") == ["candidate", "expert", "random"] * 3
-    assert texts(root, "title") == ["held-out towns (32, seeds.test), greedy", "reward / agent-day",
+    assert texts(root, "title") == ["held-out towns (32, seeds.test)", "reward / agent-day",
                                     "queue conflicts / agent-day", "wages / agent-day"]
     assert len({bar.get("fill") for bar in bars[:3]}) == 3
     wages = [float(bar.get("height")) for bar in bars[6:]]

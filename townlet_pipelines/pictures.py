@@ -76,8 +76,9 @@ def bc_curve_svg(entries: list[dict]) -> str:
 
 
 def ppo_curve_svg(entries: list[dict]) -> str:
-    """PPO's loss and KL per update, and the validation scores every few updates (reward and conflicts per
-    agent-day), with the expert's as dotted lines and the kept snapshot marked."""
+    """PPO's loss and KL per update; the validation scores every few updates (reward and conflicts per
+    agent-day), with the expert's as dotted lines and the kept snapshot marked; and the constraint per update
+    (the rollouts' conflict rate, its budget and the multiplier λ)."""
     entries = _entries(entries)
     updates = [e for e in entries if "validation" not in e and as_finite(e.get("update")) is not None]
     validations = [e for e in entries if e.get("validation") == "policy" and as_finite(e.get("update")) is not None]
@@ -93,7 +94,7 @@ def ppo_curve_svg(entries: list[dict]) -> str:
     reward_key, conflicts_key = "reward_per_agent_day", "queue_conflict_events_per_agent_day"
     reward = Scale.fit(column(validations, reward_key) + ([expert.get(reward_key)] if validations else []))
     conflicts = Scale.fit(column(validations, conflicts_key) + ([expert.get(conflicts_key)] if validations else []))
-    canvas = Canvas(560, 370)
+    canvas = Canvas(560, 525)
     box_left = max(axis_margin(loss, "loss"), axis_margin(reward, "validation reward"))
     box_right = max(axis_margin(kl, "KL"), axis_margin(conflicts, "conflicts / agent-day"))
     width = canvas.width - box_left - box_right
@@ -126,7 +127,29 @@ def ppo_curve_svg(entries: list[dict]) -> str:
         bottom.note("no validation")
     bottom.frame(xlabel="update (dotted: the expert; vertical: the kept snapshot)", ylabel="validation reward",
                  ylabel_right="conflicts / agent-day")
+    _constraint_panel(canvas, (box_left, 385, width, 110), x, updates)
     return canvas.svg()
+
+
+def _constraint_panel(canvas: Canvas, box, x: Scale, updates: list[dict]) -> None:
+    """Constrained PPO per update: the rollouts' conflict rate against its budget, and the price λ it set."""
+    priced = [e for e in updates if as_finite(e.get("conflict_budget")) is not None]
+    xs = [as_finite(e["update"]) + 1 for e in priced]
+    rate = [e.get("conflict_rate") for e in priced]
+    budget = [e.get("conflict_budget") for e in priced]
+    price = [e.get("lagrange_multiplier") for e in priced]
+    left = Scale.fit(rate + budget, zero=True)
+    right = Scale.fit(price, zero=True)
+    axis = Axis(canvas, box, x, left, right if priced else None)
+    if priced:
+        axis.series(xs, rate, "#ca6f1e", marker="s", class_="series", data_key="conflict_rate")
+        axis.series(xs, budget, "#ca6f1e", dash=DOTTED, class_="series", data_key="conflict_budget")
+        axis.series(xs, price, "#2e4053", "right", class_="series", data_key="lagrange_multiplier")
+        axis.legend([("rollout conflicts", "#ca6f1e", None, "s"), ("budget", "#ca6f1e", DOTTED, None),
+                     ("price λ", "#2e4053", None, None)])
+    else:
+        axis.note("no conflict budget (ppo.conflict_budget 0)")
+    axis.frame(xlabel="update", ylabel="conflicts / agent-day", ylabel_right="λ (reward per conflict)")
 
 
 def comparison_svg(rows: dict[str, dict[str, float]]) -> str:
@@ -152,8 +175,8 @@ def comparison_svg(rows: dict[str, dict[str, float]]) -> str:
     first_bar = inset + (panel_width - inset - 10) / (2 * max(len(names), 1))
     lead = max(0.0, 0.91 * text_width(labels[0], TICK) - 3 - first_bar + 4) if labels else 0.0
     canvas = Canvas(lead + panel_width * len(panels), 235)
-    canvas.text(canvas.width / 2, 14, f"held-out towns ({int(towns) if towns is not None else '?'}, seeds.test), "
-                "greedy", LABEL, "middle", class_="title")
+    canvas.text(canvas.width / 2, 14, f"held-out towns ({int(towns) if towns is not None else '?'}, seeds.test)",
+                LABEL, "middle", class_="title")
     for index, ((key, title), y) in enumerate(zip(panels, scales)):
         values = [rows[name].get(key) for name in names]
         errors = [rows[name].get(f"{key}_ci95") for name in names]

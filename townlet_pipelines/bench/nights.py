@@ -68,6 +68,11 @@ def _row(held: HeldOut, outcome, expert: dict) -> dict:
            "started_from": outcome.started_from, "promoted": outcome.promoted, "promotion": outcome.promotion,
            "release_after": outcome.release_id, "seconds": round(outcome.seconds, 1),
            "guardrail_expert": outcome.expert, "guardrail_champion": outcome.champion,
+           # the chosen snapshot's conflicts on the 64 validation towns beside the candidate's on the 256 guardrail
+           # towns: how far the snapshot choice's reading is from the gate's
+           "validation_conflicts": outcome.validation.get("queue_conflict_events_per_agent_day"),
+           "guardrail_conflicts": outcome.guardrail.get("queue_conflict_events_per_agent_day"),
+           "guardrail_conflicts_ci95": outcome.guardrail.get("queue_conflict_events_per_agent_day_ci95"),
            "expert": {key: expert[key] for key in KPIS} | {"reward_ci95": expert["reward_per_agent_day_ci95"]}}
     for label, scored in (("candidate", candidate), ("champion_before", before), ("champion_after", after)):
         if scored is None:
@@ -106,13 +111,18 @@ def table(rows: list[dict], expert: dict, random: dict, header: str) -> str:
              f"{expert['queue_conflict_events_per_agent_day']:.3f} conflicts; random "
              f"{random['reward_per_agent_day']:.2f}. Percentages: reward over the expert's, paired on the same "
              "towns, ± the 95% interval.", "",
-             "| night | verdict | started from | challenger vs champion (guardrail towns) | promoted | candidate "
-             "(held out) | champion after the night (held out) | s |", "|---|---|---|---|---|---|---|---|"]
+             "| night | verdict | started from | challenger vs champion (guardrail towns) | conflicts: validation / "
+             "guardrail | promoted | candidate (held out) | champion after the night (held out) | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         champion = row.get("guardrail_champion")
         versus = (f"{champion['difference']:+.2f} ± {champion['difference_ci95']:.2f}" if champion else "no champion")
         start = (row["started_from"] or "-").split(":")[0]
-        lines.append(f"| {row['night']} | {row['status']} | {start} | {versus} | "
+        readings = "-"
+        if row.get("validation_conflicts") is not None and row.get("guardrail_conflicts") is not None:
+            readings = (f"{row['validation_conflicts']:.3f} / {row['guardrail_conflicts']:.3f} ± "
+                        f"{row['guardrail_conflicts_ci95']:.3f}")
+        lines.append(f"| {row['night']} | {row['status']} | {start} | {versus} | {readings} | "
                      f"{'yes: ' + str(row['release_after']) if row['promoted'] else 'no'} | {_cell(row['candidate'])} | "
                      f"{_cell(row['champion_after'])} | {row['seconds']:.0f} |")
     held = [row for row in rows if row["status"] != "PASS"]

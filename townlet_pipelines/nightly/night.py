@@ -38,6 +38,8 @@ class NightOutcome:
     release_id: str | None  # the current release after the night
     release_path: str | None
     failed_checks: list[str]
+    validation: dict  # the chosen snapshot's scores on the night's validation towns (empty: none chosen)
+    guardrail: dict  # the candidate's scores on the night's guardrail towns
     seconds: float
     run_dir: str
 
@@ -71,5 +73,7 @@ def run_night(base: TownletConfig, night: str, root: Path, say: Callable[[str], 
         release_id=release.release_id if release is not None else None,
         release_path=release.path if release is not None else None,
         failed_checks=[verdict.name for verdict in verdicts if not verdict.passed],
+        validation=dict(ppo.results[-1].validation) if ppo.results else {},
+        guardrail=dict(ppo.results[-1].evaluation) if ppo.results else {},
         seconds=time.perf_counter() - start, run_dir=str(run_dir),
     )

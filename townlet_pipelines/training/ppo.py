@@ -493,12 +493,17 @@ class PPOStrategy:
                     counters["clip_triggered"] += int(float(out["clipfrac"]) > 0)
             last = _recent(stats, ppo)
             entry = {"update": update, "cycle": self.cycle, "mode": mode, "rows": rows, **last}
+            if mode != "replay":  # what the rollouts earned and cost, per agent-day (the trade the price steers)
+                rollout_days = agents * rollout.ticks / config.world.day_ticks
+                entry.update(rollout_reward_per_agent_day=float(rollout.arrays["rewards"].sum()) / rollout_days)
             if multiplier is not None:
                 entry.update(conflict_rate=rate, conflict_budget=multiplier.budget, lagrange_multiplier=multiplier.value)
             log.write(entry)
             progress.update(1, phase=mode, loss=last["loss_total"], kl=last["kl"], clip=last["clip_fraction"],
+                            reward=entry.get("rollout_reward_per_agent_day"),
                             steps_per_s=(rollout.ticks * agents / rollout.seconds if mode != "replay" else None),
-                            **({"conflicts": rate, "lam": multiplier.value} if multiplier is not None else {}))
+                            **({"conflicts": rate, "budget": multiplier.budget, "lam": multiplier.value}
+                               if multiplier is not None else {}))
             if ppo.validate_every and ((update + 1) % ppo.validate_every == 0 or update + 1 == updates):
                 scores = broadcast(validation_scores(config, evaluation_policy(model, device, config).act), ranks)
                 chosen = selector.offer(update + 1, scores, model)  # rank 0's scores: one choice on every rank
