@@ -1,10 +1,11 @@
 """Nights as daily partitions, and the IO manager that hands each asset its own night's upstream records.
 
 A record is a small JSON mapping (paths, ids, the run that made it); the data itself stays in the files the
-asset wrote. Records live at `<artifacts>/records/<asset>/<night>.json`, so a step reads exactly its own
-partition's upstream, never "whatever is latest on the instance"; two runs of one night queue behind each
-other (dagster.yaml's run-queue limit on the `dagster/partition` tag), so within a night the record a step
-reads is the one its own run wrote.
+asset wrote. Each run writes its own, `<artifacts>/records/<asset>/<night>/<run id>.json`, and also the
+night's latest, `<artifacts>/records/<asset>/<night>.json`. A step reads the record its own run wrote when its
+run materialized that upstream (two runs of one night at once, from `dagster job execute` which no run queue
+limits, never read each other's); only an upstream its run did not materialize (a partial re-run) comes from
+the night's latest record, and the step's log names the run that wrote it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,24 @@ FIRST_NIGHT = os.environ.get("TOWNLET_FIRST_NIGHT", "2026-11-01")
 NIGHTS = DailyPartitionsDefinition(start_date=FIRST_NIGHT, hour_offset=2, timezone=TIMEZONE)
 
 
-def record_path(root: Path, asset: str, night: str) -> Path:
-    return Path(root) / "records" / asset / f"{night}.json"
+def record_path(root: Path, asset: str, night: str, run_id: str | None = None) -> Path:
+    """The night's latest record of an asset, or (with `run_id`) the one that run wrote."""
+    folder = Path(root) / "records" / asset
+    return folder / night / f"{run_id}.json" if run_id else folder / f"{night}.json"
+
+
+def planned_in_run(instance, run_id: str, asset: str, night: str) -> bool:
+    """Whether the run set out to materialize `asset` for `night` (Dagster records the plan when it creates a run)."""
+    from dagster import DagsterEventType
+
+    for event in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED):
+        planned = event.dagster_event
+        if planned is not None and planned.asset_key is not None and planned.asset_key.to_user_string() == asset:
+            partition = getattr(planned.event_specific_data, "partition", None)
+            subset = getattr(planned.event_specific_data, "partitions_subset", None)
+            if (partition is None and subset is None) or partition == night or (subset is not None and night in subset):
+                return True
+    return False
 
 
 def read_record(path: Path, asset: str, night: str) -> dict:
@@ -54,18 +71,34 @@ class RecordIOManager(IOManager):
         from townlet_pipelines.data.files import atomic_write_text
 
         night = context.asset_partition_key if context.has_asset_partitions else "unpartitioned"
-        record = {**obj, "run_id": context.run_id, "night": night}
-        path = record_path(context.resources.townlet.root(), context.asset_key.to_user_string(), night)
-        atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str))
-        context.add_output_metadata({"record": str(path)})
+        record = json.dumps({**obj, "run_id": context.run_id, "night": night}, indent=2, sort_keys=True, default=str)
+        root, asset = context.resources.townlet.root(), context.asset_key.to_user_string()
+        own = record_path(root, asset, night, context.run_id)
+        atomic_write_text(own, record)  # this run's, for this run's downstream steps
+        atomic_write_text(record_path(root, asset, night), record)  # the night's latest, for partial re-runs
+        context.add_output_metadata({"record": str(own)})
 
     def load_input(self, context: InputContext) -> dict:
         night = context.asset_partition_key if context.has_asset_partitions else "unpartitioned"
         asset = context.asset_key.to_user_string()
-        path = record_path(context.resources.townlet.root(), asset, night)
+        root, run_id = context.resources.townlet.root(), context.step_context.run_id
+        own = record_path(root, asset, night, run_id)
+        if own.is_file():
+            record = read_record(own, asset, night)
+            if record["run_id"] != run_id:
+                raise Failure(f"{own}: damaged record (written by run {record['run_id']}, not {run_id}); "
+                              f"re-materialize {asset} for night {night}")
+            return record
+        if planned_in_run(context.instance, run_id, asset, night):
+            raise Failure(f"{asset} for night {night}: this run ({run_id}) materialized it but its record {own} is "
+                          "missing; re-run the night")
+        path = record_path(root, asset, night)
         if not path.is_file():
             raise Failure(f"{asset} has no record for night {night} ({path}); materialize it for that night first")
-        return read_record(path, asset, night)
+        record = read_record(path, asset, night)
+        context.log.info(f"{asset} for night {night} was not materialized in this run: reading the night's latest "
+                         f"record, written by run {record['run_id']} ({path})")
+        return record
 
 
 @io_manager(required_resource_keys={"townlet"},
@@ -78,5 +111,5 @@ def night_records(init_context) -> RecordIOManager:
     if os.environ.get("TOWNLET_EXECUTOR", "in_process") == "in_process":
         from townlet_pipelines.pipeline.launcher import claim_run
 
-        claim_run(init_context.instance, init_context.dagster_run)
+        claim_run(init_context.instance, init_context.run)
     return RecordIOManager()
