@@ -140,6 +140,18 @@ def test_the_expert_guardrail_holds_a_candidate_worse_than_the_expert():
     assert expert(None).passed and "no PPO stage" in expert(None).sentence
 
 
+def test_the_champion_guardrail_holds_a_worse_challenger():
+    from townlet_pipelines.training.guardrails import champion
+
+    comparison = {"candidate_reward": -9.0, "champion_reward": -8.0, "difference": -1.0, "difference_ci95": 0.4,
+                  "towns": 256, "release_id": "r0001-abc"}
+    worse = champion(comparison)
+    assert not worse.passed and "challenger -9.000 vs champion (r0001-abc) -8.000" in worse.sentence
+    assert "worse within the interval" in worse.sentence and worse.measured["difference"] == -1.0
+    assert champion({**comparison, "difference": -0.3}).passed  # inside the interval: no worse
+    assert champion(None).passed and "no champion yet" in champion(None).sentence
+
+
 def test_a_passing_challenger_that_is_not_better_is_not_released(tmp_path):
     from townlet_pipelines.data.promotion import PromotionStore
     from townlet_pipelines.results import AnnealSummary
@@ -204,3 +216,35 @@ def test_a_sampled_evaluation_replays_its_draws_and_a_town_draws_the_same_alone_
     per_town: dict = {}
     evaluate(other, evaluation_policy(model, device, other).act, seeds=seeds, per_town=per_town)
     assert not np.array_equal(per_town["reward_per_agent_day"], batched)  # another seed, other draws
+
+
+# ------------------------------------------------------------------------------------------ a chain of nights
+def test_a_smoke_chain_of_three_nights_releases_a_later_night_only_when_it_beats_the_champion(tmp_path):
+    """Three consecutive smoke nights through the nightly's own steps (nightly/night.py): the first makes the first
+    release; a later night starts from the champion, and is released only when it passed every guardrail, completed
+    the streak and scored more than the champion on its guardrail towns; the champion is never a worse one."""
+    from townlet_pipelines.config import load_config
+    from townlet_pipelines.data.promotion import PromotionStore
+    from townlet_pipelines.nightly.night import run_night
+    from townlet_pipelines.training.orchestrator import state_dir
+
+    base = load_config("smoke")
+    nights = [run_night(base, night, tmp_path, say=lambda _: None)
+              for night in ("2026-11-25", "2026-11-26", "2026-11-27")]
+    first, *later = nights
+    assert first.status == "PASS" and first.promoted and first.champion is None and first.expert is not None
+    assert first.expert["difference"] + first.expert["difference_ci95"] >= 0  # no worse than the expert
+    for night in later:
+        assert night.started_from.startswith(first.candidate_id) or night.started_from.startswith(
+            nights[1].candidate_id)  # from the champion of the night before
+        assert night.champion is not None and night.expert is not None
+    promoted = [night for night in later if night.promoted]
+    assert promoted, [night.promotion for night in later]  # a later night improved on the champion
+    for night in promoted:
+        assert night.status == "PASS" and night.champion["difference"] > 0
+    for night in later:
+        if night.status == "PASS" and not night.promoted:
+            assert "monitoring" in night.promotion or "must improve" in night.promotion
+    store = PromotionStore(state_dir(tmp_path, base))
+    assert [release.checkpoint_id for release in store.releases()] == [
+        first.candidate_id, *(night.candidate_id for night in promoted)]
