@@ -1,0 +1,1 @@
+"""The batched simulation (numpy only): state, rules, observations, the scripted expert, adapters."""
