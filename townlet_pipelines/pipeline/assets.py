@@ -22,6 +22,7 @@ from dagster import (
     DataVersion, Failure, MaterializeResult, MetadataValue, asset,
 )
 
+from townlet_pipelines.pipeline.observability import OWNERS, catalog_tags
 from townlet_pipelines.pipeline.records import NIGHTS
 from townlet_pipelines.pipeline.resources import TownletResource
 
@@ -207,7 +208,8 @@ def _dataset_record(dataset) -> dict:
 
 
 # ---------------------------------------------------------------------------- datasets
-@asset(group_name=GROUP, code_version=CODE_VERSIONS["replay_manifest"], kinds={"numpy"}, partitions_def=NIGHTS,
+@asset(group_name=GROUP, code_version=CODE_VERSIONS["replay_manifest"],
+       owners=OWNERS, tags=catalog_tags("replay_manifest"), kinds={"numpy"}, partitions_def=NIGHTS,
        check_specs=_dataset_specs("replay_manifest"),
        description="Expert demonstrations captured from the scripted policy (the same every night, so reused from "
                    "the content-addressed cache), verified against their manifest.")
@@ -223,7 +225,8 @@ def replay_manifest(context: AssetExecutionContext, townlet: TownletResource):
                 _dataset_verdicts(dataset, verified_before=reused))
 
 
-@asset(group_name=GROUP, code_version=CODE_VERSIONS["rollout_dataset"], kinds={"numpy"}, partitions_def=NIGHTS,
+@asset(group_name=GROUP, code_version=CODE_VERSIONS["rollout_dataset"],
+       owners=OWNERS, tags=catalog_tags("rollout_dataset"), kinds={"numpy"}, partitions_def=NIGHTS,
        check_specs=_dataset_specs("rollout_dataset"),
        description="Rollouts of the champion (the current release; the expert while nothing is released) on the "
                    "night's own towns; captured only when PPO trains on stored rows (ppo.data_mode replay or mixed).")
@@ -332,7 +335,8 @@ def _held(context, townlet, strategy, training, bc, ppo, verdicts) -> None:
                                                  "promotion_pass_streak": summary.promotion_pass_streak}))
 
 
-@asset(group_name=GROUP, code_version=CODE_VERSIONS["bc_checkpoint"], kinds={"pytorch"}, partitions_def=NIGHTS,
+@asset(group_name=GROUP, code_version=CODE_VERSIONS["bc_checkpoint"],
+       owners=OWNERS, tags=catalog_tags("bc_checkpoint"), kinds={"pytorch"}, partitions_def=NIGHTS,
        op_tags=GPU_OP_TAGS, pool=GPU_POOL,
        check_specs=[AssetCheckSpec("bc_accuracy_guardrail", asset="bc_checkpoint", blocking=True,
                                    description="Every BC stage reached bc_accuracy_threshold (validation accuracy on "
@@ -395,7 +399,8 @@ PPO_CHECKS = [
 ]
 
 
-@asset(group_name=GROUP, code_version=CODE_VERSIONS["ppo_checkpoint"], kinds={"pytorch"}, partitions_def=NIGHTS,
+@asset(group_name=GROUP, code_version=CODE_VERSIONS["ppo_checkpoint"],
+       owners=OWNERS, tags=catalog_tags("ppo_checkpoint"), kinds={"pytorch"}, partitions_def=NIGHTS,
        op_tags=GPU_OP_TAGS, pool=GPU_POOL, check_specs=PPO_CHECKS,
        description="The anneal schedule's PPO stages on the night's towns, from the champion (the current release) "
                    "when it fits the recipe, else from the BC weights; judged against the champion.")
@@ -455,7 +460,8 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource, rep
     }, outcome.checkpoint_id, verdicts)
 
 
-@asset(group_name=GROUP, code_version=CODE_VERSIONS["anneal_summary"], kinds={"python"}, partitions_def=NIGHTS,
+@asset(group_name=GROUP, code_version=CODE_VERSIONS["anneal_summary"],
+       owners=OWNERS, tags=catalog_tags("anneal_summary"), kinds={"python"}, partitions_def=NIGHTS,
        description="The night's anneal judged (every guardrail passed, or the run stopped before this step) and "
                    "recorded for promotion; on a pass, a held-out report beside the champion, expert and random.")
 @told_in_one_line
@@ -535,7 +541,8 @@ def _town_day(training, release, town_days: dict[str, str]) -> str:
         return town_day_svg(config, evaluation_policy(model, training.device, config).act, config.seeds.test.start)
 
 
-@asset(group_name=GROUP, code_version=CODE_VERSIONS["promoted_policy"], kinds={"python"}, partitions_def=NIGHTS,
+@asset(group_name=GROUP, code_version=CODE_VERSIONS["promoted_policy"],
+       owners=OWNERS, tags=catalog_tags("promoted_policy"), kinds={"python"}, partitions_def=NIGHTS,
        description="The current release after the night's promotion rule (promoted this night or not).")
 @told_in_one_line
 def promoted_policy(context: AssetExecutionContext, townlet: TownletResource, anneal_summary: dict):
