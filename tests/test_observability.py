@@ -24,3 +24,80 @@ def test_every_asset_has_an_owner_a_stage_and_a_kind_in_the_asset_graph():
         name = key.to_user_string()
         seen[name] = (node.tags["stage"], node.tags["team"], node.tags[f"dagster/kind/{KINDS[name]}"])
     assert seen == {name: (stage, "townlet", "") for name, stage in STAGES.items()}
+
+
+# ---------------------------------------------------------------------------- plots across nights
+PLOT_KEYS = {f"held_out_{row}_{measure}" for row in ("candidate", "champion", "expert", "random")
+             for measure in ("reward", "conflicts")} | {"held_out_margin_over_expert",
+                                                        "held_out_margin_over_expert_pct", "pass_streak"}
+
+
+def test_the_held_out_floats_have_the_same_names_with_or_without_a_champion():
+    import math
+
+    from townlet_pipelines.pipeline.observability import held_out_plots
+
+    def row(reward, conflicts):
+        return {"reward_per_agent_day": reward, "queue_conflict_events_per_agent_day": conflicts}
+
+    first = held_out_plots({"candidate": row(1.5, 0.2), "scripted expert": row(1.0, 0.1),
+                            "random": row(-2.0, 0.9)}, pass_streak=1)
+    later = held_out_plots({"candidate": row(0.5, 0.2), "champion": row(1.0, 0.3), "scripted expert": row(1.0, 0.1),
+                            "random": row(-2.0, 0.9)}, pass_streak=0)
+    off = held_out_plots({}, pass_streak=2)  # the report off: every key, every value NaN but the streak
+    for plots in (first, later, off):
+        assert set(plots) == PLOT_KEYS and all(isinstance(v, dagster.FloatMetadataValue) for v in plots.values())
+    assert math.isnan(first["held_out_champion_reward"].value) and later["held_out_champion_reward"].value == 1.0
+    assert first["held_out_margin_over_expert"].value == pytest.approx(0.5)
+    assert first["held_out_margin_over_expert_pct"].value == pytest.approx(50.0)
+    assert later["held_out_margin_over_expert_pct"].value == pytest.approx(-50.0)
+    assert first["held_out_random_conflicts"].value == pytest.approx(0.9) and first["pass_streak"].value == 1.0
+    assert math.isnan(off["held_out_candidate_reward"].value) and off["pass_streak"].value == 2.0
+
+
+@pytest.fixture(scope="module")
+def two_nights(tmp_path_factory):
+    """Two nights of the tests' tiny recipe on one instance (the smoke profile's shape, smaller): the first
+    makes the first release, the second trains from it on stored rollouts of it (ppo.data_mode mixed), so both
+    datasets are captured."""
+    pytest.importorskip("torch")
+    import yaml
+    from dagster import DagsterInstance
+
+    from tests.test_training import TINY
+
+    config = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "profile": "tiny"}))
+    root = tmp_path_factory.mktemp("artifacts")
+    job = defs.resolve_job_def("nightly_anneal")
+    with DagsterInstance.ephemeral() as instance:
+        results = [job.execute_in_process(
+            run_config={"resources": {"townlet": {"config": {"config_path": str(config), "artifacts_root": str(root),
+                                                             "overrides": overrides}}}},
+            instance=instance, partition_key=night)
+            for night, overrides in (("2026-11-05", ""), ("2026-11-06", "ppo: {data_mode: mixed}"))]
+        yield {"instance": instance, "results": results, "root": root}
+
+
+def _metadata(result, asset: str) -> dict:
+    return dict(result.asset_materializations_for_node(asset)[0].metadata)
+
+
+def test_two_nights_carry_the_same_float_metadata_for_the_plots_tab(two_nights):
+    first, second = two_nights["results"]
+    for asset, expected in (("anneal_summary", PLOT_KEYS), ("promoted_policy", {"release_held_out_reward",
+                                                                                 "pass_streak"})):
+        floats = [{key for key, value in _metadata(night, asset).items() if isinstance(value, dagster.FloatMetadataValue)}
+                  for night in (first, second)]
+        assert floats[0] == floats[1] and expected <= floats[0], asset
+    summary = _metadata(first, "anneal_summary")
+    reported = summary["held_out_reward"].value  # the JSON row the floats come from
+    assert summary["held_out_candidate_reward"].value == pytest.approx(reported["candidate"], abs=1e-3)
+    assert summary["held_out_expert_reward"].value == pytest.approx(reported["scripted expert"], abs=1e-3)
+    later = _metadata(second, "anneal_summary")
+    assert later["held_out_champion_reward"].value == pytest.approx(later["held_out_reward"].value["champion"], abs=1e-3)
+    # the first night's candidate became the release: its held-out reward is the release's, read from the report
+    release = _metadata(first, "promoted_policy")
+    assert release["promoted_this_run"].value is True
+    assert release["release_held_out_reward"].value == pytest.approx(summary["held_out_candidate_reward"].value)
+    assert summary["pass_streak"].value == 1.0 and release["pass_streak"].value == 0.0  # a release starts it anew

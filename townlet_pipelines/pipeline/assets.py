@@ -22,7 +22,7 @@ from dagster import (
     DataVersion, Failure, MaterializeResult, MetadataValue, asset,
 )
 
-from townlet_pipelines.pipeline.observability import OWNERS, catalog_tags
+from townlet_pipelines.pipeline.observability import OWNERS, catalog_tags, held_out_plots, release_plots
 from townlet_pipelines.pipeline.records import NIGHTS
 from townlet_pipelines.pipeline.resources import TownletResource
 
@@ -332,7 +332,7 @@ def _held(context, townlet, strategy, training, bc, ppo, verdicts) -> None:
                                        metadata={"status": summary.status, "reason": reason,
                                                  "path": MetadataValue.path(str(out)),
                                                  "candidate_id": summary.candidate_id,
-                                                 "promotion_pass_streak": summary.promotion_pass_streak}))
+                                                 "pass_streak": MetadataValue.float(summary.promotion_pass_streak)}))
 
 
 @asset(group_name=GROUP, code_version=CODE_VERSIONS["bc_checkpoint"],
@@ -478,7 +478,7 @@ def anneal_summary(context: AssetExecutionContext, townlet: TownletResource, rep
     path = _run_dir(townlet, context) / "anneal_summary.json"
     summary = judge_and_store(AnnealStrategy(replay_manifest["path"]), training, bc, ppo, path,
                               ppo_checkpoint["run_id"])
-    report, town_days = {}, {}
+    report, town_days, rows, held_out = {}, {}, {}, {}
     if training.config.evaluation.report_towns and summary.final_checkpoint_path:
         from townlet_pipelines.pictures import comparison_svg, markdown_image
         from townlet_pipelines.training.evaluation import held_out_comparison
@@ -491,17 +491,19 @@ def anneal_summary(context: AssetExecutionContext, townlet: TownletResource, rep
         report = {"held_out_comparison": MetadataValue.md(markdown_image(comparison_svg(rows), "held-out comparison")),
                   "held_out_reward": MetadataValue.json({name: round(row["reward_per_agent_day"], 3)
                                                          for name, row in rows.items()})}
-        town_days = _keep_town_days(path.parent, strips, {"candidate": summary.final_checkpoint_id,
-                                                           "champion": champion and champion.checkpoint_id})
-    return made(context, townlet, {"path": str(path), "status": summary.status, "town_days": town_days}, {
+        scored = {"candidate": summary.final_checkpoint_id, "champion": champion and champion.checkpoint_id}
+        town_days = _keep_town_days(path.parent, strips, scored)
+        held_out = {scored[name]: rows[name]["reward_per_agent_day"] for name in scored if scored[name] and name in rows}
+    return made(context, townlet, {"path": str(path), "status": summary.status, "town_days": town_days,
+                                   "held_out_reward": held_out}, {
         **report,
+        **held_out_plots(rows, summary.promotion_pass_streak),
         "path": MetadataValue.path(str(path)),
         "status": summary.status,
         "reason": verdict_reason(summary, training.config.anneal),
         "started_from": str(summary.started_from),
         "champion": MetadataValue.json(summary.champion or {"champion": "none"}),
         "stages": MetadataValue.md(_stage_table(summary.stages)),
-        "promotion_pass_streak": MetadataValue.int(summary.promotion_pass_streak),
         "promotion_candidate_ready": summary.promotion_candidate_ready,
         "candidate_id": summary.candidate_id,
         "final_checkpoint_id": str(summary.final_checkpoint_id),
@@ -569,8 +571,9 @@ def promoted_policy(context: AssetExecutionContext, townlet: TownletResource, an
         "checkpoint_id": str(outcome.checkpoint_id),
         "path": MetadataValue.path(str(release.path if release else "")),
         "state": status.state,
-        "pass_streak": MetadataValue.int(status.pass_streak),
         "releases": MetadataValue.int(status.releases),
+        **release_plots(anneal_summary.get("held_out_reward", {}).get(release.checkpoint_id) if release else None,
+                        status.pass_streak),
     }, str(outcome.release_id))
 
 
