@@ -101,3 +101,44 @@ def test_two_nights_carry_the_same_float_metadata_for_the_plots_tab(two_nights):
     assert release["promoted_this_run"].value is True
     assert release["release_held_out_reward"].value == pytest.approx(summary["held_out_candidate_reward"].value)
     assert summary["pass_streak"].value == 1.0 and release["pass_streak"].value == 0.0  # a release starts it anew
+
+
+# ---------------------------------------------------------------------------- freshness
+def _judged_check(instance, now):
+    """The freshness check on anneal_summary, evaluated as its sensor would at `now` (a frozen clock)."""
+    from dagster import AssetSelection, materialize
+    from dagster._core.test_utils import freeze_time
+
+    from townlet_pipelines.pipeline.definitions import night_judged_checks
+
+    with freeze_time(now):
+        result = materialize(night_judged_checks, instance=instance,
+                             selection=AssetSelection.checks(*night_judged_checks))
+    (evaluation,) = result.get_asset_check_evaluations()
+    return evaluation
+
+
+def test_the_freshness_check_fails_when_no_night_was_judged_for_26_hours(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from dagster import AssetKey, AssetMaterialization, AssetObservation, DagsterInstance, MetadataValue
+
+    from townlet_pipelines.pipeline.definitions import JUDGED_WITHIN, night_judged_sensor
+
+    assert JUDGED_WITHIN == timedelta(hours=26)
+    assert "freshness_check" not in {n.name for n in defs.resolve_job_def("nightly_anneal").nodes}  # not in a night
+    assert night_judged_sensor.default_status == dagster.DefaultSensorStatus.RUNNING
+    key = AssetKey("anneal_summary")
+    with DagsterInstance.ephemeral() as instance:
+        now = datetime.now(timezone.utc)
+        assert not _judged_check(instance, now).passed  # never judged
+        instance.report_runless_asset_event(AssetMaterialization(key, partition="2026-11-05"))  # a PASS night
+        assert _judged_check(instance, now + timedelta(hours=1)).passed
+        late = _judged_check(instance, now + timedelta(hours=27))
+        assert not late.passed and late.severity == dagster.AssetCheckSeverity.ERROR
+        # A HOLD or FAIL night is judged too: `_held` observes anneal_summary with its update time.
+        held = now + timedelta(hours=30)
+        instance.report_runless_asset_event(AssetObservation(key, partition="2026-11-06", metadata={
+            "status": "HOLD", "dagster/last_updated_timestamp": MetadataValue.timestamp(held.timestamp())}))
+        assert _judged_check(instance, held + timedelta(hours=25)).passed
+        assert not _judged_check(instance, held + timedelta(hours=27)).passed

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 from dagster import (
@@ -332,7 +333,10 @@ def _held(context, townlet, strategy, training, bc, ppo, verdicts) -> None:
                                        metadata={"status": summary.status, "reason": reason,
                                                  "path": MetadataValue.path(str(out)),
                                                  "candidate_id": summary.candidate_id,
-                                                 "pass_streak": MetadataValue.float(summary.promotion_pass_streak)}))
+                                                 "pass_streak": MetadataValue.float(summary.promotion_pass_streak),
+                                                 # judged now: the freshness check on anneal_summary counts it
+                                                 "dagster/last_updated_timestamp": MetadataValue.timestamp(
+                                                     time.time())}))
 
 
 @asset(group_name=GROUP, code_version=CODE_VERSIONS["bc_checkpoint"],

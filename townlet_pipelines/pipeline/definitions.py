@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import warnings
+from datetime import timedelta
 
 from dagster import (
-    AssetSelection, DefaultSensorStatus, Definitions, RunFailureSensorContext, build_schedule_from_partitioned_job,
+    AssetCheckSeverity, AssetSelection, DefaultSensorStatus, Definitions, RunFailureSensorContext,
+    build_last_update_freshness_checks, build_schedule_from_partitioned_job, build_sensor_for_freshness_checks,
     define_asset_job, in_process_executor, run_failure_sensor,
 )
 
-from townlet_pipelines.pipeline.assets import ASSETS, replay_manifest, rollout_dataset
+from townlet_pipelines.pipeline.assets import ASSETS, anneal_summary, replay_manifest, rollout_dataset
 from townlet_pipelines.pipeline.records import night_records
 from townlet_pipelines.pipeline.resources import TownletResource
 
@@ -31,10 +34,26 @@ def _executor():
     return in_process_executor
 
 
+# Freshness: a night is judged when `anneal_summary` is materialized (a PASS) or observed (a FAIL or HOLD records
+# its verdict there, with `dagster/last_updated_timestamp`), so "no night judged for 26 hours" is the last update
+# of anneal_summary older than that: the 02:00 schedule plus a long night's run, and a missed night fails it.
+# `build_last_update_freshness_checks` is marked superseded in 1.13 by `FreshnessPolicy`, but a FreshnessPolicy
+# counts materializations only (a HOLD night would read as a missed one) and is evaluated by the daemon alone,
+# while this is an asset check: shown beside the guardrails, alertable, and testable with a frozen clock.
+JUDGED_WITHIN = timedelta(hours=26)
+with warnings.catch_warnings():  # the two factories' "superseded" warnings, said above
+    warnings.filterwarnings("ignore", message="Function `build_.*freshness_checks` is superseded")
+    night_judged_checks = build_last_update_freshness_checks(
+        assets=[anneal_summary], lower_bound_delta=JUDGED_WITHIN, severity=AssetCheckSeverity.ERROR)
+    night_judged_sensor = build_sensor_for_freshness_checks(  # evaluates the check while the daemon runs
+        freshness_checks=night_judged_checks, name="night_judged_sensor", minimum_interval_seconds=600,
+        default_status=DefaultSensorStatus.RUNNING)
+
 SCHEDULED_CONFIG = os.environ.get("TOWNLET_CONFIG") or "default"  # named in every run's config, not implied
 RUN_CONFIG = {"resources": {"townlet": {"config": {"config_path": SCHEDULED_CONFIG}}}}
 nightly_anneal = define_asset_job(
-    "nightly_anneal", selection=AssetSelection.assets(*ASSETS), executor_def=_executor(),
+    "nightly_anneal", selection=AssetSelection.assets(*ASSETS) - AssetSelection.checks(*night_judged_checks),
+    executor_def=_executor(),
     config=RUN_CONFIG, tags={"townlet/config_source": SCHEDULED_CONFIG},
     description="One night: capture, BC, PPO from the champion, the guardrails, the verdict and the promotion rule.",
 )
@@ -71,8 +90,9 @@ def record_failed_runs(context: RunFailureSensorContext) -> None:
 
 defs = Definitions(
     assets=ASSETS,
+    asset_checks=night_judged_checks,
     jobs=[nightly_anneal, capture_only],
     schedules=[nightly_anneal_schedule],
-    sensors=[record_failed_runs],
+    sensors=[record_failed_runs, night_judged_sensor],
     resources={"townlet": TownletResource(), "io_manager": night_records},
 )
