@@ -142,3 +142,31 @@ def test_the_freshness_check_fails_when_no_night_was_judged_for_26_hours(tmp_pat
             "status": "HOLD", "dagster/last_updated_timestamp": MetadataValue.timestamp(held.timestamp())}))
         assert _judged_check(instance, held + timedelta(hours=25)).passed
         assert not _judged_check(instance, held + timedelta(hours=27)).passed
+
+
+# ---------------------------------------------------------------------------- Dagster's own check, in CI
+def test_the_test_command_validates_the_code_location_first_and_stops_on_a_broken_one(tmp_path):
+    """scripts/test.sh runs `dagster definitions validate` on workspace.yaml before pytest: here on a copy of the
+    repository whose location raises on import, so it must stop there, non-zero, without starting pytest."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "scripts").mkdir()
+    for script in ("test.sh", "setup.sh"):
+        shutil.copy(root / "scripts" / script, tmp_path / "scripts" / script)
+    (tmp_path / ".venv").symlink_to(root / ".venv")
+    for name in ("pyproject.toml", "constraints.txt"):  # as old as the install stamp: setup.sh installs nothing
+        shutil.copy2(root / name, tmp_path / name)
+        os.utime(tmp_path / name, (0, 0))
+    (tmp_path / "broken_location.py").write_text("raise RuntimeError('a code location that does not load')\n")
+    (tmp_path / "workspace.yaml").write_text(
+        "load_from:\n  - python_module:\n      module_name: broken_location\n      working_directory: .\n")
+    done = subprocess.run(["bash", str(tmp_path / "scripts" / "test.sh"), "-p", "no:xdist"], capture_output=True,
+                          text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"})
+    told = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "Validation failed for code location broken_location" in told and "does not load" in told
+    assert "passed" not in told and "no tests ran" not in told  # pytest never started
