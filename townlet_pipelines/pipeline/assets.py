@@ -333,7 +333,8 @@ def _held(context, townlet, strategy, training, bc, ppo, verdicts) -> None:
                                        metadata={"status": summary.status, "reason": reason,
                                                  "path": MetadataValue.path(str(out)),
                                                  "candidate_id": summary.candidate_id,
-                                                 "pass_streak": MetadataValue.float(summary.promotion_pass_streak),
+                                                 "pass_streak": MetadataValue.float(
+                                                     float(summary.promotion_pass_streak)),
                                                  # judged now: the freshness check on anneal_summary counts it
                                                  "dagster/last_updated_timestamp": MetadataValue.timestamp(
                                                      time.time())}))
@@ -497,7 +498,8 @@ def anneal_summary(context: AssetExecutionContext, townlet: TownletResource, rep
                                                          for name, row in rows.items()})}
         scored = {"candidate": summary.final_checkpoint_id, "champion": champion and champion.checkpoint_id}
         town_days = _keep_town_days(path.parent, strips, scored)
-        held_out = {scored[name]: rows[name]["reward_per_agent_day"] for name in scored if scored[name] and name in rows}
+        held_out = {scored[name]: rows[name]["reward_per_agent_day"]
+                    for name in scored if scored[name] and name in rows}
     return made(context, townlet, {"path": str(path), "status": summary.status, "town_days": town_days,
                                    "held_out_reward": held_out}, {
         **report,
