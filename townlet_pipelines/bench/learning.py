@@ -1,7 +1,8 @@
 """Learning on held-out towns: random, expert, BC, the PPO candidate and the promoted policy.
 
 Every policy plays the same `seeds.test` towns (no training, tuning or guardrail touches them), one day
-each, greedy; per agent-day with 95% intervals over towns. The BC and PPO rows are the checkpoints of the
+each, as `config.evaluation` plays them (sampled, seeded, by default); per agent-day with 95% intervals over
+towns. The BC and PPO rows are the checkpoints of the
 latest anneal under the artifacts root (what `bash scripts/run.sh` or `townlet train anneal` made), so the
 figures are the shipped pipeline's own; `--run` makes a fresh anneal first (`townlet train anneal`'s code).
 The "vs expert" columns are paired over the same towns: candidate − expert, with its 95% interval.
@@ -68,7 +69,8 @@ def main(args) -> None:
 
     seeds = config.seeds.test.seeds()
     print(f"held-out towns: seeds.test {seeds[0]}..{seeds[-1]} ({len(seeds)} towns, {config.evaluation.ticks} "
-          f"ticks each, greedy); summary {summary_path} ({summary['status']})")
+          f"ticks each, {'greedy' if config.evaluation.greedy else 'sampled'}); summary {summary_path} "
+          f"({summary['status']})")
     rows, towns = {}, {}
     for name, act in (("random", RandomPolicy(0).act), ("scripted expert", ScriptedExpert(config.expert).act)):
         towns[name] = {}

@@ -44,7 +44,8 @@ def main(args) -> None:
             rows[name] = evaluate(config, evaluation_policy(model, context.device, config).act, seeds=seeds)
         rows["scripted expert"] = evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds)
         rows["random"] = evaluate(config, RandomPolicy(0).act, seeds=seeds)
-        print(f"held-out towns seeds.test ({len(seeds)} towns), {config.evaluation.ticks} ticks, greedy:")
+        print(f"held-out towns seeds.test ({len(seeds)} towns), {config.evaluation.ticks} ticks, "
+              f"{'greedy' if config.evaluation.greedy else 'sampled'}:")
         keys = ("reward_per_agent_day", "faints_per_agent_day", "wages_per_agent_day",
                 "queue_conflict_events_per_agent_day", "late_arrivals_per_agent_day")
         print(f"  {'policy':<18}" + "".join(f"{key.removesuffix('_per_agent_day'):>24}" for key in keys))
