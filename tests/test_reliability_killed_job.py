@@ -35,7 +35,7 @@ def _instance_home(tmp_path: Path) -> Path:
     return home
 
 
-def _run_sh(home: Path, config: Path, night: str, **kwargs) -> subprocess.Popen:
+def _run_sh(home: Path, config: Path | str, night: str, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, DAGSTER_HOME=str(home), TOWNLET_ARTIFACTS=str(home / "artifacts"))
     env.pop("TOWNLET_CONFIG", None)
     return subprocess.Popen(["bash", "scripts/run.sh", str(config), night], cwd=ROOT, env=env,
@@ -57,11 +57,10 @@ def test_a_main_job_killed_mid_training_does_not_stall_the_next(tmp_path):
     """SIGKILL `bash scripts/run.sh` (its whole process group) while bc_checkpoint holds the `gpu` pool slot; the
     next `bash scripts/run.sh` fails the dead run, frees the slot and completes."""
     home = _instance_home(tmp_path)
-    first_config, second_config = tmp_path / "tiny.yaml", tmp_path / "short.yaml"
-    first_config.write_text(yaml.safe_dump({**TINY, "profile": "tiny"}))
+    second_config = tmp_path / "short.yaml"
     second_config.write_text(yaml.safe_dump(SHORT))
     launcher.prepare(str(home))  # the instance made before this test's own polling opens it
-    first = _run_sh(home, first_config, "2026-11-05")
+    first = _run_sh(home, "smoke", "2026-11-05")  # as a user types it
     processes = [first]
     try:
         def training():

@@ -134,7 +134,12 @@ def claim_run(instance, run, sweep: bool = True) -> None:
     if recorded_worker(run.tags) is None:
         instance.add_run_tags(run.run_id, worker_tags())
     if sweep:
-        sweep_dead_runs(instance, skip=run.run_id, log=None)
+        try:
+            sweep_dead_runs(instance, skip=run.run_id, log=None)
+        except Exception:  # noqa: BLE001 - the sweep helps later runs; it never fails this one
+            import logging
+
+            logging.getLogger("townlet").warning("could not sweep the runs dead workers left", exc_info=True)
 
 
 def sweep_dead_runs(instance, skip: str | None = None, log=print) -> list[str]:
