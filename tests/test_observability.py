@@ -243,3 +243,50 @@ def test_the_console_tells_a_run_that_failed_before_judging_in_one_line_and_a_ru
     assert lines[0] == "night 2026-11-05: not judged; the run failure"
     assert lines[1].startswith("  replay_manifest: ") and "bc.val_fraction: Input should be greater than 0" in lines[1]
     assert "Traceback" not in "\n".join(lines) and str(log) in lines[-1]
+
+
+# ---------------------------------------------------------------------------- dataset previews
+def test_the_telemetry_schema_describes_every_column_the_world_writes_and_the_catalog_shows_it():
+    from townlet_pipelines.pipeline.observability import TELEMETRY_COLUMNS, UNDESCRIBED, telemetry_schema
+    from townlet_pipelines.world.engine import TELEMETRY_KEYS
+
+    schema = telemetry_schema()
+    assert [column.name for column in schema.columns] == ["tick", "town", "episode", *TELEMETRY_KEYS]
+    assert all(column.description and column.description != UNDESCRIBED[1] for column in schema.columns)
+    assert {column.name for column in schema.columns if column.type == "int"} == {"tick", "town", "episode"}
+    graph = defs.resolve_asset_graph()
+    for name in ("replay_manifest", "rollout_dataset"):  # before any materialization, from the definition
+        shown = graph.get(dagster.AssetKey(name)).metadata["dagster/column_schema"]
+        assert [column.name for column in shown.columns] == list(TELEMETRY_COLUMNS)
+
+
+def test_a_preview_takes_a_few_rows_of_town_0_and_names_a_column_it_cannot_describe(tmp_path):
+    import gzip
+
+    from townlet_pipelines.pipeline.observability import UNDESCRIBED, dataset_preview
+
+    rows = ["tick,town,episode,faints,new_counter"] + [f"{t},{town},{town},{t % 3},1.5" for t in range(40)
+                                                       for town in range(2)]
+    (tmp_path / "telemetry.csv.gz").write_bytes(gzip.compress("\n".join(rows).encode()))
+    preview = dataset_preview(tmp_path)
+    assert preview["dagster/row_count"].value == 80 and preview["telemetry_rows"].value == 80.0
+    table = preview["telemetry_preview"].value
+    assert 2 <= len(table.records) <= 6 and {record.data["town"] for record in table.records} == {0}
+    assert table.records[0].data["tick"] == 0 and table.records[-1].data["tick"] == 39  # spread over the capture
+    described = {column.name: column.description for column in preview["dagster/column_schema"].value.columns}
+    assert described["new_counter"] == UNDESCRIBED[1] and described["faints"] != UNDESCRIBED[1]
+
+
+def test_both_datasets_show_their_telemetry_schema_a_few_rows_and_float_kpis(two_nights):
+    from townlet_pipelines.data.capture import read_telemetry
+
+    second = two_nights["results"][1]  # ppo.data_mode mixed: the champion's rollouts are captured too
+    for name in ("replay_manifest", "rollout_dataset"):
+        metadata = _metadata(second, name)
+        columns = [column.name for column in metadata["dagster/column_schema"].value.columns]
+        table = read_telemetry(metadata["path"].value)
+        assert columns == list(table.columns) and metadata["dagster/row_count"].value == len(table)
+        preview = metadata["telemetry_preview"].value
+        assert 2 <= len(preview.records) <= 6 and set(preview.records[0].data) == set(columns)
+        for kpi in ("reward_mean", "faints_per_agent_day", "queue_conflicts_per_agent_day", "telemetry_rows"):
+            assert isinstance(metadata[kpi], dagster.FloatMetadataValue), (name, kpi)

@@ -23,7 +23,9 @@ from dagster import (
     DataVersion, Failure, MaterializeResult, MetadataValue, asset,
 )
 
-from townlet_pipelines.pipeline.observability import OWNERS, catalog_tags, held_out_plots, release_plots
+from townlet_pipelines.pipeline.observability import (
+    DATASET_SCHEMA, OWNERS, catalog_tags, dataset_preview, held_out_plots, release_plots,
+)
 from townlet_pipelines.pipeline.records import NIGHTS
 from townlet_pipelines.pipeline.resources import TownletResource
 
@@ -181,6 +183,7 @@ def dataset_metadata(dataset) -> dict:
         "queue_intensity_per_agent_day": MetadataValue.float(metrics.queue_conflict_intensity / days),
         "chat_successes_per_agent_day": MetadataValue.float(metrics.chat_success_events / days),
         "action_counts": MetadataValue.json(metrics.action_counts),
+        **dataset_preview(dataset.directory),  # the telemetry table: schema, row count, a few rows
         "observation": f"{manifest.observation.variant} map {manifest.observation.map_shape} "
                        f"features {manifest.observation.feature_dim}",
     }
@@ -211,6 +214,7 @@ def _dataset_record(dataset) -> dict:
 # ---------------------------------------------------------------------------- datasets
 @asset(group_name=GROUP, code_version=CODE_VERSIONS["replay_manifest"],
        owners=OWNERS, tags=catalog_tags("replay_manifest"), kinds={"numpy"}, partitions_def=NIGHTS,
+       metadata=DATASET_SCHEMA,
        check_specs=_dataset_specs("replay_manifest"),
        description="Expert demonstrations captured from the scripted policy (the same every night, so reused from "
                    "the content-addressed cache), verified against their manifest.")
@@ -228,6 +232,7 @@ def replay_manifest(context: AssetExecutionContext, townlet: TownletResource):
 
 @asset(group_name=GROUP, code_version=CODE_VERSIONS["rollout_dataset"],
        owners=OWNERS, tags=catalog_tags("rollout_dataset"), kinds={"numpy"}, partitions_def=NIGHTS,
+       metadata=DATASET_SCHEMA,
        check_specs=_dataset_specs("rollout_dataset"),
        description="Rollouts of the champion (the current release; the expert while nothing is released) on the "
                    "night's own towns; captured only when PPO trains on stored rows (ppo.data_mode replay or mixed).")

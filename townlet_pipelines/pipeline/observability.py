@@ -1,12 +1,12 @@
 """What Dagster's own UI shows of a night without code of ours: float metadata with the same names every night
-(the Plots tab draws them across partitions), and the owners and tags its catalog search filters on.
-Torch-free: loading the code location imports this."""
+(the Plots tab draws them across partitions), dataset previews (a column schema and a few telemetry rows), and
+the owners and tags its catalog search filters on. Torch-free: loading the code location imports this."""
 
 from __future__ import annotations
 
 import math
 
-from dagster import MetadataValue
+from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
 OWNERS = ["team:townlet"]
 # Each asset's stage in the night: the catalog filters on these tags (`stage:training`).
@@ -56,3 +56,63 @@ def release_plots(held_out_reward: float | None, pass_streak: int) -> dict[str, 
     checkpoint (NaN otherwise: a release kept from an earlier night, the report off), and the pass streak."""
     return {"release_held_out_reward": MetadataValue.float(math.nan if held_out_reward is None else held_out_reward),
             "pass_streak": MetadataValue.float(float(pass_streak))}
+
+
+# ---------------------------------------------------------------------------- dataset previews
+TELEMETRY_COLUMNS = {  # one row per (tick, town): what each column counts over that tick
+    "tick": ("int", "tick of the capture (0 = the first)"),
+    "town": ("int", "town index within the capture's batch"),
+    "episode": ("int", "episode index (towns x episodes so far + town)"),
+    "queue_conflict_events": ("float", "agents that pushed into an occupied queue"),
+    "queue_conflict_intensity": ("float", "how hard they pushed (summed conflict strength)"),
+    "queued_politely_events": ("float", "agents that waited their turn in a queue"),
+    "shared_meal_events": ("float", "meals eaten together"),
+    "late_help_events": ("float", "agents that helped a late colleague"),
+    "shift_takeover_events": ("float", "shifts taken over from an absent colleague"),
+    "chat_success_events": ("float", "chats that went well"),
+    "chat_failure_events": ("float", "chats that went badly"),
+    "chat_quality_sum": ("float", "summed chat quality"),
+    "late_arrivals": ("float", "agents late for their shift"),
+    "on_time_arrivals": ("float", "agents on time for their shift"),
+    "absences": ("float", "shifts missed"),
+    "faints": ("float", "agents that fainted (a need ran out)"),
+    "wages": ("float", "wages paid"),
+    "meals_eaten": ("float", "meals eaten"),
+    "meals_cooked": ("float", "meals cooked"),
+    "showers": ("float", "showers taken"),
+    "sleeps": ("float", "sleeps begun"),
+    "failed_actions": ("float", "actions that could not complete"),
+    "invalid_actions": ("float", "masked actions chosen"),
+}
+PREVIEW_ROWS = 6
+UNDESCRIBED = ("float", "a world telemetry counter (not described here yet)")
+
+
+def telemetry_schema(columns=tuple(TELEMETRY_COLUMNS)) -> TableSchema:
+    """The telemetry table's columns, types and meanings (the dataset's `telemetry.csv.gz`)."""
+    return TableSchema(columns=[TableColumn(name, kind, description=meaning) for name in columns
+                                for kind, meaning in [TELEMETRY_COLUMNS.get(name, UNDESCRIBED)]])
+
+
+# The definitions' own schema: the catalog shows the columns before anything is materialized.
+DATASET_SCHEMA = {"dagster/column_schema": telemetry_schema()}
+
+
+def dataset_preview(directory) -> dict[str, MetadataValue]:
+    """A dataset's telemetry table for the catalog: its schema as `dagster/column_schema` (the columns the file
+    has), its row count as `dagster/row_count` (and as a float, for the Plots tab), and a few rows of it (town 0,
+    spread over the capture) as a Dagster table."""
+    import numpy as np
+
+    from townlet_pipelines.data.capture import read_telemetry
+
+    table = read_telemetry(directory)
+    schema = telemetry_schema(tuple(table.columns))
+    town = table[table["town"] == 0]
+    picked = town.iloc[np.unique(np.linspace(0, len(town) - 1, PREVIEW_ROWS).astype(int))] if len(town) else town
+    records = [TableRecord({column.name: int(row[column.name]) if column.type == "int" else float(row[column.name])
+                            for column in schema.columns}) for row in picked.to_dict("records")]
+    return {"dagster/column_schema": MetadataValue.table_schema(schema),
+            "dagster/row_count": MetadataValue.int(len(table)),
+            "telemetry_rows": MetadataValue.float(float(len(table))),
+            "telemetry_preview": MetadataValue.table(records, schema=schema)}
