@@ -4,8 +4,8 @@
   (obs_t, mask_t, a_t, r_t, c_t, done_t, logp_t, v_t), where c_t is the agent's share of this tick's queue
   conflicts: half of each to the blocked agent, half to the one holding the object.
 - `gae` turns rewards into advantages and returns, bootstrapped from the value of the state after the
-  last step. With the conflict constraint on, the reward is (r_t − λ·c_t) / (1 + λ) (PPO-Lagrangian's
-  normalised penalty form).
+  last step. With the conflict constraint on, the advantage is (A_r − λ·A_c) / (1 + λ) (PPO-Lagrangian's
+  normalised form; `rollout_rows`).
 - `ppo_losses` is one pure update step with CleanRL's named intermediates (ratio, clipped surrogate,
   clipped value loss, entropy); `PPOStrategy.run` is the loop that calls them and writes the checkpoint.
 
@@ -128,15 +128,23 @@ def gae(rewards, values, dones, bootstrap, gamma: float, lam: float):
 
 
 def rollout_rows(rollout: Rollout, penalty: float, ppo: PPOConfig) -> dict[str, np.ndarray]:
-    """Flattened training rows of a rollout, with GAE on the penalised reward (r − λ·c) / (1 + λ).
+    """Flattened training rows of a rollout, with PPO-Lagrangian's advantage (A_r − λ·A_c) / (1 + λ).
 
-    Dividing by 1 + λ (as OpenAI's safety-starter-agents do) keeps the returns on the reward's scale however
-    large λ grows, so the critic and the value clipping stay meaningful while the trade-off moves.
+    A_r is GAE on the world's reward against the value head, which learns the reward's return alone (its
+    targets do not move when λ does); A_c is the conflicts' discounted cost-to-go over GAE's horizon (γ·λ_GAE,
+    about 17 ticks: from the choice to walk to an object to the queue it meets), without a critic of its own.
+    Dividing by 1 + λ (as OpenAI's safety-starter-agents and OmniSafe do) keeps the advantage on the reward's
+    scale however high the price goes.
     """
     arrays = rollout.arrays
-    shaped = (arrays["rewards"] - penalty * arrays["costs"]) / (1.0 + penalty)
-    advantages, returns = gae(shaped, arrays["value_preds"], arrays["dones"], rollout.bootstrap, ppo.gamma,
-                              ppo.gae_lambda)
+    reward_advantages, returns = gae(arrays["rewards"], arrays["value_preds"], arrays["dones"], rollout.bootstrap,
+                                     ppo.gamma, ppo.gae_lambda)
+    if penalty > 0:
+        cost_to_go, _ = gae(arrays["costs"], np.zeros_like(arrays["costs"]), arrays["dones"],
+                            np.zeros_like(rollout.bootstrap), ppo.gamma, ppo.gae_lambda)
+        advantages = (reward_advantages - penalty * cost_to_go) / (1.0 + penalty)
+    else:
+        advantages = reward_advantages
     rows = {key: arrays[key] for key in (*OBS_KEYS, "actions", "old_log_probs", "value_preds", "rewards")
             if key in arrays}
     rows["advantages"], rows["returns"] = advantages, returns
