@@ -72,15 +72,21 @@ def recipe(directory: Path, optimizer, config=None) -> dict:
 
 
 def _check_recipe(path: Path, written: dict, resuming: dict) -> None:
-    if written["optimizer"] != resuming["optimizer"]:
-        differs = sorted({f"{key} {old.get(key)} in the step, {new.get(key)} in this run"
-                          for old, new in zip(written["optimizer"], resuming["optimizer"])
-                          for key in HYPERPARAMETERS if old.get(key) != new.get(key)}) or ["its parameter groups"]
-        raise TrainingError(f"{path}: written under another recipe (optimizer {'; '.join(differs)}); resume a run "
-                            "only with the settings it was started with")
-    if written["config"] and resuming["config"] and written["config"] != resuming["config"]:
-        raise TrainingError(f"{path}: written under another recipe (training config {written['config']} in the step, "
-                            f"{resuming['config']} in this run); resume a run only with the settings it was started with")
+    """The training config decides when both sides name one (an optimizer setting a schedule moved is no other
+    recipe); the optimizer's settings decide otherwise."""
+    differs = sorted({f"{key} {old.get(key)} in the step, {new.get(key)} in this run"
+                      for old, new in zip(written["optimizer"], resuming["optimizer"])
+                      for key in HYPERPARAMETERS if old.get(key) != new.get(key)})
+    if len(written["optimizer"]) != len(resuming["optimizer"]):
+        differs.append(f"{len(written['optimizer'])} parameter groups in the step, {len(resuming['optimizer'])} in "
+                       "this run")
+    if written["config"] and resuming["config"]:
+        if written["config"] == resuming["config"]:
+            return
+        differs.append(f"training config {written['config']} in the step, {resuming['config']} in this run")
+    if differs:
+        raise TrainingError(f"{path}: written under another recipe ({'; '.join(differs)}); resume a run only with "
+                            "the settings it was started with")
 
 
 def save_progress(directory: Path, step: int, model, optimizer, state: dict, arrays: dict[str, np.ndarray],
