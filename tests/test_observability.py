@@ -228,7 +228,7 @@ def test_the_console_tells_a_run_that_failed_before_judging_in_one_line_and_a_ru
     from townlet_pipelines.pipeline.console import LOG_TAG, tell
 
     log = tmp_path / "night.log"
-    log.write_text("Traceback (most recent call last):\n...\nyaml.scanner.ScannerError: mapping values are not allowed\n")
+    log.write_text("Traceback (most recent call last):\n...\nyaml.scanner.ScannerError: mapping values not allowed\n")
     with DagsterInstance.ephemeral() as instance:
         lines: list[str] = []
         assert tell(log, 1, instance, lines.append) == 2  # dagster exited before a run existed
@@ -290,3 +290,32 @@ def test_both_datasets_show_their_telemetry_schema_a_few_rows_and_float_kpis(two
         assert 2 <= len(preview.records) <= 6 and set(preview.records[0].data) == set(columns)
         for kpi in ("reward_mean", "faints_per_agent_day", "queue_conflicts_per_agent_day", "telemetry_rows"):
             assert isinstance(metadata[kpi], dagster.FloatMetadataValue), (name, kpi)
+
+
+# ---------------------------------------------------------------------------- TensorBoard (the optional extra)
+def test_the_training_steps_link_their_event_files_and_the_command_that_shows_the_night(tmp_path):
+    from townlet_pipelines.pipeline.assets import _tensorboard
+
+    bc, night = tmp_path / "cache" / "bc-1", tmp_path / "runs" / "r1"
+    assert _tensorboard({"bc": bc, "ppo": night}) == {}  # the extra not installed (or switched off): nothing
+    for folder in (bc, night):
+        (folder / "tensorboard").mkdir(parents=True)
+    linked = _tensorboard({"bc": bc, "ppo": night})
+    assert linked["tensorboard"].value == str(night / "tensorboard")
+    assert linked["tensorboard_command"] == f"tensorboard --logdir_spec bc:{bc}/tensorboard,ppo:{night}/tensorboard"
+
+
+def test_the_resource_setting_switches_tensorboard_for_the_steps_and_their_ranks(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import os
+
+    from townlet_pipelines.pipeline.resources import TownletResource
+    from townlet_pipelines.training.tensorboard import ENV
+
+    monkeypatch.setenv(ENV, "1")
+    off = TownletResource(config_path="smoke", artifacts_root=str(tmp_path), tensorboard=False)
+    assert off.settings()["tensorboard"] is False and TownletResource(**off.settings()).tensorboard is False
+    off.training_context("r1")
+    assert os.environ[ENV] == "0"
+    TownletResource(config_path="smoke", artifacts_root=str(tmp_path)).training_context("r2")  # on by default
+    assert os.environ[ENV] == "1"

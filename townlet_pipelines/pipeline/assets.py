@@ -289,6 +289,20 @@ def _picture(draw, entries: list[dict], alt: str) -> MetadataValue:
     return MetadataValue.md(markdown_image(draw(entries), alt))
 
 
+def _tensorboard(folders: dict[str, Path]) -> dict:
+    """Where the step's TensorBoard event files are (the `tensorboard` extra), and the one command that shows
+    them beside the night's other training (BC is often reused from the cache, so it lives in another folder)."""
+    from townlet_pipelines.training.tensorboard import FOLDER
+
+    found = {name: folder / FOLDER for name, folder in folders.items() if (folder / FOLDER).is_dir()}
+    if not found:
+        return {}
+    own = list(found.values())[-1]
+    spec = ",".join(f"{name}:{folder}" for name, folder in found.items())
+    return {"tensorboard": MetadataValue.path(str(own)),
+            "tensorboard_command": f"tensorboard --logdir_spec {spec}"}
+
+
 def _trained_in_processes(context, townlet: TownletResource, extras: dict) -> Path:
     """Run a training step as `torchrun --nproc-per-node N` through Dagster Pipes (a subprocess, or with
     `pipes_image` a Kubernetes pod of its own): rank 0's progress lines reach this run's log as they happen,
@@ -392,6 +406,7 @@ def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource, repl
         "stages": MetadataValue.md(_stage_table(outcome.stages)),
         "training_curve": MetadataValue.md(_curve(logs, "bc", ("loss", "accuracy", "val_loss", "val_accuracy"))),
         "training_curve_plot": _picture(bc_curve_svg, _log_entries(logs, "bc"), "BC training curve"),
+        **_tensorboard({"bc": record.parent}),
     }, last.checkpoint_id, [verdict])
 
 
@@ -467,6 +482,7 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource, rep
         "stages": MetadataValue.md(_stage_table(outcome.stages)),
         "training_curve": MetadataValue.md(_curve(run_dir / "logs", "ppo", ("loss_total", "kl", "clip_fraction"))),
         "training_curve_plot": _picture(ppo_curve_svg, _log_entries(run_dir / "logs", "ppo"), "PPO training curve"),
+        **_tensorboard({"bc": Path(bc_checkpoint["stages_record"]).parent, "ppo": run_dir}),
     }, outcome.checkpoint_id, verdicts)
 
 

@@ -31,6 +31,9 @@ class TownletResource(ConfigurableResource):
     processes: int = Field(1, ge=1, description="training processes per BC/PPO step: more than 1 runs the step "
                            "data-parallel under torchrun through Dagster Pipes (gloo on CPU, nccl on GPUs)")
 
+    tensorboard: bool = Field(True, description="write TensorBoard event files beside the training logs (BC and "
+                              "PPO, <run folder>/tensorboard/) when the `tensorboard` extra is installed")
+
     pipes_image: str | None = Field(None, description="on Kubernetes: run a multi-process training step as a pod "
                                     "of its own with this image (Dagster Pipes on Kubernetes, dagster-k8s) that "
                                     "requests `processes` GPUs, instead of a subprocess of the step")
@@ -40,7 +43,7 @@ class TownletResource(ConfigurableResource):
     def settings(self) -> dict:
         """This resource's settings, resolved, for a process that rebuilds it (the torchrun ranks)."""
         return {"config_path": self.config_path or os.environ.get("TOWNLET_CONFIG") or "default",
-                "artifacts_root": str(self.root()), "overrides": self.overrides}
+                "artifacts_root": str(self.root()), "overrides": self.overrides, "tensorboard": self.tensorboard}
 
     def load_config(self, night: str | None = None) -> TownletConfig:
         """The configured recipe; with `night` (a partition key), that night's config: its own towns."""
@@ -80,5 +83,8 @@ class TownletResource(ConfigurableResource):
     def training_context(self, run_id: str, night: str | None = None):
         from townlet_pipelines.training.orchestrator import make_context
 
+        from townlet_pipelines.training.tensorboard import ENV
+
+        os.environ[ENV] = "1" if self.tensorboard else "0"  # read where BC and PPO open their logs (and by ranks)
         config = self.load_config(night)
         return make_context(config, self.run_dir(run_id), self.root())

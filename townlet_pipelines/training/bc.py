@@ -15,6 +15,7 @@ import numpy as np
 
 from townlet_pipelines.data.replay import ReplayDataset
 from townlet_pipelines.results import BCTrainingResult
+from townlet_pipelines.training import tensorboard
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.device import to_tensors
 from townlet_pipelines.training.distributed import (
@@ -114,7 +115,7 @@ class BCStrategy:
         trainer = _EpochTrainer(model, optimizer, context, self.bc_weight)
         out = Path(self.out) if self.out is not None else context.artifacts / "bc"
         progress_folder = progress_dir(out)
-        log = context.log(self.name)
+        log = tensorboard.mirror(context.log(self.name), context.artifacts / tensorboard.FOLDER, self.name)
         plan = self.plan(config)
         loop = {"next": 0, "dagger_rows": 0, "seconds": 0.0, "trainer_rows": 0, "trainer_seconds": 0.0,
                 "last": {}}

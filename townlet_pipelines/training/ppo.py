@@ -34,6 +34,7 @@ import numpy as np
 from townlet_pipelines.config import PPO_CYCLE_SEEDS, PPOConfig, TownletConfig
 from townlet_pipelines.data.replay import ReplayDataset
 from townlet_pipelines.results import PPOTrainingResult
+from townlet_pipelines.training import tensorboard
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.device import DeviceContext, to_tensors
 from townlet_pipelines.training.distributed import (
@@ -358,7 +359,7 @@ class PPOStrategy:
             raise TrainingError(f"ppo: bc_weight={self.bc_weight} needs expert rows (anchor_dataset)")
 
         # ---- set-up: this cycle's own towns (a slice of seeds.ppo), the network, the optimizer
-        log = context.log(self.name)
+        log = tensorboard.mirror(context.log(self.name), context.artifacts / tensorboard.FOLDER, self.name)
         seed = ppo.seed + 7919 * self.cycle
         torch.manual_seed(seed)
         ranks = context.ranks
