@@ -31,4 +31,4 @@ def test_the_hollow_twin_runs_a_night_with_every_check_passing(tmp_path):
         result = job.execute_in_process(run_config=config, instance=instance, partition_key="2026-11-05")
     assert result.success and len(result.get_asset_materialization_events()) == 6
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 10 and all(evaluation.passed for evaluation in evaluations)
+    assert len(evaluations) == 11 and all(evaluation.passed for evaluation in evaluations)  # the job's check specs

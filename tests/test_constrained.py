@@ -138,6 +138,9 @@ def test_the_expert_guardrail_holds_a_candidate_worse_than_the_expert():
                     "towns": 256})
     assert close.passed  # not worse beyond the interval
     assert expert(None).passed and "no PPO stage" in expert(None).sentence
+    tolerated = expert({"candidate_reward": -25.0, "expert_reward": -22.0, "difference": -3.0, "difference_ci95": 0.2,
+                        "towns": 256}, tolerance=0.2)  # 20% of |-22| = 4.4 allowed below the expert
+    assert tolerated.passed and "a tolerance of 20% (4.400)" in tolerated.sentence
 
 
 def test_the_champion_guardrail_holds_a_worse_challenger():
@@ -150,6 +153,22 @@ def test_the_champion_guardrail_holds_a_worse_challenger():
     assert "worse within the interval" in worse.sentence and worse.measured["difference"] == -1.0
     assert champion({**comparison, "difference": -0.3}).passed  # inside the interval: no worse
     assert champion(None).passed and "no champion yet" in champion(None).sentence
+
+
+def test_the_queue_guardrail_tells_a_single_conflict_on_a_few_towns_from_a_rise():
+    from townlet_pipelines.training.guardrails import queue_conflicts, resolutions
+
+    def verdict(events: int, agent_days: float = 16.0, baseline: float = 0.0):
+        rate = events / agent_days
+        return queue_conflicts({"conflicts": rate, "conflicts_ci95": 0.0, "intensity": 1.5 * rate,
+                                "intensity_ci95": 0.0}, {"conflicts": baseline, "intensity": 1.5 * baseline},
+                               {"conflicts": 0.15, "intensity": 0.15}, 4, resolutions(1.0, agent_days))
+
+    one = verdict(1)  # smoke: 4 towns x 4 agents, the expert had none
+    assert one.passed and "the evaluation's resolution 0.062" in one.sentence
+    assert not verdict(2).passed
+    # 256 towns x 8 agents: the resolution (0.0005) is far finer than 15%, which decides as before
+    assert verdict(348, 2048.0, 0.148).passed and not verdict(350, 2048.0, 0.148).passed
 
 
 def test_a_passing_challenger_that_is_not_better_is_not_released(tmp_path):

@@ -35,7 +35,8 @@ TINY = {
     "anneal": {"schedule": [{"cycle": 0, "mode": "bc", "epochs": 4},
                             {"cycle": 1, "mode": "ppo", "epochs": 2, "bc_weight": 0.1},
                             {"cycle": 2, "mode": "ppo", "epochs": 2, "bc_weight": 0.1}],
-               "loss_tolerance": 100.0, "queue_tolerance": 100.0, "intensity_tolerance": 100.0},
+               "loss_tolerance": 100.0, "queue_tolerance": 100.0, "intensity_tolerance": 100.0,
+               "expert_tolerance": 100.0},  # plumbing: a 2-town, 2-update candidate need not beat the expert
 }
 
 
@@ -137,6 +138,10 @@ def test_anneal_pass_then_promotion_ready_after_two_passes(tmp_path, expert_data
     third, context = _anneal(tmp_path, expert_dataset, seeds={"ppo": {"start": 2_000_000, "count": 8_000_000}})
     assert third.promotion_pass_streak == 2 and third.promotion_candidate_ready
     assert third.candidate_id == second.candidate_id and third.final_checkpoint_id != second.final_checkpoint_id
+    assert third.champion["release_id"] == first.release_id  # judged against the champion it started from
+    if third.champion["difference"] <= 0:  # ready, but a release must also improve on the champion
+        assert "must improve" in orchestrator.apply_promotion(context.promotion, third).reason
+        third = third.model_copy(update={"champion": {**third.champion, "difference": 0.5}})  # as if it had
     outcome = orchestrator.apply_promotion(context.promotion, third)
     assert outcome.promoted and outcome.release_id != first.release_id
     release = context.promotion.status().current_release

@@ -412,6 +412,15 @@ class AnnealConfig(_Strict):
     loss_tolerance: float = Field(0.10, ge=0, allow_inf_nan=False)  # infinite would switch a guardrail off
     queue_tolerance: float = Field(0.15, ge=0, allow_inf_nan=False)
     intensity_tolerance: float = Field(0.15, ge=0, allow_inf_nan=False)
+    queue_resolution_events: float = Field(
+        1.0, ge=0, allow_inf_nan=False, description="the queue guardrail holds a rise above the baseline only when it "
+        "is more than queue_tolerance and more than this many conflicts over all the guardrail towns: on the smoke "
+        "profile's 4 towns one conflict is 0.06 per agent-day, which a zero baseline would flag; on the default's 256 "
+        "towns it is 0.0005, far below the 15%")
+    expert_tolerance: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="expert_guardrail: the candidate's reward may fall this share "
+        "of the expert's |reward| below the expert's (beyond the paired 95% interval) and still pass; 0, the "
+        "default: never worse than the expert")
     dataset_label: str = "expert"
 
     @model_validator(mode="after")

@@ -7,7 +7,9 @@ events), with no training in it: the floor under any Dagster/CLI ratio.
 
 from __future__ import annotations
 
-from dagster import AssetCheckResult, AssetIn, Definitions, Output, asset, define_asset_job, in_process_executor
+from dagster import (
+    AssetCheckResult, AssetIn, AssetSelection, Definitions, Output, asset, define_asset_job, in_process_executor,
+)
 
 from townlet_pipelines.pipeline.assets import ASSETS
 from townlet_pipelines.pipeline import definitions
@@ -28,6 +30,10 @@ def _hollow(asset_def):
     return twin
 
 
+# The freshness check stands beside the job as in the real definitions (the daemon's sensor runs it, not a night).
 defs = Definitions(assets=[_hollow(asset_def) for asset_def in ASSETS], resources=definitions.defs.resources,
+                   asset_checks=definitions.night_judged_checks,
                    jobs=[define_asset_job("nightly_anneal", executor_def=in_process_executor,
-                                          config=definitions.RUN_CONFIG)])
+                                          config=definitions.RUN_CONFIG,
+                                          selection=AssetSelection.all()
+                                          - AssetSelection.checks(*definitions.night_judged_checks))])

@@ -27,7 +27,7 @@ from townlet_pipelines.training.namespaces import namespace
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.guardrails import champion as champion_verdict
 from townlet_pipelines.training.guardrails import expert as expert_verdict
-from townlet_pipelines.training.guardrails import loss_within, rate_within
+from townlet_pipelines.training.guardrails import limit_text, loss_within, rate_within, resolutions
 from townlet_pipelines.training.ppo import PPOStrategy
 
 log = logging.getLogger("townlet.training")
@@ -46,14 +46,17 @@ def judge(loss_total: float, evaluation: dict[str, float], baselines: dict[str, 
 
     `loss_flag`: |loss − baseline| / |baseline| > loss_tolerance (either direction; no baseline or a zero
     one raises nothing). `queue_flag` / `intensity_flag`: the evaluated rate per agent-day rose more than
-    its tolerance above the baseline; a zero baseline flags any conflict at all.
+    its tolerance above the baseline, or `anneal.queue_resolution_events` over the evaluation, whichever allows
+    more (so a zero baseline on a few towns does not flag a single conflict).
     """
+    resolution = resolutions(anneal.queue_resolution_events, evaluation.get("agent_days", 0.0))
     return {
         "loss_flag": not loss_within(loss_total, baselines.get("loss"), anneal.loss_tolerance),
         "queue_flag": not rate_within(evaluation["queue_conflict_events_per_agent_day"], baselines.get("queue_events"),
-                                      anneal.queue_tolerance),
+                                      anneal.queue_tolerance, resolution["conflicts"]),
         "intensity_flag": not rate_within(evaluation["queue_conflict_intensity_per_agent_day"],
-                                          baselines.get("queue_intensity"), anneal.intensity_tolerance),
+                                          baselines.get("queue_intensity"), anneal.intensity_tolerance,
+                                          resolution["intensity"]),
     }
 
 
@@ -74,15 +77,16 @@ def verdict_reason(summary: AnnealSummary, anneal: AnnealConfig) -> str:
             change = (stage.loss_total - baselines["loss"]) / abs(baselines["loss"])
             parts.append(f"PPO stage (cycle {stage.cycle}): loss {stage.loss_total:.4g} is {change:+.0%} from the "
                          f"baseline {baselines['loss']:.4g} (tolerance {anneal.loss_tolerance:.0%})")
-        for flag, value, key, tolerance, name in (
-                ("queue_flag", stage.queue_conflict_events, "queue_events", anneal.queue_tolerance, "conflicts"),
+        resolution = resolutions(anneal.queue_resolution_events, summary.evaluation.get("agent_days", 0.0))
+        for flag, value, key, tolerance, name, kind in (
+                ("queue_flag", stage.queue_conflict_events, "queue_events", anneal.queue_tolerance, "conflicts",
+                 "conflicts"),
                 ("intensity_flag", stage.queue_conflict_intensity, "queue_intensity", anneal.intensity_tolerance,
-                 "conflict intensity")):
+                 "conflict intensity", "intensity")):
             if getattr(stage, flag) and baselines.get(key) is not None:
-                limit = baselines[key] * (1 + tolerance)
-                parts.append(f"PPO stage (cycle {stage.cycle}): {name} {value:.3f} per agent-day > limit {limit:.3f} "
-                             f"= baseline {baselines[key]:.3f} + {tolerance:.0%}")
-    for verdict in (expert_verdict(summary.expert), champion_verdict(summary.champion)):
+                parts.append(f"PPO stage (cycle {stage.cycle}): {name} {value:.3f} per agent-day > "
+                             f"{limit_text(baselines[key], tolerance, resolution[kind])}")
+    for verdict in (expert_verdict(summary.expert, anneal.expert_tolerance), champion_verdict(summary.champion)):
         if not verdict.passed:
             parts.append(verdict.sentence)
     return "; ".join(parts) or "a guardrail held the candidate"
@@ -113,12 +117,13 @@ def ppo_verdicts(outcome: "StagesOutcome", anneal: AnnealConfig) -> list[Verdict
              "intensity": e["queue_conflict_intensity_per_agent_day"],
              "intensity_ci95": e["queue_conflict_intensity_per_agent_day_ci95"]},
             {"conflicts": r.baseline_queue_events, "intensity": r.baseline_queue_intensity},
-            {"conflicts": anneal.queue_tolerance, "intensity": anneal.intensity_tolerance}, int(e["towns"])))
+            {"conflicts": anneal.queue_tolerance, "intensity": anneal.intensity_tolerance}, int(e["towns"]),
+            resolutions(anneal.queue_resolution_events, e.get("agent_days", 0.0))))
     if not queues:
-        return [loss, Verdict("queue_conflict_guardrail", True, "no PPO stage ran"), expert_verdict(outcome.expert),
-                champion_verdict(outcome.champion)]
+        return [loss, Verdict("queue_conflict_guardrail", True, "no PPO stage ran"),
+                expert_verdict(outcome.expert, anneal.expert_tolerance), champion_verdict(outcome.champion)]
     queue = next((v for v in queues if not v.passed), queues[-1])
-    return [loss, queue, expert_verdict(outcome.expert), champion_verdict(outcome.champion)]
+    return [loss, queue, expert_verdict(outcome.expert, anneal.expert_tolerance), champion_verdict(outcome.champion)]
 
 
 @dataclass
@@ -154,7 +159,7 @@ class StagesOutcome:
             results.append((BCTrainingResult if kind == "bc" else PPOTrainingResult).model_validate(item))
         return cls([AnnealStageResult.model_validate(stage) for stage in data["stages"]], results,
                    data["checkpoint"], data["checkpoint_id"], data["failed"], data.get("started_from"),
-                   data.get("champion"), data.get("baseline_label"), data.get("expert"))
+                   data.get("champion"), expert=data.get("expert"), baseline_label=data.get("baseline_label"))
 
 
 @dataclass
@@ -314,7 +319,8 @@ class AnnealStrategy:
         stages = bc.stages + ppo.stages
         if bc.failed:
             status = "FAIL"
-        elif (any(not stage.passed for stage in ppo.stages) or not expert_verdict(ppo.expert).passed
+        elif (any(not stage.passed for stage in ppo.stages)
+              or not expert_verdict(ppo.expert, context.config.anneal.expert_tolerance).passed
               or not champion_verdict(ppo.champion).passed):
             status = "HOLD"
         else:

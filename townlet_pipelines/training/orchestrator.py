@@ -213,12 +213,3 @@ def apply_promotion(store: PromotionStore, summary: AnnealSummary) -> PromotionO
     reason = "first release: passed every guardrail" if first else "pass streak reached the required passes"
     return PromotionOutcome(True, reason, release.release_id, release.checkpoint_id)
 
-
-def run(kind: str, context: TrainingContext, dataset: str | Path, **options):
-    """Dispatch by name: `bc`, `ppo` or `anneal`."""
-    runners = {"bc": run_bc, "ppo": run_ppo, "anneal": run_anneal}
-    if kind not in runners:
-        raise ValueError(f"unknown training kind {kind!r}; choose one of {sorted(runners)}")
-    if kind == "ppo":
-        return run_ppo(context, dataset=dataset, **options)
-    return runners[kind](context, dataset, **options)
