@@ -155,6 +155,15 @@ def test_the_champion_guardrail_holds_a_worse_challenger():
     assert champion(None).passed and "no champion yet" in champion(None).sentence
 
 
+def test_a_stage_that_kept_its_start_is_not_held_for_the_loss_of_updates_it_discarded():
+    from townlet_pipelines.training.guardrails import ppo_loss
+
+    kept = ppo_loss([(1, 0.0034, 0.0057, True)], 0.10)
+    assert kept.passed and "kept its start" in kept.sentence
+    moved = ppo_loss([(1, 0.0034, 0.0057, False)], 0.10)
+    assert not moved.passed and "-40.4% from the baseline" in moved.sentence
+
+
 def test_the_queue_guardrail_tells_a_single_conflict_on_a_few_towns_from_a_rise():
     from townlet_pipelines.training.guardrails import queue_conflicts, resolutions
 

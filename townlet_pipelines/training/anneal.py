@@ -107,7 +107,8 @@ def ppo_verdicts(outcome: "StagesOutcome", anneal: AnnealConfig) -> list[Verdict
     from townlet_pipelines.training.guardrails import ppo_loss, queue_conflicts
 
     results = [r for r in outcome.results if isinstance(r, PPOTrainingResult)]
-    loss = ppo_loss([(r.anneal_cycle or 0, r.loss_total, r.baseline_loss) for r in results], anneal.loss_tolerance)
+    loss = ppo_loss([(r.anneal_cycle or 0, r.loss_total, r.baseline_loss, r.selected_update == 0) for r in results],
+                    anneal.loss_tolerance)
     queues = []
     for r in results:
         e = r.evaluation
@@ -279,13 +280,17 @@ class AnnealStrategy:
                                  bc_weight=stage.bc_weight, cycle=stage.cycle,
                                  out=context.artifacts / f"ppo-cycle{stage.cycle}-stage{index}",
                                  name=f"ppo-cycle{stage.cycle}").run(context)
-            flags = judge(result.loss_total, result.evaluation, baselines, anneal)
+            # A stage that kept its start (no snapshot did better) returns weights no PPO update touched: the loss of
+            # the updates it discarded says nothing about them, so it is neither judged nor taken as a baseline.
+            kept_start = result.selected_update == 0
+            judged = {**baselines, "loss": None} if kept_start else baselines
+            flags = judge(result.loss_total, result.evaluation, judged, anneal)
             result = result.model_copy(update={
                 "bc_accuracy": bc_accuracy, "anneal_cycle": stage.cycle, "anneal_stage": index,
                 "dataset_label": self._label(context), "bc_threshold": anneal.bc_accuracy_threshold,
-                "baseline_loss": baselines.get("loss"), "baseline_queue_events": baselines.get("queue_events"),
+                "baseline_loss": judged.get("loss"), "baseline_queue_events": baselines.get("queue_events"),
                 "baseline_queue_intensity": baselines.get("queue_intensity"), **flags})
-            if baselines.get("loss") is None:
+            if baselines.get("loss") is None and not kept_start:
                 baselines["loss"] = result.loss_total  # the first PPO stage of a first run sets it
             flags = (result.loss_flag, result.queue_flag, result.intensity_flag)
             outcome.results.append(result)
@@ -339,7 +344,7 @@ class AnnealStrategy:
                 night=str(context.config.nightly.night) if context.config.nightly.night else None,
             )
             streak, ready = snapshot.pass_streak, snapshot.ready
-        if status == "PASS" and context.baselines is not None and last_ppo is not None:
+        if status == "PASS" and context.baselines is not None and last_ppo is not None and last_ppo.selected_update != 0:
             context.baselines.accept(
                 ppo.baseline_label or label, loss_total=last_ppo.loss_total,
                 queue_conflict_events=evaluation["queue_conflict_events_per_agent_day"],

@@ -25,10 +25,16 @@ def loss_within(loss: float, baseline: float | None, tolerance: float) -> bool:
     return baseline is None or baseline == 0 or abs(loss - baseline) / abs(baseline) <= tolerance + SLACK
 
 
-def ppo_loss(stages: list[tuple[int, float, float | None]], tolerance: float) -> Verdict:
-    """`stages`: (cycle, loss, the baseline that stage is judged against) for every PPO stage."""
+def ppo_loss(stages: list[tuple], tolerance: float) -> Verdict:
+    """`stages`: (cycle, loss, the baseline that stage is judged against[, kept its start]) for every PPO stage; a
+    stage that kept its start returns weights no update touched, so the loss of the updates it discarded is not
+    judged."""
     parts, passed = [], True
-    for cycle, loss, baseline in stages:
+    for cycle, loss, baseline, *kept in stages:
+        if kept and kept[0]:
+            parts.append(f"cycle {cycle}: kept its start (no snapshot did better): the loss {loss:.4g} of the "
+                         "updates it discarded is not judged")
+            continue
         if baseline is None or baseline == 0:
             parts.append(f"cycle {cycle}: PPO loss {loss:.4g}; no baseline yet (this stage sets it)")
             continue
@@ -40,7 +46,7 @@ def ppo_loss(stages: list[tuple[int, float, float | None]], tolerance: float) ->
     last = stages[-1] if stages else (None, None, None)
     return Verdict("ppo_loss_guardrail", passed, "; ".join(parts) or "no PPO stage ran",
                    {"measured_loss": last[1], "baseline": last[2], "tolerance": tolerance,
-                    "per_stage": [loss for _, loss, _ in stages]})
+                    "per_stage": [stage[1] for stage in stages]})
 
 
 MAX_INTENSITY = 5.0  # one conflict's intensity is clamped to [0.1, 5] (the world's rule)
