@@ -32,3 +32,34 @@ def test_the_hollow_twin_runs_a_night_with_every_check_passing(tmp_path):
     assert result.success and len(result.get_asset_materialization_events()) == 6
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == 11 and all(evaluation.passed for evaluation in evaluations)  # the job's check specs
+
+
+def test_bench_nights_reports_the_distribution_and_draws_the_champion_across_nights():
+    import xml.etree.ElementTree as ET
+
+    from townlet_pipelines.bench.nights import picture, summary_line, table
+
+    expert = {"reward_per_agent_day": -20.0, "reward_per_agent_day_ci95": 0.2, "towns": 128.0,
+              "queue_conflict_events_per_agent_day": 0.16}
+    random = {"reward_per_agent_day": -50.0}
+
+    def scored(reward: float) -> dict:
+        return {"reward_per_agent_day": reward, "vs_expert": reward + 20.0, "vs_expert_ci95": 0.2,
+                "vs_expert_pct": 100 * (reward + 20.0) / 20.0, "conflicts_x_expert": 0.8, "wages_x_expert": 0.99,
+                "queue_conflict_events_per_agent_day": 0.128, "faints_per_agent_day": 0.0}
+
+    rows = [{"night": f"2026-11-2{index}", "status": status, "reason": reason, "started_from": "abc: why",
+             "promoted": promoted, "release_after": "r0001", "seconds": 200.0, "guardrail_champion": None,
+             "validation_conflicts": 0.1, "guardrail_conflicts": 0.11, "guardrail_conflicts_ci95": 0.01,
+             "candidate": scored(reward), "champion_after": scored(-4.0)}
+            for index, (status, reason, promoted, reward) in enumerate(
+                [("PASS", "every guardrail passed", True, -4.0), ("HOLD", "conflicts 0.2 > limit 0.18", False, -3.0),
+                 ("PASS", "every guardrail passed", False, -6.0)])]
+    text = table(rows, expert, random, "header")
+    assert text.count("\n| 2026-11-2") == 3 and "2026-11-21 HOLD: conflicts 0.2 > limit 0.18" in text
+    assert "0.100 / 0.110 ± 0.010" in text  # validation beside guardrail conflicts
+    assert summary_line(rows) == ("candidate over the expert on held-out reward: median +80.0%, worst +70.0%, "
+                                  "best +85.0% over 3 nights")
+    root = ET.fromstring(picture(rows, expert))
+    keys = {line.get("data-key") for line in root.iter("{http://www.w3.org/2000/svg}polyline")}
+    assert {"champion_reward", "candidate_reward", "champion_conflicts"} <= keys

@@ -151,17 +151,20 @@ def picture(rows: list[dict], expert: dict) -> str:
     reward_scale = Scale.fit([v for v in reward + candidate if v is not None] + [expert["reward_per_agent_day"]])
     conflict_scale = Scale.fit([v for v in conflicts if v is not None]
                                + [expert["queue_conflict_events_per_agent_day"]], zero=True)
-    canvas = Canvas(560, 250)
+    canvas = Canvas(560, 270)
     left, right = axis_margin(reward_scale, "reward"), axis_margin(conflict_scale, "conflicts")
-    axis = Axis(canvas, (left, 30, canvas.width - left - right, 170), Scale.fit(xs or [1], integer=True),
+    axis = Axis(canvas, (left, 50, canvas.width - left - right, 170), Scale.fit(xs or [1], integer=True),
                 reward_scale, conflict_scale)
     axis.series(xs, reward, "#1e8449", marker="o", class_="series", data_key="champion_reward")
     axis.series(xs, candidate, "#1e8449", dash="2,3", class_="series", data_key="candidate_reward")
     axis.series(xs, conflicts, "#ca6f1e", "right", marker="s", class_="series", data_key="champion_conflicts")
     axis.hline(expert["reward_per_agent_day"], "#1e8449", class_="expert")
     axis.hline(expert["queue_conflict_events_per_agent_day"], "#ca6f1e", "right", class_="expert")
-    axis.frame("marks", xlabel="night", ylabel="held-out reward / agent-day", ylabel_right="conflicts / agent-day")
-    axis.title("the champion across nights (dotted: the scripted expert)")
+    first, last = (rows[0]["night"], rows[-1]["night"]) if rows else ("", "")
+    axis.frame("labels", xlabel=f"night ({first} … {last})", ylabel="held-out reward / agent-day",
+               ylabel_right="conflicts / agent-day")
+    canvas.text(axis.x0, 16, "the champion after each night (dotted: the scripted expert)", 12, font_weight="bold",
+                class_="title")
     axis.legend([("champion reward", "#1e8449", None, "o"), ("candidate reward", "#1e8449", "2,3", None),
                  ("champion conflicts", "#ca6f1e", None, "s")])
     return canvas.svg()
