@@ -12,6 +12,7 @@ are translated by hand below (`run_launcher_config`, `container_context`), for t
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import tomllib
@@ -123,6 +124,14 @@ def cluster():
     """An instance whose run launcher is the K8sRunLauncher of the Helm values, the k8s_job_executor of
     deploy/k8s/step-executor.yaml, nightly_anneal's execution plan and a run of it as the code server would
     record it (image and container context from the Helm values). Kubernetes itself is a mock."""
+    with make_cluster(STEP_EXECUTOR["execution"]["config"]) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def make_cluster(execution_config: dict):
+    """`cluster`, with the k8s_job_executor configured from `execution_config` (a run config's
+    `execution.config`)."""
     api = mock.MagicMock(name="kubernetes API")
     with mock.patch("kubernetes.config.load_incluster_config"), mock.patch("kubernetes.config.load_kube_config"), \
             mock.patch.object(DagsterKubernetesClient, "production_client", return_value=api), \
@@ -134,8 +143,7 @@ def cluster():
         origin = JobPythonOrigin("nightly_anneal", RepositoryPythonOrigin(
             executable_path="/usr/local/bin/python", code_pointer=pointer, container_image=image(),
             container_context=container_context(), entry_point=DEFAULT_DAGSTER_ENTRY_POINT))
-        executor_config = process_config(k8s_job_executor.config_schema.config_type,
-                                         STEP_EXECUTOR["execution"]["config"])
+        executor_config = process_config(k8s_job_executor.config_schema.config_type, execution_config)
         assert executor_config.success, executor_config.errors
         executor = k8s_job_executor.executor_creation_fn(InitExecutorContext(
             job=recon, executor_def=k8s_job_executor, executor_config=executor_config.value, instance=instance))
@@ -390,3 +398,104 @@ def test_a_multi_process_step_on_kubernetes_is_a_pod_with_one_gpu_per_rank(tmp_p
     assert container["volumeMounts"] == [{"mountPath": str(tmp_path), "name": "townlet-artifacts"}]
     assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "townlet-artifacts"
     assert pod["spec"]["restartPolicy"] == "Never"
+
+
+# ---- GPU requests add up to what runs (issue 21 item 3) ----
+
+SCHEDULED = """
+import json
+from datetime import datetime, timezone
+from dagster import build_schedule_context
+from dagster._config import process_config
+from townlet_pipelines.pipeline.definitions import RUN_CONFIG, defs
+schedule = defs.resolve_schedule_def("nightly_anneal_schedule")
+with build_schedule_context(scheduled_execution_time=datetime(2026, 11, 6, 2, 0, tzinfo=timezone.utc)) as context:
+    (request,) = schedule.evaluate_tick(context).run_requests
+for name in ("nightly_anneal", "capture_only"):  # the jobs' own run config passes their config schema
+    job = defs.resolve_job_def(name)
+    checked = process_config(job.run_config_schema.run_config_schema_type, RUN_CONFIG)
+    assert checked.success, checked.errors
+print(json.dumps(request.run_config))
+"""
+
+
+def scheduled_run_config(executor: str | None) -> dict:
+    """The run config of the 02:00 schedule's run request, from the code location as it loads with
+    TOWNLET_EXECUTOR=executor (a subprocess: the executor is chosen when definitions.py is imported)."""
+    import subprocess
+    import sys
+
+    env = {key: item for key, item in os.environ.items() if key != "TOWNLET_EXECUTOR"}
+    if executor is not None:
+        env["TOWNLET_EXECUTOR"] = executor
+    done = subprocess.run([sys.executable, "-c", SCHEDULED], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_scheduled_nights_carry_the_gpu_toleration_to_the_training_pods():
+    """Before, deploy/k8s/step-executor.yaml's tolerations were only in that file: the schedule's run request held
+    the townlet resource alone, so a scheduled night's training pods could not land on tainted GPU nodes. Now the
+    code location under the Helm values' executor puts the block in both jobs' run config (the schedule's with
+    it), and the step pods dagster-k8s builds from the scheduled run config tolerate the taint."""
+    from townlet_pipelines.pipeline.distributed_step import k8s_execution_config
+
+    env_var = next(item for item in code_location()["env"] if item["name"] == "TOWNLET_EXECUTOR")
+    run_config = scheduled_run_config(env_var["value"])
+    assert run_config["execution"] == STEP_EXECUTOR["execution"]  # the file says what the code location sends
+    assert run_config["execution"] == k8s_execution_config(run_config["resources"]["townlet"]["config"])
+    toleration = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
+    with make_cluster(run_config["execution"]["config"]) as scheduled:
+        for step_key in (*TRAINING, OTHER):
+            job, _ = launch_step(scheduled, step_key)
+            pod = job["spec"]["template"]["spec"]
+            (container,) = pod["containers"]
+            if step_key in TRAINING:
+                assert toleration in pod["tolerations"] and limits_of(container) == {GPU: "1"}
+            else:
+                assert toleration not in pod.get("tolerations", []) and GPU not in limits_of(container)
+    assert "execution" not in scheduled_run_config(None)  # in-process: no k8s block (its schema would refuse one)
+
+
+@pytest.mark.parametrize("processes, pipes_image", [(1, None), (2, None), (2, "registry.example.com/townlet:1.0"),
+                                                    (1, "registry.example.com/townlet:1.0")])
+def test_the_gpus_a_training_step_asks_for_add_up_to_the_processes_it_runs(processes, pipes_image, tmp_path,
+                                                                           monkeypatch):
+    """The step pod (k8s_job_executor, run config from k8s_execution_config) plus the Pipes pod (PipesK8sClient,
+    built by dagster-k8s's build_pod_body from what the asset hands it) request exactly `processes` GPUs. Before,
+    the step pod always held its op tags' GPU, so with `pipes_image` a 2-process step held 3."""
+    from dagster_k8s import PipesK8sClient
+    from dagster_k8s.pipes import build_pod_body
+
+    from townlet_pipelines.pipeline import distributed_step
+    from townlet_pipelines.pipeline.assets import _trained_in_processes
+    from townlet_pipelines.pipeline.resources import TownletResource
+
+    graph = defs.resolve_asset_graph()
+    gpu_ops = {key.path[-1] for key in graph.get_all_asset_keys() if graph.get(key).assets_def.op.pool == GPU_POOL}
+    assert gpu_ops == set(distributed_step.TRAINING_OPS) == set(TRAINING)
+    settings = {"processes": processes, **({"pipes_image": pipes_image} if pipes_image else {})}
+    execution = distributed_step.k8s_execution_config(settings)
+    pipes_gpus = 0
+    if processes > 1 and pipes_image:  # the asset hands PipesK8sClient the pod its ranks run in
+        handed = {}
+        monkeypatch.setattr(PipesK8sClient, "run", lambda self, **kwargs: handed.update(kwargs))
+        townlet = TownletResource(config_path="smoke", artifacts_root=str(tmp_path), **settings)
+        context = SimpleNamespace(log=SimpleNamespace(info=lambda message: None), run=SimpleNamespace(run_id="r1"),
+                                  partition_key="2026-11-05")
+        _trained_in_processes(context, townlet, {"kind": "bc", "record": str(tmp_path / "bc_stages.json")})
+        pipes_pod = ApiClient().sanitize_for_serialization(build_pod_body(
+            "townlet-step", handed["image"], handed["command"], {}, None, handed["base_pod_spec"]))
+        pipes_gpus = int(limits_of(pipes_pod["spec"]["containers"][0])[GPU])
+    with make_cluster(execution["config"]) as launched:
+        for step_key in TRAINING:
+            job, _ = launch_step(launched, step_key)
+            pod = job["spec"]["template"]["spec"]
+            (container,) = pod["containers"]
+            step_gpus = int(limits_of(container).get(GPU, 0))
+            assert step_gpus + pipes_gpus == processes, (step_key, step_gpus, pipes_gpus)
+            assert step_gpus == distributed_step.step_pod_gpus(processes, pipes_image)
+            tolerated = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in pod.get("tolerations", [])
+            assert tolerated == (step_gpus > 0)  # a pod with no GPU need not wait for a GPU node
+            assert container["image"] == image()  # SHALLOW replaced the resources alone: env, mounts, image stay
+            assert_shared_artifacts(pod, container)

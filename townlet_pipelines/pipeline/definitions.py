@@ -13,6 +13,7 @@ from dagster import (
 )
 
 from townlet_pipelines.pipeline.assets import ASSETS, anneal_summary, replay_manifest, rollout_dataset
+from townlet_pipelines.pipeline.distributed_step import k8s_execution_config
 from townlet_pipelines.pipeline.records import night_records
 from townlet_pipelines.pipeline.resources import TownletResource
 
@@ -51,6 +52,8 @@ with warnings.catch_warnings():  # the two factories' "superseded" warnings, sai
 
 SCHEDULED_CONFIG = os.environ.get("TOWNLET_CONFIG") or "default"  # named in every run's config, not implied
 RUN_CONFIG = {"resources": {"townlet": {"config": {"config_path": SCHEDULED_CONFIG}}}}
+if EXECUTOR == "k8s":  # each training pod's GPUs and the GPU nodes' toleration, matching the townlet settings above
+    RUN_CONFIG["execution"] = k8s_execution_config(RUN_CONFIG["resources"]["townlet"]["config"])
 nightly_anneal = define_asset_job(
     "nightly_anneal", selection=AssetSelection.assets(*ASSETS) - AssetSelection.checks(*night_judged_checks),
     executor_def=_executor(),

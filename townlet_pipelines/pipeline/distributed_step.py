@@ -24,17 +24,48 @@ def torchrun_command(torchrun: str, processes: int) -> list[str]:
             "townlet_pipelines.pipeline.distributed_step"]
 
 
+GPU = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}  # the taint many clusters put on GPU nodes
+TRAINING_OPS = ("bc_checkpoint", "ppo_checkpoint")  # the assets that train (GPU_OP_TAGS, the `gpu` pool)
+
+
 def pod_spec(processes: int, claim: str, artifacts: str) -> dict:
     """The Kubernetes pod a multi-process step runs in (Pipes on Kubernetes): one GPU per process, and the
     artifacts claim mounted where the launching step sees the root, so every path in the records holds."""
     return {
         "containers": [{
-            "resources": {"limits": {"nvidia.com/gpu": str(processes)}},
+            "resources": {"limits": {GPU: str(processes)}},
             "volume_mounts": [{"name": "townlet-artifacts", "mount_path": artifacts}],
         }],
         "volumes": [{"name": "townlet-artifacts", "persistent_volume_claim": {"claim_name": claim}}],
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "tolerations": [GPU_TOLERATION],
     }
+
+
+def step_pod_gpus(processes: int = 1, pipes_image: str | None = None) -> int:
+    """The GPUs a training step's own pod uses: none when Pipes starts its ranks in a pod of their own
+    (`processes` > 1 and `pipes_image`, `pod_spec`), else one per process (torchrun runs inside the step)."""
+    return 0 if processes > 1 and pipes_image else processes
+
+
+def step_k8s_config(processes: int = 1, pipes_image: str | None = None) -> dict:
+    """A training step's entry in the k8s_job_executor's `per_step_k8s_config`: its pod's GPU limit and the GPU
+    nodes' toleration, or, when it uses no GPU, a pod with no resources at all (SHALLOW replaces the `resources`
+    the op tags set, GPU_OP_TAGS' one GPU, where a deep merge could only change its number)."""
+    gpus = step_pod_gpus(processes, pipes_image)
+    if gpus == 0:
+        return {"merge_behavior": "SHALLOW", "container_config": {"resources": {}}}
+    return {"container_config": {"resources": {"limits": {GPU: str(gpus)}}},
+            "pod_spec_config": {"tolerations": [GPU_TOLERATION]}}
+
+
+def k8s_execution_config(townlet: dict) -> dict:
+    """The run config's `execution` block for the k8s_job_executor that matches a run's `townlet` resource
+    settings (`processes`, `pipes_image`): the GPUs each training pod asks for add up to what runs, and GPU
+    pods tolerate the GPU taint. The scheduled runs carry it (definitions.RUN_CONFIG); deploy/k8s/
+    step-executor.yaml is it for the default settings."""
+    per_step = step_k8s_config(int(townlet.get("processes") or 1), townlet.get("pipes_image"))
+    return {"config": {"per_step_k8s_config": {op: per_step for op in TRAINING_OPS}}}
 
 
 def error_path(record: str | Path, rank: int) -> Path:

@@ -19,8 +19,28 @@ class DeviceContext:
         return str(self.device)
 
 
+def torchrun_local_rank() -> int | None:
+    """This process's `LOCAL_RANK` when torchrun started it as one of several (`WORLD_SIZE` > 1), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def require_gpus_for_ranks(count: int) -> None:
+    """Refuse more training processes on this machine (torchrun's `LOCAL_WORLD_SIZE`) than CUDA devices: a rank
+    beyond them would be sent to a `cuda:LOCAL_RANK` that does not exist."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or 0)
+    if count and local_world > count:
+        raise TrainingError(f"processes: {local_world} training processes on this machine (the townlet resource's "
+                            f"processes, torchrun --nproc-per-node) but torch reports {count} CUDA device(s) here: "
+                            f"set processes to at most {count}, give the pod {local_world} GPUs, or set "
+                            "runtime.device: cpu")
+
+
 def select_device(spec: str = "auto"):
-    """`auto`: the CUDA device with the most free memory, else the CPU. `cpu` / `cuda:N` force one."""
+    """`auto`: the CUDA device with the most free memory, else the CPU; a torchrun rank (one of several) takes
+    `cuda:LOCAL_RANK` directly, asking no other device for its memory (that would open a CUDA context on each).
+    `cpu` / `cuda:N` force one."""
     torch = require_torch()
     if spec == "cpu":
         return torch.device("cpu")
@@ -29,6 +49,13 @@ def select_device(spec: str = "auto"):
     if spec == "auto":
         if count == 0:
             return torch.device("cpu")
+        local_rank = torchrun_local_rank()
+        if local_rank is not None:
+            require_gpus_for_ranks(count)
+            if local_rank >= count:
+                raise TrainingError(f"processes: rank with LOCAL_RANK {local_rank} but torch reports {count} CUDA "
+                                    f"device(s) here: set processes to at most {count}")
+            return torch.device(f"cuda:{local_rank}")
         free = [torch.cuda.mem_get_info(index)[0] for index in range(count)]
         return torch.device(f"cuda:{max(range(count), key=lambda index: free[index])}")
     index = int(spec.split(":")[1]) if ":" in spec else 0

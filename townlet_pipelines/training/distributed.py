@@ -56,6 +56,10 @@ def from_environment(device_spec: str = "auto") -> Ranks:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device_spec != "cpu" and torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
+    if cuda:  # before any rank is sent to a cuda:LOCAL_RANK that does not exist
+        from townlet_pipelines.training.device import require_gpus_for_ranks
+
+        require_gpus_for_ranks(torch.cuda.device_count())
     if not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(local_rank)
