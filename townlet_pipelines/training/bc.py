@@ -120,7 +120,8 @@ class BCStrategy:
         loop = {"next": 0, "dagger_rows": 0, "seconds": 0.0, "trainer_rows": 0, "trainer_seconds": 0.0,
                 "last": {}}
         if self.resume:
-            loop, _ = load_progress(progress_folder, model, optimizer, device.device, config=config)
+            loop, _ = load_progress(progress_folder, model, optimizer, device.device, config=config,
+                                    scaler=trainer.scaler)
             trainer.rows, trainer.seconds = loop["trainer_rows"], loop["trainer_seconds"]
             log.truncate("epoch", loop["next"])
         start = time.perf_counter() - loop["seconds"]
@@ -146,7 +147,8 @@ class BCStrategy:
                         trainer_seconds=trainer.seconds)
             if ((step + 1) % context.config.runtime.progress_every_epochs == 0 and step + 1 < len(plan)
                     and context.ranks.main):
-                save_progress(progress_folder, step + 1, model, optimizer, loop, {}, config=config)
+                save_progress(progress_folder, step + 1, model, optimizer, loop, {}, config=config,
+                              scaler=trainer.scaler)
         last = loop["last"]
         duration = time.perf_counter() - start
         metrics = {key: last[key] for key in ("accuracy", "loss", "val_accuracy", "val_loss")}

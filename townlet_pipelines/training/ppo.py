@@ -394,14 +394,14 @@ class PPOStrategy:
                           "zero_std": 0, "clip_triggered": 0, "transitions": 0, "steps": 0, "rollout_seconds": 0.0},
                       "telemetry": {key: 0.0 for key in TELEMETRY_KEYS}}
         arrays: dict[str, np.ndarray] = {}
+        scaler = torch.amp.GradScaler("cuda", enabled=device.amp)
         if self.resume and ranks.active:
             raise TrainingError("ppo: a data-parallel run keeps no progress checkpoints; start it again")
         if self.resume:  # the killed run's loop state, weights, moments and RNG; its world mid-episode
-            loop, arrays = load_progress(progress_folder, model, optimizer, device.device, config=config)
+            loop, arrays = load_progress(progress_folder, model, optimizer, device.device, config=config, scaler=scaler)
             restore_world(world, arrays, loop["world_tick"])
             episode[0] = loop["episode"]
             log.truncate("update", loop["next"])
-        scaler = torch.amp.GradScaler("cuda", enabled=device.amp)
         multiplier, selector = None, None
         if (ppo.conflict_budget > 0 and mode != "replay") or ppo.validate_every:
             expert = loop.get("expert") or validation_scores(config, ScriptedExpert(config.expert).act)
@@ -527,7 +527,7 @@ class PPOStrategy:
             # A data-parallel run keeps no progress checkpoints: each rank's towns are its own world state.
             if (update + 1) % config.runtime.progress_every_updates == 0 and update + 1 < updates and not ranks.active:
                 self._save_progress(progress_folder, update + 1, model, optimizer, loop, world, entropies,
-                                    multiplier, selector, config)
+                                    multiplier, selector, config, scaler)
         selected = updates  # the update whose weights the stage returns
         if selector is not None and selector.best is not None:
             model.load_state_dict(selector.best_state)  # the chosen snapshot becomes the stage's result
@@ -612,7 +612,8 @@ class PPOStrategy:
 
     @staticmethod
     def _save_progress(folder: Path, step: int, model, optimizer, loop: dict, world: TownWorld, entropies: list,
-                       multiplier: ConflictMultiplier | None, selector: SnapshotSelector | None, config) -> None:
+                       multiplier: ConflictMultiplier | None, selector: SnapshotSelector | None, config,
+                       scaler=None) -> None:
         from townlet_pipelines.training.resume import save_progress, world_arrays
 
         arrays = world_arrays(world)
@@ -624,7 +625,7 @@ class PPOStrategy:
         if selector is not None and selector.best is not None:
             loop["selected"] = {"scores": selector.best, "update": selector.best_update}
             arrays.update({f"best.{name}": tensor.cpu().numpy() for name, tensor in selector.best_state.items()})
-        save_progress(folder, step, model, optimizer, loop, arrays, config=config)
+        save_progress(folder, step, model, optimizer, loop, arrays, config=config, scaler=scaler)
 
 
 def _recent(stats: dict[str, list[float]], ppo: PPOConfig) -> dict[str, float]:

@@ -6,15 +6,22 @@ torch's RNG state, the loop's own state (JSON) and its arrays (a world snapshot,
 weights). Older steps are removed after the new one is complete, so a kill at any instant leaves at least
 one complete step. Resuming loads the newest step and replays nothing: the loop is deterministic given
 that state, so the resumed run writes the checkpoint an uninterrupted run writes (bit-identical on CPU
-with the same thread count). A finished stage removes its progress folder. Each step records the recipe it
-was written under (`recipe`: the optimizer's settings and a hash of the training config); a run that would
-resume it under another recipe is refused, naming the step.
+with the same thread count). On CUDA a step also holds every device's RNG (`cuda_rng.N`) and the AMP
+GradScaler's state (its scale and growth tracker), without which a resumed run draws other numbers and scales
+its first steps differently. A finished stage removes its progress folder.
+
+One process writes and resumes: under torchrun only rank 0 writes a step (`save_progress` writes nothing on
+another rank), and a step is never resumed data-parallel, nor a data-parallel run's step resumed as one process
+(each is refused in one line): a resume continues exactly the run that wrote the step, or nothing. Each
+step records the recipe it was written under (`recipe`: the optimizer's settings and a hash of the training
+config); a run that would resume it under another recipe is refused, naming the step.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import zipfile
@@ -41,12 +48,25 @@ def _steps(directory: Path) -> list[tuple[int, Path]]:
 
 
 def require_progress(directory: Path) -> Path:
-    """The newest complete step, or a TrainingError naming the folder when there is nothing to resume."""
+    """The newest complete step, or a TrainingError naming the folder when there is nothing to resume, or naming
+    the step when other processes would resume it than the one process that wrote it."""
     steps = _steps(directory)
     if not steps:
         raise TrainingError(f"{directory}: nothing to resume (no progress checkpoint; a run writes one every "
                             "runtime.progress_every_epochs / progress_every_updates)")
-    return steps[-1][1]
+    path = steps[-1][1]
+    _rank, world = _world()
+    if world > 1:
+        raise TrainingError(f"{path}: --resume runs as one process, not data-parallel (torchrun started {world}); "
+                            "resume it without torchrun")
+    try:
+        wrote = json.loads((path / STATE).read_text()).get("world", 1)
+    except (OSError, ValueError, AttributeError):
+        wrote = 1  # a damaged state.json is load_progress's to name
+    if wrote != 1:
+        raise TrainingError(f"{path}: written by a data-parallel run of {wrote} processes, which is not resumed (as "
+                            "one process it would train another run); start it again")
+    return path
 
 
 HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "momentum", "amsgrad")
@@ -89,13 +109,37 @@ def _check_recipe(path: Path, written: dict, resuming: dict) -> None:
                             "the settings it was started with")
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) of this process as torchrun set them; (0, 1) for one process."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _cuda_rng_states(torch) -> list:
+    """Every CUDA device's RNG state, when this process uses CUDA (initialised): nothing on the CPU."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return []
+    return list(torch.cuda.get_rng_state_all())
+
+
 def save_progress(directory: Path, step: int, model, optimizer, state: dict, arrays: dict[str, np.ndarray],
-                  config=None) -> Path:
-    """Write step `step` atomically, with the recipe it was written under, then drop the older ones."""
+                  config=None, scaler=None) -> Path | None:
+    """Write step `step` atomically, with the recipe it was written under, then drop the older ones.
+
+    Beside the weights, the moments and torch's CPU RNG: every CUDA device's RNG when the run uses CUDA, and
+    `scaler`'s state (the AMP GradScaler) when it is enabled. Under torchrun only rank 0 writes: another rank
+    writes nothing and gets None.
+    """
     torch = require_torch()
     from townlet_pipelines.training.checkpoints import _optimizer_tensors, write_tensors
 
+    rank, world = _world()
+    if rank != 0:
+        return None
     arrays = {**arrays, "torch_rng": torch.get_rng_state().numpy()}
+    arrays.update({f"cuda_rng.{index}": rng.cpu().numpy() for index, rng in enumerate(_cuda_rng_states(torch))})
+    state = {**state, "world": world}
+    if scaler is not None and scaler.is_enabled():
+        state["amp_scaler"] = scaler.state_dict()
     with atomic_directory(directory / f"step-{step:06d}") as temporary:
         write_tensors({name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()},
                       temporary / WEIGHTS)
@@ -110,16 +154,20 @@ def save_progress(directory: Path, step: int, model, optimizer, state: dict, arr
     return directory / f"step-{step:06d}"
 
 
-def load_progress(directory: Path, model, optimizer, device, config=None) -> tuple[dict, dict[str, np.ndarray]]:
-    """Restore the newest complete step into `model` and `optimizer`; (loop state, arrays).
+def load_progress(directory: Path, model, optimizer, device, config=None,
+                  scaler=None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Restore the newest complete step into `model`, `optimizer`, torch's RNGs (CPU, and CUDA where the step
+    holds them and torch reports the devices) and `scaler` (when the step holds an AMP scaler's state and this
+    run's is enabled); (loop state, arrays).
 
-    Raises a TrainingError naming the folder when there is nothing to resume from, and naming the step when it was
-    written under another recipe (`recipe`) than the optimizer and config this run resumes with.
+    Raises a TrainingError naming the folder when there is nothing to resume from, naming the step when it was
+    written under another recipe (`recipe`) than the optimizer and config this run resumes with, and when it
+    would be resumed by other processes than the one that wrote it (data-parallel, either way).
     """
     torch = require_torch()
     from townlet_pipelines.training.checkpoints import _safetensor_error, read_tensors, restore_optimizer
 
-    path = require_progress(directory)
+    path = require_progress(directory)  # refuses a data-parallel resume, either way
     resuming = recipe(directory, optimizer, config)  # before the step's optimizer settings replace this run's
     damages = (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile, TrainingError,
                _safetensor_error())
@@ -138,6 +186,8 @@ def load_progress(directory: Path, model, optimizer, device, config=None) -> tup
         raise damaged(path / STATE, error) from None
     if written is not None:
         _check_recipe(path, written, resuming)
+    state.pop("world", None)  # checked by require_progress
+    scaler_state = state.pop("amp_scaler", None)
     reading = path / WEIGHTS
     try:
         model.load_state_dict(read_tensors(reading))
@@ -149,6 +199,12 @@ def load_progress(directory: Path, model, optimizer, device, config=None) -> tup
     except damages as error:
         raise damaged(reading, error) from None
     torch.set_rng_state(torch.from_numpy(arrays.pop("torch_rng")))
+    cuda_rng = [torch.from_numpy(arrays.pop(f"cuda_rng.{index}")) for index in range(len(arrays))
+                if f"cuda_rng.{index}" in arrays]
+    if cuda_rng and torch.cuda.is_available():  # a step written on CUDA, resumed where CUDA is
+        torch.cuda.set_rng_state_all(cuda_rng[:torch.cuda.device_count()])
+    if scaler is not None and scaler_state and scaler.is_enabled():
+        scaler.load_state_dict(scaler_state)
     return state, arrays
 
 
