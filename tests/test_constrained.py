@@ -276,3 +276,15 @@ def test_a_smoke_chain_of_three_nights_releases_a_later_night_only_when_it_beats
     store = PromotionStore(state_dir(tmp_path, base))
     assert [release.checkpoint_id for release in store.releases()] == [
         first.candidate_id, *(night.candidate_id for night in promoted)]
+
+
+def test_train_anneal_night_runs_the_nightlys_steps_and_exits_with_the_verdict(tmp_path, capsys):
+    from townlet_pipelines.cli import main
+
+    code = main(["train", "anneal", "--config", "smoke", "--night", "2026-11-25", "--artifacts", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert out.startswith("night 2026-11-25: ") and "promotion:" in out
+    assert code == {"PASS": 0, "FAIL": 3, "HOLD": 4}[out.split(": ")[1]]
+    assert main(["train", "anneal", "--config", "smoke", "--night", "2026-11-25", "--dataset", "x",
+                 "--artifacts", str(tmp_path)]) == 2
+    assert "drop --dataset" in capsys.readouterr().err

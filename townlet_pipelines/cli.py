@@ -142,6 +142,29 @@ def _print_record(record, as_json: bool, keys: tuple[str, ...]) -> None:
         print(f"  {key:<{width}}  {value:.4f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
 
 
+def _night(args: argparse.Namespace) -> int:
+    """`townlet train anneal --night D`: night D through the very steps the nightly graph runs (the cached expert
+    data and BC stages, PPO from the champion, the guardrails, the recorded verdict, the promotion rule)."""
+    import dataclasses
+
+    from townlet_pipelines.nightly.night import run_night
+    from townlet_pipelines.training.namespaces import artifacts_root
+
+    if args.dataset is not None or args.no_promote:
+        raise ValueError("--night runs the nightly's own steps: it captures (or reuses) the expert data itself and "
+                         "applies the promotion rule; drop --dataset and --no-promote")
+    outcome = run_night(load_config(args.config), args.night, artifacts_root(args.artifacts),
+                        say=lambda line: print(line, file=sys.stderr))
+    if args.json:
+        print(json.dumps(dataclasses.asdict(outcome), indent=2, default=str))
+    else:
+        print(f"night {outcome.night}: {outcome.status}: {outcome.reason}")
+        print(f"  started from {outcome.started_from}")
+        print(f"  promotion: {outcome.promotion}; current release {outcome.release_id}")
+        print(f"  run folder {outcome.run_dir}  ({outcome.seconds:.0f} s)")
+    return ANNEAL_EXIT_CODES[outcome.status]
+
+
 def _training_context(args: argparse.Namespace):
     """The run's config and context; under torchrun, every rank joins the group and uses rank 0's folder."""
     from townlet_pipelines.training import distributed
@@ -180,6 +203,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if getattr(args, "resume", None):
         return _resume(args)
+    if getattr(args, "night", None):
+        return _night(args)
     config, context = _training_context(args)
     if not args.json and context.ranks.main:
         print(f"run folder {context.artifacts}  (device {context.device.name})", file=sys.stderr)
@@ -482,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--mode", choices=("rollout", "replay", "mixed"), default=None)
         if kind == "anneal":
             sub.add_argument("--no-promote", action="store_true", help="judge and record, but never promote")
+            sub.add_argument("--night", default=None, metavar="YYYY-MM-DD",
+                             help="run that night as the nightly graph does (its towns, the cache, the champion)")
         sub.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint against the expert and a random policy (held-out towns by default)")
