@@ -261,11 +261,6 @@ def test_a_constrained_ppo_run_stopped_after_a_progress_step_resumes_to_the_unin
     assert isinstance(handed[0].get("scaler"), torch.amp.GradScaler)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "training/ppo.py (not this change's file): ConflictMultiplier.update leaves the price a numpy float64 (the "
-    "rate comes from all_sum), so (A_r - lambda*A_c)/(1+lambda) is float64 in an uninterrupted run, but float32 "
-    "in the first update after a resume, whose price came back from JSON as a Python float; the weights differ "
-    "at 1e-8. The fix is `rate = float(...)` in ConflictMultiplier.update (measured: bit-identical after it)"))
 def test_a_constrained_ppo_run_stopped_after_a_progress_step_resumes_to_the_uninterrupted_checkpoint(
         constrained_resume):
     reference, resumed, *_ = constrained_resume

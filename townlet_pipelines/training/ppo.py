@@ -141,6 +141,7 @@ def rollout_rows(rollout: Rollout, penalty: float, ppo: PPOConfig) -> dict[str, 
     reward_advantages, returns = gae(arrays["rewards"], arrays["value_preds"], arrays["dones"], rollout.bootstrap,
                                      ppo.gamma, ppo.gae_lambda)
     if penalty > 0:
+        penalty = np.float64(penalty)  # in float64 whether the price comes from this run or from a resumed one's JSON
         cost_to_go, _ = gae(arrays["costs"], np.zeros_like(arrays["costs"]), arrays["dones"],
                             np.zeros_like(rollout.bootstrap), ppo.gamma, ppo.gae_lambda)
         advantages = (reward_advantages - penalty * cost_to_go) / (1.0 + penalty)
