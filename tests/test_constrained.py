@@ -125,6 +125,30 @@ def test_a_better_snapshot_replaces_the_start(tmp_path, monkeypatch):
     result = strategy.run(context)
     assert result.selected_update == 1  # the first snapshot that did better; the second only tied it
     assert result.validation["reward_per_agent_day"] == 0.5
+    import json
+
+    updates = [json.loads(line) for path in sorted((context.artifacts / "logs").glob("ppo*.jsonl"))
+               for line in path.read_text().splitlines() if "validation" not in json.loads(line)]
+    assert len(updates) == 2 and all(entry["explained_variance"] <= 1.0 for entry in updates)  # CleanRL's critic KPI
+
+
+def test_explained_variance_is_one_for_a_perfect_critic_and_zero_for_a_constant_one():
+    from townlet_pipelines.training.ppo import explained_variance
+
+    returns = np.array([1.0, 2.0, 3.0, 6.0])
+    assert explained_variance(returns, returns) == 1.0
+    assert explained_variance(np.full(4, returns.mean()), returns) == pytest.approx(0.0)
+    assert np.isnan(explained_variance(returns, np.ones(4)))
+
+
+def test_train_tensorboard_is_refused_in_one_line_without_the_extra(monkeypatch, capsys):
+    from townlet_pipelines.cli import main
+    from townlet_pipelines.training import tensorboard
+
+    monkeypatch.setattr(tensorboard, "enabled", lambda: False)
+    monkeypatch.setenv(tensorboard.ENV, "0")  # restored after the test, whatever the command sets
+    assert main(["train", "ppo", "--config", "smoke", "--tensorboard"]) == 2
+    assert "pip install -e '.[tensorboard]'" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------- the expert bar

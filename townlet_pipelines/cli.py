@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -201,6 +202,12 @@ def _resume(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from townlet_pipelines.training import orchestrator
 
+    if getattr(args, "tensorboard", None) is not None:
+        from townlet_pipelines.training import tensorboard
+
+        os.environ[tensorboard.ENV] = "1" if args.tensorboard else "0"
+        if args.tensorboard and not tensorboard.enabled():
+            raise ValueError("--tensorboard: the tensorboard package is not installed (pip install -e '.[tensorboard]')")
     if getattr(args, "resume", None):
         return _resume(args)
     if getattr(args, "night", None):
@@ -497,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--artifacts", default=None, help="artifacts root (default $TOWNLET_ARTIFACTS or "
                                                            "dagster_home/artifacts)")
         sub.add_argument("--json", action="store_true", help="print the result record as JSON")
+        sub.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                         help="write TensorBoard event files beside the JSONL logs (default: when the tensorboard "
+                              "extra is installed; `tensorboard --logdir <run folder>/tensorboard` shows them)")
         if kind != "anneal":
             sub.add_argument("--init", default=None, help="checkpoint to start from")
             sub.add_argument("--continue-optimizer", action="store_true",

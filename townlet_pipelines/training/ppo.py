@@ -502,7 +502,8 @@ class PPOStrategy:
                     counters["zero_std"] += int(out["zero_std"])
                     counters["clip_triggered"] += int(float(out["clipfrac"]) > 0)
             last = _recent(stats, ppo)
-            entry = {"update": update, "cycle": self.cycle, "mode": mode, "rows": rows, **last}
+            entry = {"update": update, "cycle": self.cycle, "mode": mode, "rows": rows, **last,
+                     "explained_variance": explained_variance(data["value_preds"], data["returns"])}
             if mode != "replay":  # what the rollouts earned and cost, per agent-day (the trade the price steers)
                 rollout_days = agents * rollout.ticks / config.world.day_ticks
                 entry.update(rollout_reward_per_agent_day=float(rollout.arrays["rewards"].sum()) / rollout_days)
@@ -627,6 +628,13 @@ class PPOStrategy:
             loop["selected"] = {"scores": selector.best, "update": selector.best_update}
             arrays.update({f"best.{name}": tensor.cpu().numpy() for name, tensor in selector.best_state.items()})
         save_progress(folder, step, model, optimizer, loop, arrays, config=config, scaler=scaler)
+
+
+def explained_variance(values: np.ndarray, returns: np.ndarray) -> float:
+    """1 − Var(returns − values) / Var(returns), as CleanRL logs it: 1 is a perfect critic, 0 a constant one,
+    below 0 worse than a constant (NaN when the returns do not vary)."""
+    spread = float(np.var(returns))
+    return float("nan") if spread == 0 else 1.0 - float(np.var(returns - values)) / spread
 
 
 def _recent(stats: dict[str, list[float]], ppo: PPOConfig) -> dict[str, float]:
