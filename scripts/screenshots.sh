@@ -56,5 +56,6 @@ shoot ppo-checks "/assets/ppo_checkpoint?view=checks"
 shoot anneal-summary "/assets/anneal_summary"
 shoot failed-run "/runs/$failed?logs=step%3Abc_checkpoint"
 shoot promoted-policy "/assets/promoted_policy"
+shoot anneal-summary-plots "/assets/anneal_summary?view=plots"  # the float metadata across the three nights
 shoot_picture held-out-picture "/assets/anneal_summary" held_out_comparison
 shoot_picture town-day-picture "/assets/promoted_policy" town_day
