@@ -8,7 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from townlet_pipelines.config import PPOConfig  # noqa: E402
-from townlet_pipelines.training.ppo import ConflictMultiplier, Rollout, ppo_losses, rollout_rows  # noqa: E402
+from townlet_pipelines.training.constraint import ConflictMultiplier  # noqa: E402
+from townlet_pipelines.training.ppo import ppo_losses  # noqa: E402
+from townlet_pipelines.training.rollouts import Rollout, rollout_rows  # noqa: E402
 
 
 class Bandit(torch.nn.Module):
@@ -86,7 +88,8 @@ def _scripted_validation(monkeypatch, later_reward: float) -> None:
 
 def _tiny_ppo(tmp_path, **ppo):
     from townlet_pipelines.training import orchestrator
-    from townlet_pipelines.training.ppo import PPOStrategy, SnapshotSelector
+    from townlet_pipelines.training.constraint import SnapshotSelector
+    from townlet_pipelines.training.ppo import PPOStrategy
     from tests.test_training import tiny
 
     config = tiny(ppo={"select_keep_start": True, "validate_every": 1, "updates": 2, **ppo})
@@ -104,7 +107,7 @@ def _tiny_ppo(tmp_path, **ppo):
 
 def test_a_stage_that_finds_nothing_better_returns_its_start(tmp_path, monkeypatch):
     from townlet_pipelines.training.checkpoints import load_checkpoint
-    from townlet_pipelines.training.ppo import SnapshotSelector
+    from townlet_pipelines.training.constraint import SnapshotSelector
 
     _scripted_validation(monkeypatch, later_reward=-5.0)  # every snapshot worse than the start
     config, context, start, offer, strategy = _tiny_ppo(tmp_path, learning_rate=0.05)
@@ -117,7 +120,7 @@ def test_a_stage_that_finds_nothing_better_returns_its_start(tmp_path, monkeypat
 
 
 def test_a_better_snapshot_replaces_the_start(tmp_path, monkeypatch):
-    from townlet_pipelines.training.ppo import SnapshotSelector
+    from townlet_pipelines.training.constraint import SnapshotSelector
 
     _scripted_validation(monkeypatch, later_reward=0.5)
     config, context, start, offer, strategy = _tiny_ppo(tmp_path)

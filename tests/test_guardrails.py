@@ -126,7 +126,7 @@ def test_decision_rows_weigh_more_than_continuations():
 
 
 def test_the_conflict_multiplier_rises_over_budget_and_never_goes_negative():
-    from townlet_pipelines.training.ppo import ConflictMultiplier
+    from townlet_pipelines.training.constraint import ConflictMultiplier
 
     multiplier = ConflictMultiplier(budget=0.5, ki=0.1, window=2)
     rate = multiplier.update(conflicts=3.0, agent_days=2.0)  # 1.5 per agent-day: three times the budget
@@ -139,7 +139,7 @@ def test_the_conflict_multiplier_rises_over_budget_and_never_goes_negative():
 
 
 def test_the_pid_multiplier_answers_an_overshoot_at_once_and_brakes_a_climb():
-    from townlet_pipelines.training.ppo import ConflictMultiplier
+    from townlet_pipelines.training.constraint import ConflictMultiplier
 
     plain = ConflictMultiplier(budget=1.0, ki=0.5, integral=2.0)
     pid = ConflictMultiplier(budget=1.0, ki=0.5, kp=4.0, kd=3.0, integral=2.0)
@@ -192,7 +192,7 @@ def test_the_shield_stops_starting_into_a_full_type_but_never_stops_a_continuati
 
 
 def test_the_snapshot_selector_prefers_reward_within_the_budget():
-    from townlet_pipelines.training.ppo import SnapshotSelector
+    from townlet_pipelines.training.constraint import SnapshotSelector
 
     model, _ = _shield_model()
     expert = {"reward_per_agent_day": -20.0, "queue_conflict_events_per_agent_day": 0.2, "faints_per_agent_day": 0.0,

@@ -15,7 +15,7 @@ from townlet_pipelines.data.replay import ReplayDataset  # noqa: E402
 from townlet_pipelines.results import AnnealSummary, BCTrainingResult, PPOTrainingResult  # noqa: E402
 from townlet_pipelines.training import orchestrator  # noqa: E402
 from townlet_pipelines.training.checkpoints import load_checkpoint, read_record  # noqa: E402
-from townlet_pipelines.training.ppo import gae  # noqa: E402
+from townlet_pipelines.training.rollouts import gae  # noqa: E402
 from townlet_pipelines.training.torch_support import TrainingError  # noqa: E402
 
 TINY = {

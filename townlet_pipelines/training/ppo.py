@@ -1,19 +1,21 @@
-"""PPO, CleanRL-style, in Stable-Baselines3's order: collect, returns and advantages, update, finish.
+"""PPO, CleanRL-style, in Stable-Baselines3's shape: collect, returns and advantages, train, finish.
 
-- `collect_rollout` drives the batched world with the current network (on-policy) and stores
-  (obs_t, mask_t, a_t, r_t, c_t, done_t, logp_t, v_t), where c_t is the agent's share of this tick's queue
-  conflicts: half of each to the blocked agent, half to the one holding the object.
-- `gae` turns rewards into advantages and returns, bootstrapped from the value of the state after the
-  last step. With the conflict constraint on, the advantage is (A_r − λ·A_c) / (1 + λ) (PPO-Lagrangian's
-  normalised form; `rollout_rows`).
-- `ppo_losses` is one pure update step with CleanRL's named intermediates (ratio, clipped surrogate,
-  clipped value loss, entropy); `PPOStrategy.run` is the loop that calls them and writes the checkpoint.
+- collect: `rollouts.collect_rollout` drives the batched world with the current network into storage allocated
+  once; `rollouts.rollout_rows` turns it into rows with GAE's returns and advantages (`rollouts.gae`).
+- train: `ppo_losses` is one pure mini-batch step with CleanRL's named intermediates (ratio, clipped surrogate,
+  clipped value loss, entropy); `PPORun.train` runs `update_epochs` passes of them.
+- finish: `PPORun.finish` returns the chosen snapshot, scores it on the guardrail towns, writes the checkpoint.
 
-The conflict constraint (`ppo.conflict_budget` > 0): λ is a Lagrange multiplier on the rate of queue
-conflicts per agent-day, with the scripted expert's own rate on this stage's rollout towns times
-`conflict_budget` as the budget. After every update, dual ascent moves λ by `lagrange_lr` × (rate / budget
-− 1), the rate measured over the last day of rollouts; λ never goes below zero. The world's reward is not
-changed: evaluation and guardrails see the same reward as every other policy.
+`PPORun` holds one stage in flight (SB3's OnPolicyAlgorithm): the world, the network, the optimizer, the
+constraint and a typed `LoopState`, the part a progress checkpoint saves (`ProgressSteps`); `PPOStrategy.run`
+is the loop that calls its phases.
+
+The conflict constraint (`ppo.conflict_budget` > 0, `training/constraint.py`): λ is a Lagrange multiplier on the
+rate of queue conflicts per agent-day, with the scripted expert's rate on the validation towns times
+`conflict_budget` as the budget; the advantage is (A_r − λ·A_c) / (1 + λ) (PPO-Lagrangian's normalised form).
+After every update the PID Lagrangian moves λ on rate / budget − 1, the rate measured over the last day of
+rollouts; λ never goes below zero. The world's reward is not changed: evaluation and guardrails see the same
+reward as every other policy.
 
 Data modes: `rollout` (on-policy, the default), `replay` (stored rows with their stored log-probs and
 values), `mixed` (both in the same shuffled mini-batches, replay rows making up `mixed_replay_fraction`;
@@ -23,11 +25,10 @@ anchor) to the PPO loss.
 
 from __future__ import annotations
 
-import collections
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -35,255 +36,30 @@ from townlet_pipelines.config import PPO_CYCLE_SEEDS, PPOConfig, TownletConfig
 from townlet_pipelines.data.replay import ReplayDataset
 from townlet_pipelines.results import PPOTrainingResult
 from townlet_pipelines.training import tensorboard
+from townlet_pipelines.training.checkpoints import model_for, read_record, restore_optimizer, save_checkpoint
+from townlet_pipelines.training.constraint import ConflictMultiplier, SnapshotSelector, validation_scores
 from townlet_pipelines.training.context import TrainingContext
-from townlet_pipelines.training.device import DeviceContext, to_tensors
+from townlet_pipelines.training.device import to_tensors
 from townlet_pipelines.training.distributed import (
     all_sum, average_gradients, barrier, broadcast, require_rollout_mode, same_weights, verify_same_weights,
 )
-from townlet_pipelines.training.policy import observation_batch
+from townlet_pipelines.training.evaluation import evaluate
+from townlet_pipelines.training.policy import evaluation_policy
 from townlet_pipelines.training.progress import LOGGER, Progress
+from townlet_pipelines.training import resume
+from townlet_pipelines.training.rollouts import (
+    OBS_KEYS, ROW_KEYS, Rollout, RolloutBuffer, collect_rollout, replay_rows, rollout_rows, take_rows,
+)
 from townlet_pipelines.training.torch_support import TrainingError, require_torch
 from townlet_pipelines.world.engine import TELEMETRY_KEYS, TownWorld, town_seeds
+from townlet_pipelines.world.policies import ScriptedExpert
 
-OBS_KEYS = ("map", "features", "action_mask")
-ROW_KEYS = (*OBS_KEYS, "actions", "old_log_probs", "value_preds", "advantages", "returns", "rewards")
 STAT_KEYS = ("loss_policy", "loss_value", "loss_entropy", "loss_total", "loss_bc", "clip_fraction", "kl",
              "grad_norm", "adv_std")
+COUNTER_KEYS = ("zero_std", "clip_triggered", "transitions", "steps")
 
 
-# ------------------------------------------------------------------------------------------- collect
-@dataclass
-class Rollout:
-    arrays: dict[str, np.ndarray]  # (T, A, ...) per tick and agent
-    bootstrap: np.ndarray  # (A,) V(obs_T), the state after the last step
-    telemetry: dict[str, float]
-    ticks: int
-    seconds: float
-
-
-def collect_rollout(model, world: TownWorld, ticks: int, device: DeviceContext, next_seed,
-                    episode_ticks: int | None = None) -> Rollout:
-    """Drive every town with the current network (sampling) for `ticks` ticks; a finished episode (or one
-    `episode_ticks` long) restarts on fresh seeds from `next_seed()`."""
-    torch = require_torch()
-    agents = world.towns * world.agents
-    store: dict[str, list] = collections.defaultdict(list)
-    totals = {key: 0.0 for key in TELEMETRY_KEYS}
-    start = time.perf_counter()
-    model.eval()
-    for _ in range(ticks):
-        observed = observation_batch(world)
-        with torch.no_grad():
-            batch = to_tensors(observed, device, OBS_KEYS)
-            distribution, values = model.distribution(batch["features"], batch["action_mask"], batch.get("map"))
-            actions = distribution.sample()
-            log_probs, entropy = distribution.log_prob(actions), distribution.entropy()
-        actions_np = actions.cpu().numpy()
-        result = world.step(actions_np.reshape(world.towns, world.agents))
-        costs = np.zeros((world.towns, world.agents), dtype=np.float32)
-        if result.conflicts is not None and len(result.conflicts.town):
-            # A conflict takes two: half its cost to the agent that was blocked, half to the one holding the
-            # object (a policy that hogs the fridge causes the conflicts of others).
-            np.add.at(costs, (result.conflicts.town, result.conflicts.blocked), 0.5)
-            np.add.at(costs, (result.conflicts.town, result.conflicts.blocker), 0.5)
-        for key in OBS_KEYS:
-            if key in observed:
-                store[key].append(observed[key].copy())
-        store["actions"].append(actions_np.astype(np.int8))
-        store["old_log_probs"].append(log_probs.cpu().numpy())
-        store["value_preds"].append(values.cpu().numpy())
-        store["entropy"].append(entropy.cpu().numpy())
-        store["rewards"].append(result.rewards.reshape(-1))
-        store["costs"].append(costs.reshape(-1))
-        restart = result.truncated or (episode_ticks is not None and world.state.tick >= episode_ticks)
-        store["dones"].append(result.dones.reshape(-1) | restart)
-        for key in TELEMETRY_KEYS:
-            totals[key] += float(result.telemetry[key].sum())
-        if restart:
-            world.reset(next_seed())
-    with torch.no_grad():
-        batch = to_tensors(observation_batch(world), device, OBS_KEYS)
-        _, bootstrap = model(batch["features"], batch["action_mask"], batch.get("map"))
-    arrays = {key: np.stack(values) for key, values in store.items()}
-    assert arrays["actions"].shape[:2] == (ticks, agents)
-    return Rollout(arrays, bootstrap.cpu().numpy(), totals, ticks, time.perf_counter() - start)
-
-
-# ------------------------------------------------------------------------------- returns/advantages
-def gae(rewards, values, dones, bootstrap, gamma: float, lam: float):
-    """Generalised advantage estimation over (T, A) arrays.
-
-    Row t holds (obs_t, a_t, r_t, done_t, V(obs_t)); `bootstrap` is V(obs_T), the state after the last step.
-    A done (faint or episode end) stops both the bootstrap and the advantage trace.
-    """
-    advantages = np.zeros_like(rewards, dtype=np.float32)
-    last = np.zeros(rewards.shape[1], dtype=np.float32)
-    next_value = bootstrap.astype(np.float32)
-    for t in range(len(rewards) - 1, -1, -1):
-        not_done = 1.0 - dones[t].astype(np.float32)
-        delta = rewards[t] + gamma * next_value * not_done - values[t]
-        last = delta + gamma * lam * not_done * last
-        advantages[t] = last
-        next_value = values[t]
-    return advantages, advantages + values
-
-
-def rollout_rows(rollout: Rollout, penalty: float, ppo: PPOConfig) -> dict[str, np.ndarray]:
-    """Flattened training rows of a rollout, with PPO-Lagrangian's advantage (A_r − λ·A_c) / (1 + λ).
-
-    A_r is GAE on the world's reward against the value head, which learns the reward's return alone (its
-    targets do not move when λ does); A_c is the conflicts' discounted cost-to-go over GAE's horizon (γ·λ_GAE,
-    about 17 ticks: from the choice to walk to an object to the queue it meets), without a critic of its own.
-    Dividing by 1 + λ (as OpenAI's safety-starter-agents and OmniSafe do) keeps the advantage on the reward's
-    scale however high the price goes.
-    """
-    arrays = rollout.arrays
-    reward_advantages, returns = gae(arrays["rewards"], arrays["value_preds"], arrays["dones"], rollout.bootstrap,
-                                     ppo.gamma, ppo.gae_lambda)
-    if penalty > 0:
-        penalty = np.float64(penalty)  # in float64 whether the price comes from this run or from a resumed one's JSON
-        cost_to_go, _ = gae(arrays["costs"], np.zeros_like(arrays["costs"]), arrays["dones"],
-                            np.zeros_like(rollout.bootstrap), ppo.gamma, ppo.gae_lambda)
-        advantages = (reward_advantages - penalty * cost_to_go) / (1.0 + penalty)
-    else:
-        advantages = reward_advantages
-    rows = {key: arrays[key] for key in (*OBS_KEYS, "actions", "old_log_probs", "value_preds", "rewards")
-            if key in arrays}
-    rows["advantages"], rows["returns"] = advantages, returns
-    count = rollout.ticks * arrays["actions"].shape[1]
-    return {key: value.reshape(count, *value.shape[2:]) for key, value in rows.items()}
-
-
-def replay_rows(dataset: ReplayDataset, gamma: float, lam: float, seed: int) -> Iterator[dict[str, np.ndarray]]:
-    """Endless stream of stored shards with GAE from their stored values, in a fresh order each pass."""
-    rng = np.random.default_rng(seed)
-    while True:
-        for index in rng.permutation(len(dataset.manifest.shards)):
-            entry = dataset.manifest.shards[int(index)]
-            shard = dataset.load_shard(int(index))
-            shape = (entry.ticks, entry.agents)
-            advantages, returns = gae(shard["rewards"].reshape(shape), shard["value_preds"].reshape(shape),
-                                      shard["dones"].reshape(shape), shard["bootstrap_values"], gamma, lam)
-            rows = {key: shard[key] for key in ROW_KEYS if key in shard}
-            rows["advantages"], rows["returns"] = advantages.reshape(-1), returns.reshape(-1)
-            yield rows
-
-
-def take_rows(stream: Iterator[dict[str, np.ndarray]], count: int, pending: list) -> dict[str, np.ndarray]:
-    """`count` rows from a stream of row blocks, keeping the leftover in `pending` for next time."""
-    parts, have = [], 0
-    while have < count:
-        block = pending.pop() if pending else next(stream)
-        need = count - have
-        if len(block["actions"]) > need:
-            pending.append({key: value[need:] for key, value in block.items()})
-            block = {key: value[:need] for key, value in block.items()}
-        parts.append(block)
-        have += len(block["actions"])
-    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-
-
-# ----------------------------------------------------------------------------------- the constraint
-@dataclass
-class ConflictMultiplier:
-    """The PID Lagrangian of Stooke, Achiam & Abbeel (2020) on queue conflicts: λ prices one conflict in reward.
-
-    The error is e = rate / budget − 1, the rate being conflicts per agent-day over a trailing window of updates
-    that covers about one day of every rollout town (meal-time peaks and quiet nights averaged, not chased):
-
-        I ← max(0, I + ki·e)                      the integral: plain dual ascent (PPO-Lagrangian) when kp = kd = 0
-        λ = max(0, kp·e + I + kd·max(0, rate − previous rate) / budget)
-
-    The proportional term answers an overshoot within the update instead of after the integral has wound up,
-    and the derivative term brakes a rate that is climbing; together they damp the oscillation of plain dual
-    ascent. The integral starts at `lagrange_init`, so conflicts are priced from the first update.
-    """
-
-    budget: float  # conflicts per agent-day
-    ki: float
-    kp: float = 0.0
-    kd: float = 0.0
-    integral: float = 0.0
-    value: float = 0.0
-    window: int = 1
-    previous_rate: float | None = None
-    history: collections.deque = field(default_factory=collections.deque)
-
-    def __post_init__(self) -> None:
-        self.value = max(0.0, self.integral)
-
-    def update(self, conflicts: float, agent_days: float) -> float:
-        self.history.append((conflicts, agent_days))
-        while len(self.history) > self.window:
-            self.history.popleft()
-        rate = sum(c for c, _ in self.history) / max(sum(d for _, d in self.history), 1e-9)
-        budget = max(self.budget, 1e-9)
-        error = rate / budget - 1.0
-        self.integral = max(0.0, self.integral + self.ki * error)
-        rising = max(0.0, rate - self.previous_rate) / budget if self.previous_rate is not None else 0.0
-        self.value = max(0.0, self.kp * error + self.integral + self.kd * rising)
-        self.previous_rate = rate
-        return rate
-
-    def state(self) -> dict:
-        return {"value": self.value, "integral": self.integral, "previous_rate": self.previous_rate,
-                "history": [list(item) for item in self.history]}
-
-    def restore(self, state: dict) -> None:
-        self.value = state["value"]
-        self.integral = state.get("integral", state["value"])
-        self.previous_rate = state.get("previous_rate")
-        self.history.extend(tuple(item) for item in state["history"])
-
-
-VALIDATION_KEYS = ("reward_per_agent_day", "faints_per_agent_day", "queue_conflict_events_per_agent_day",
-                   "wages_per_agent_day")
-
-
-def validation_scores(config: TownletConfig, act) -> dict[str, float]:
-    """A greedy policy's KPIs on the seeds.validation towns (never the guardrail or the held-out towns)."""
-    from townlet_pipelines.training.evaluation import evaluate
-
-    report = evaluate(config, act, seeds=config.seeds.validation.seeds())
-    return {key: report[key] for key in VALIDATION_KEYS}
-
-
-@dataclass
-class SnapshotSelector:
-    """Early stopping under the constraint: keep the snapshot with the highest validation reward among those
-    whose conflicts stay within `ratio` × the expert's, whose faints do not exceed the expert's and whose
-    wages reach `wage_ratio` × the expert's; while none qualifies, the one with the fewest conflicts."""
-
-    expert: dict[str, float]
-    ratio: float
-    wage_ratio: float = 0.0
-    best: dict[str, float] | None = None
-    best_state: dict | None = None
-    best_update: int = 0
-
-    def feasible(self, scores: dict[str, float]) -> bool:
-        return (scores["queue_conflict_events_per_agent_day"]
-                <= self.ratio * self.expert["queue_conflict_events_per_agent_day"] + 1e-9
-                and scores["faints_per_agent_day"] <= self.expert["faints_per_agent_day"] + 1e-9
-                and scores["wages_per_agent_day"] >= self.wage_ratio * self.expert["wages_per_agent_day"] - 1e-9)
-
-    def offer(self, update: int, scores: dict[str, float], model) -> bool:
-        better = self.best is None
-        if not better:
-            if self.feasible(scores) != self.feasible(self.best):
-                better = self.feasible(scores)
-            elif self.feasible(scores):
-                better = scores["reward_per_agent_day"] > self.best["reward_per_agent_day"]
-            else:
-                better = (scores["queue_conflict_events_per_agent_day"]
-                          < self.best["queue_conflict_events_per_agent_day"])
-        if better:
-            self.best, self.best_update = dict(scores), update
-            self.best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-        return better
-
-
-# --------------------------------------------------------------------------------------- update
+# --------------------------------------------------------------------------------------- the update
 def ppo_losses(model, batch: dict, ppo: PPOConfig) -> dict:
     """One mini-batch of CleanRL's PPO objective; every intermediate is returned under its CleanRL name."""
     torch = require_torch()
@@ -324,7 +100,413 @@ def anchor_loss(model, expert: dict):
     return torch.nn.functional.cross_entropy(logits, expert["expert_actions"].long())
 
 
-# ----------------------------------------------------------------------------------------- the loop
+def explained_variance(values: np.ndarray, returns: np.ndarray) -> float:
+    """1 − Var(returns − values) / Var(returns), as CleanRL logs it: 1 is a perfect critic, 0 a constant one,
+    below 0 worse than a constant (NaN when the returns do not vary)."""
+    spread = float(np.var(returns))
+    return float("nan") if spread == 0 else 1.0 - float(np.var(returns - values)) / spread
+
+
+# ----------------------------------------------------------------------------------- the loop's state
+@dataclass
+class LoopState:
+    """What the loop carries from one update to the next: what a progress step saves and a resumed run restores
+    (the weights, moments, RNG and the world's arrays travel beside it, in the step's files)."""
+
+    next: int = 0  # the first update still to run
+    seconds: float = 0.0  # training time spent before this process, for a resumed run
+    episode: int = 0  # rollout episodes started: episode e takes the e-th block of this cycle's town seeds
+    world_tick: int = 0  # the rollout world's tick (its arrays are saved beside)
+    anchor_batches: int = 0  # expert batches the BC anchor consumed
+    reward_adv: list[float] = field(default_factory=list)  # per update: corr(reward, advantage)
+    multipliers: list[float] = field(default_factory=list)  # per update: the λ its advantages used
+    adv: list[float] = field(default_factory=lambda: [0.0, 0.0])  # the last update's advantage mean and std
+    stats: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key in STAT_KEYS})
+    counters: dict[str, float] = field(default_factory=lambda: {**{key: 0 for key in COUNTER_KEYS},
+                                                                "rollout_seconds": 0.0})
+    telemetry: dict[str, float] = field(default_factory=lambda: {key: 0.0 for key in TELEMETRY_KEYS})
+    expert: dict[str, float] | None = None  # the expert's validation scores (the budget's and the choice's base)
+    lagrange: dict | None = None  # the multiplier's state (`ConflictMultiplier.state`)
+    selected: dict | None = None  # the chosen snapshot's scores and update (its weights: arrays `best.*`)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LoopState":
+        names = {item.name for item in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+class ProgressSteps:
+    """A stage's progress checkpoints behind one small interface: `restore` for a resumed run, `save` every
+    `runtime.progress_every_updates`, `finish` once the stage's checkpoint is written."""
+
+    def __init__(self, out_dir: Path, config: TownletConfig, scaler) -> None:
+        self.folder, self.config, self.scaler = resume.progress_dir(out_dir), config, scaler
+
+    def restore(self, model, optimizer, device, world: TownWorld) -> tuple[LoopState, dict[str, np.ndarray]]:
+        loop, arrays = resume.load_progress(self.folder, model, optimizer, device, config=self.config,
+                                            scaler=self.scaler)
+        resume.restore_world(world, arrays, loop["world_tick"])
+        return LoopState.from_json(loop), arrays
+
+    def save(self, step: int, model, optimizer, state: LoopState, world: TownWorld, entropies: list,
+             multiplier: ConflictMultiplier | None, selector: SnapshotSelector | None) -> None:
+        arrays = resume.world_arrays(world)
+        if entropies:
+            entropies[:] = [np.concatenate(entropies)]
+            arrays["entropies"] = entropies[0]
+        if multiplier is not None:
+            state.lagrange = multiplier.state()
+        if selector is not None and selector.best is not None:
+            state.selected = {"scores": selector.best, "update": selector.best_update}
+            arrays.update({f"best.{name}": tensor.cpu().numpy() for name, tensor in selector.best_state.items()})
+        resume.save_progress(self.folder, step, model, optimizer, state.to_json(), arrays, config=self.config,
+                      scaler=self.scaler)
+
+    def finish(self) -> None:
+        resume.finish_progress(self.folder)
+
+
+# ------------------------------------------------------------------------------------- one stage in flight
+@dataclass
+class Collected:
+    """One update's training rows, and the rollout they came from (none in `replay` mode)."""
+
+    data: dict[str, np.ndarray]
+    rollout: Rollout | None
+    conflict_rate: float | None  # the multiplier's trailing rate after this rollout (None without the constraint)
+
+
+class PPORun:
+    """One PPO stage in flight, SB3's OnPolicyAlgorithm: set up (or resumed) once, then `collect_rollouts`,
+    `train`, `after_update` per update, then `finish`."""
+
+    def __init__(self, strategy: "PPOStrategy", context: TrainingContext) -> None:
+        torch = require_torch()
+        self.strategy, self.context = strategy, context
+        self.config, self.ppo, self.device, self.ranks = (context.config, context.config.ppo, context.device,
+                                                          context.ranks)
+        self.mode = strategy.data_mode or self.ppo.data_mode
+        self.updates = strategy.updates or self.ppo.updates
+        self.dataset, self.anchor = self._open_datasets()
+        self.log = tensorboard.mirror(context.log(strategy.name), context.artifacts / tensorboard.FOLDER, strategy.name)
+        self.seed = self.ppo.seed + 7919 * strategy.cycle
+        torch.manual_seed(self.seed)
+        require_rollout_mode(self.mode, self.ranks)
+        self.state = LoopState()
+        self.world = self._open_world()
+        self.agents = self.world.towns * self.world.agents
+        self.model, self.parent = model_for(self.world.spec, self.config.model, self.device.device,
+                                            strategy.init_checkpoint)
+        same_weights(self.model, self.ranks)
+        for source in (self.dataset, self.anchor):
+            if source is not None and source.spec != self.world.spec:
+                raise TrainingError(f"ppo: dataset {source.directory} has another observation spec than the world")
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.ppo.learning_rate, eps=1e-5)
+        if strategy.continue_optimizer and strategy.init_checkpoint is not None:
+            restore_optimizer(strategy.init_checkpoint, self.optimizer, self.device.device)
+        self.out_dir = Path(strategy.out) if strategy.out is not None else context.artifacts / "ppo"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.amp)
+        self.steps = ProgressSteps(self.out_dir, self.config, self.scaler)
+        arrays = self._resume() if strategy.resume else {}
+        self.multiplier, self.selector = self._constraint(arrays)
+        self._open_streams()
+        self.entropies = [arrays["entropies"]] if "entropies" in arrays else []
+        self.buffer = RolloutBuffer(self.ppo.rollout_ticks)
+        self.start = time.perf_counter() - self.state.seconds
+        self.progress = Progress(self.updates, f"ppo cycle {strategy.cycle}", context.progress)
+        self.progress.skip(self.state.next)
+
+    # ---- set-up
+    def _open_datasets(self) -> tuple[ReplayDataset | None, ReplayDataset | None]:
+        strategy = self.strategy
+        dataset = ReplayDataset.open(strategy.replay_dataset) if strategy.replay_dataset is not None else None
+        anchor = (ReplayDataset.open(strategy.anchor_dataset) if strategy.anchor_dataset is not None
+                  else dataset) if strategy.bc_weight > 0 else None
+        if dataset is None and self.mode != "rollout":
+            raise TrainingError(f"ppo: data_mode={self.mode} needs a replay dataset")
+        if anchor is None and strategy.bc_weight > 0:
+            raise TrainingError(f"ppo: bc_weight={strategy.bc_weight} needs expert rows (anchor_dataset)")
+        return dataset, anchor
+
+    def _open_world(self) -> TownWorld:
+        """This cycle's own towns (a slice of seeds.ppo), each rank its own block of them."""
+        config, ppo, ranks = self.config, self.ppo, self.ranks
+        self.first_town = config.seeds.ppo.start + PPO_CYCLE_SEEDS * self.strategy.cycle
+        episode_ticks = min(config.world.episode_ticks, ppo.episode_ticks or config.evaluation.ticks)
+        needed = ppo.rollout_towns * ranks.world * (2 + self.updates * ppo.rollout_ticks // episode_ticks)
+        if needed > PPO_CYCLE_SEEDS:
+            raise TrainingError(f"ppo: {ranks.world} ranks need {needed} town seeds per cycle, more than its "
+                                f"{PPO_CYCLE_SEEDS}; use fewer ranks, rollout_towns or updates")
+        world = TownWorld(config, ppo.rollout_towns)
+        world.reset(town_seeds(self.first_town + ranks.rank * ppo.rollout_towns, ppo.rollout_towns))
+        return world
+
+    def next_seed(self):
+        """Episode e of rank r takes block e × world + r of this cycle's slice."""
+        self.state.episode += 1
+        block = self.state.episode * self.ranks.world + self.ranks.rank
+        return town_seeds(self.first_town + block * self.ppo.rollout_towns, self.ppo.rollout_towns)
+
+    def _resume(self) -> dict[str, np.ndarray]:
+        """The killed run's loop state, weights, moments and RNG; its world mid-episode."""
+        if self.ranks.active:
+            raise TrainingError("ppo: a data-parallel run keeps no progress checkpoints; start it again")
+        self.state, arrays = self.steps.restore(self.model, self.optimizer, self.device.device, self.world)
+        self.log.truncate("update", self.state.next)
+        return arrays
+
+    def _constraint(self, arrays: dict[str, np.ndarray]):
+        """The conflict multiplier and the snapshot choice, both based on the expert's validation scores."""
+        torch = require_torch()
+        ppo, state = self.ppo, self.state
+        priced = ppo.conflict_budget > 0 and self.mode != "replay"
+        multiplier, selector = None, None
+        if priced or ppo.validate_every:
+            if state.expert is None:
+                state.expert = validation_scores(self.config, ScriptedExpert(self.config.expert).act)
+                self.log.write({"update": -1, "cycle": self.strategy.cycle, "validation": "expert", **state.expert})
+            selector = SnapshotSelector(state.expert, ppo.select_conflict_ratio, ppo.select_wage_ratio)
+            if state.selected is not None:
+                selector.best, selector.best_update = state.selected["scores"], state.selected["update"]
+                selector.best_state = {name[len("best."):]: torch.from_numpy(value).to(self.device.device)
+                                       for name, value in arrays.items() if name.startswith("best.")}
+            elif ppo.select_keep_start and ppo.validate_every and state.next == 0:
+                self._offer_start(selector)
+        if priced:
+            multiplier = ConflictMultiplier(
+                budget=max(ppo.conflict_budget * state.expert["queue_conflict_events_per_agent_day"], 1e-3),
+                ki=ppo.lagrange_lr, kp=ppo.lagrange_kp, kd=ppo.lagrange_kd, integral=ppo.lagrange_init,
+                window=max(1, -(-self.config.world.day_ticks // ppo.rollout_ticks)))
+            if state.lagrange is not None:
+                multiplier.restore(state.lagrange)
+        return multiplier, selector
+
+    def _offer_start(self, selector: SnapshotSelector) -> None:
+        """The starting weights (the champion's or the BC clone's) compete as update 0: a stage that finds no
+        snapshot better under the constraints returns its start, never a worse snapshot."""
+        scores = broadcast(validation_scores(self.config, evaluation_policy(self.model, self.device, self.config).act),
+                           self.ranks)
+        selector.offer(0, scores, self.model)
+        self.log.write({"update": -1, "cycle": self.strategy.cycle, "validation": "policy", "start": True,
+                        "chosen": True, **scores})
+        LOGGER.info("ppo cycle %d validation of its start: reward %.2f, conflicts %.3f, wages %.2f per agent-day "
+                    "(kept unless a snapshot does better)", self.strategy.cycle, scores["reward_per_agent_day"],
+                    scores["queue_conflict_events_per_agent_day"], scores["wages_per_agent_day"])
+
+    def _open_streams(self) -> None:
+        """Stored rows (replay, mixed) and the anchor's expert batches, where a resumed run left them."""
+        ppo, state = self.ppo, self.state
+        self.replay_stream = (replay_rows(self.dataset, ppo.gamma, ppo.gae_lambda, self.seed)
+                              if self.dataset is not None else None)
+        self.pending: list = []
+        target, share = ppo.rollout_ticks * self.agents, ppo.mixed_replay_fraction
+        self.replay_count = (target if self.mode == "replay" else
+                             int(round(target * share / max(1 - share, 1e-6))) if self.mode == "mixed" else 0)
+        for _ in range(state.next if self.mode in ("replay", "mixed") and self.replay_count > 0 else 0):
+            take_rows(self.replay_stream, self.replay_count, self.pending)
+        self.anchor_stream = None
+        if self.anchor is not None:
+            self.anchor_stream = (batch for epoch in range(10**9)
+                                  for batch in self.anchor.iter_batches(256, seed=self.seed + epoch))
+            for _ in range(state.anchor_batches):
+                next(self.anchor_stream)
+
+    # ---- collect
+    def collect_rollouts(self) -> Collected:
+        """This update's rows: a rollout of the current network (advantages priced by λ), stored rows, or both."""
+        ppo, state = self.ppo, self.state
+        parts, rollout, rate = [], None, None
+        if self.mode in ("rollout", "mixed"):
+            rollout = collect_rollout(self.model, self.world, ppo.rollout_ticks, self.device, self.next_seed,
+                                      ppo.episode_ticks or self.config.evaluation.ticks, self.buffer)
+            penalty = self.multiplier.value if self.multiplier is not None else 0.0
+            parts.append(rollout_rows(rollout, penalty, ppo))
+            state.counters["steps"] += rollout.ticks
+            state.counters["rollout_seconds"] += rollout.seconds
+            self.entropies.append(rollout.arrays["entropy"].reshape(-1).copy())  # the buffer is overwritten next
+            for key in TELEMETRY_KEYS:
+                state.telemetry[key] += rollout.telemetry[key]
+            if self.multiplier is not None:  # priced on every rank's towns, so every rank holds the same price
+                state.multipliers.append(penalty)
+                conflicts, agent_days = all_sum([rollout.telemetry["queue_conflict_events"],
+                                                 self.agents * rollout.ticks / self.config.world.day_ticks], self.ranks)
+                rate = self.multiplier.update(conflicts, agent_days)
+        if self.mode in ("replay", "mixed") and self.replay_count > 0:
+            parts.append(take_rows(self.replay_stream, self.replay_count, self.pending))
+        keys = set.intersection(*(set(part) for part in parts))
+        data = {key: np.concatenate([part[key] for part in parts]) for key in keys}
+        state.counters["transitions"] += len(data["actions"])
+        state.reward_adv.append(np.corrcoef(data["rewards"], data["advantages"])[0, 1] if data["rewards"].std() > 0
+                                else 0.0)
+        return Collected(data, rollout, rate)
+
+    # ---- train
+    def train(self, data: dict[str, np.ndarray], update: int) -> None:
+        """`update_epochs` passes of shuffled mini-batches over this update's rows (SB3's `train`)."""
+        self.model.train()
+        rows = len(data["actions"])
+        minibatch = max(1, rows // self.ppo.minibatches)
+        for epoch in range(self.ppo.update_epochs):
+            order = np.random.default_rng(self.seed + 31 * update + epoch).permutation(rows)
+            for begin in range(0, rows - minibatch + 1, minibatch):
+                batch = to_tensors({key: data[key][order[begin:begin + minibatch]] for key in data}, self.device,
+                                   ROW_KEYS)
+                self._gradient_step(batch, update)
+
+    def _gradient_step(self, batch: dict, update: int) -> None:
+        """One mini-batch: PPO's loss (plus the BC anchor's), AMP-scaled backward, gradient clip, Adam."""
+        torch = require_torch()
+        device, stats, counters = self.device, self.state.stats, self.state.counters
+        with torch.autocast(device_type=device.device.type, dtype=torch.float16, enabled=device.amp):
+            out = ppo_losses(self.model, batch, self.ppo)
+            loss_bc = torch.zeros((), device=device.device)
+            if self.anchor_stream is not None:
+                loss_bc = anchor_loss(self.model, to_tensors(next(self.anchor_stream), device,
+                                                             (*OBS_KEYS, "expert_actions")))
+                self.state.anchor_batches += 1
+            objective = out["loss"] + self.strategy.bc_weight * loss_bc
+        if not torch.isfinite(objective):
+            raise TrainingError(f"ppo: non-finite loss at update {update}; no checkpoint was written")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(objective).backward()
+        average_gradients(self.model, self.ranks)
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.ppo.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        for key, value in (("loss_policy", out["pg_loss"]), ("loss_value", out["v_loss"]),
+                           ("loss_entropy", out["entropy_loss"]), ("loss_total", out["loss"]), ("loss_bc", loss_bc),
+                           ("clip_fraction", out["clipfrac"]), ("kl", out["approx_kl"]), ("grad_norm", grad_norm),
+                           ("adv_std", out["adv_std"])):
+            stats[key].append(float(value.detach()))
+        counters["zero_std"] += int(out["zero_std"])
+        counters["clip_triggered"] += int(float(out["clipfrac"]) > 0)
+
+    # ---- after each update: log, validate, save progress
+    def after_update(self, update: int, collected: Collected) -> None:
+        self._log_update(update, collected)
+        if self.ppo.validate_every and ((update + 1) % self.ppo.validate_every == 0 or update + 1 == self.updates):
+            self._validate(update)
+        state, data = self.state, collected.data
+        state.next, state.world_tick = update + 1, self.world.state.tick
+        state.seconds = time.perf_counter() - self.start
+        state.adv = [float(data["advantages"].mean()), float(data["advantages"].std())]
+        # A data-parallel run keeps no progress checkpoints: each rank's towns are its own world state.
+        if ((update + 1) % self.config.runtime.progress_every_updates == 0 and update + 1 < self.updates
+                and not self.ranks.active):
+            self.steps.save(update + 1, self.model, self.optimizer, state, self.world, self.entropies,
+                            self.multiplier, self.selector)
+
+    def _log_update(self, update: int, collected: Collected) -> None:
+        data, rollout, rate, multiplier = collected.data, collected.rollout, collected.conflict_rate, self.multiplier
+        last = _recent(self.state.stats, self.ppo)
+        entry = {"update": update, "cycle": self.strategy.cycle, "mode": self.mode, "rows": len(data["actions"]),
+                 **last, "explained_variance": explained_variance(data["value_preds"], data["returns"])}
+        if rollout is not None:  # what the rollouts earned and cost, per agent-day (the trade the price steers)
+            rollout_days = self.agents * rollout.ticks / self.config.world.day_ticks
+            entry.update(rollout_reward_per_agent_day=float(rollout.arrays["rewards"].sum()) / rollout_days)
+        if multiplier is not None:
+            entry.update(conflict_rate=rate, conflict_budget=multiplier.budget, lagrange_multiplier=multiplier.value)
+        self.log.write(entry)
+        self.progress.update(1, phase=self.mode, loss=last["loss_total"], kl=last["kl"], clip=last["clip_fraction"],
+                             reward=entry.get("rollout_reward_per_agent_day"),
+                             steps_per_s=rollout.ticks * self.agents / rollout.seconds if rollout is not None else None,
+                             **({"conflicts": rate, "budget": multiplier.budget, "lam": multiplier.value}
+                                if multiplier is not None else {}))
+
+    def _validate(self, update: int) -> None:
+        """Score the policy on the validation towns and offer it to the snapshot choice (rank 0's scores: one
+        choice on every rank)."""
+        scores = broadcast(validation_scores(self.config, evaluation_policy(self.model, self.device, self.config).act),
+                           self.ranks)
+        chosen = self.selector.offer(update + 1, scores, self.model)
+        self.log.write({"update": update, "cycle": self.strategy.cycle, "validation": "policy", "chosen": chosen,
+                        **scores})
+        LOGGER.info("ppo cycle %d validation after update %d: reward %.2f, conflicts %.3f, wages %.2f per agent-day%s",
+                    self.strategy.cycle, update + 1, scores["reward_per_agent_day"],
+                    scores["queue_conflict_events_per_agent_day"], scores["wages_per_agent_day"],
+                    " (the best so far: kept)" if chosen else "")
+
+    # ---- finish
+    def finish(self) -> PPOTrainingResult:
+        """The chosen snapshot becomes the stage's result: scored on the guardrail towns (per town too, so the
+        champion is compared on the same towns, paired), written by one rank, recorded."""
+        selected = self.updates  # the update whose weights the stage returns
+        if self.selector is not None and self.selector.best is not None:
+            self.model.load_state_dict(self.selector.best_state)
+            selected = self.selector.best_update
+        duration = time.perf_counter() - self.start
+        evaluation, towns = {}, {}
+        if self.strategy.evaluate_towns:
+            evaluation = evaluate(self.config, evaluation_policy(self.model, self.device, self.config).act,
+                                  per_town=towns)
+        last = _recent(self.state.stats, self.ppo)
+        metrics = {**{f"eval_{k}": v for k, v in evaluation.items()}, "loss_total": last["loss_total"],
+                   "kl": last["kl"], "clip_fraction": last["clip_fraction"]}
+        source = self.dataset or self.anchor
+        verify_same_weights(self.model, self.ranks)
+        if self.ranks.main:  # one writer; the other ranks hold the very same weights
+            save_checkpoint(self.out_dir, self.model, "ppo", self.config.model_dump(mode="json"),
+                            source.identity if source is not None else None, self.parent, metrics, self.optimizer,
+                            progress={"updates": self.updates, "cycle": self.strategy.cycle,
+                                      "selected_update": selected})
+            self.steps.finish()
+        barrier(self.ranks)
+        return self._result(selected, duration, evaluation, towns, source)
+
+    def _result(self, selected: int, duration: float, evaluation: dict, towns: dict,
+                source: ReplayDataset | None) -> PPOTrainingResult:
+        state, counters, telemetry, stats = self.state, self.state.counters, self.state.telemetry, self.state.stats
+        multiplier, selector, ppo = self.multiplier, self.selector, self.ppo
+        record = read_record(self.out_dir)
+        rate, transitions = all_sum([counters["steps"] * self.agents / counters["rollout_seconds"]
+                                     if counters["rollout_seconds"] else 0.0, counters["transitions"]], self.ranks)
+        last = _recent(stats, ppo)
+        entropy_all = np.concatenate(self.entropies) if self.entropies else np.zeros(1)
+        reward_adv = state.reward_adv
+        return PPOTrainingResult(
+            epoch=ppo.update_epochs, updates=self.updates, transitions=int(transitions), steps=counters["steps"],
+            loss_policy=last["loss_policy"], loss_value=last["loss_value"], loss_entropy=last["loss_entropy"],
+            loss_total=last["loss_total"], loss_bc=last["loss_bc"],
+            clip_fraction=float(np.mean(stats["clip_fraction"])),
+            clip_fraction_max=float(np.max(stats["clip_fraction"])),
+            adv_mean=state.adv[0], adv_std=state.adv[1],
+            adv_min_std=float(np.min(stats["adv_std"])), adv_zero_std_batches=counters["zero_std"],
+            clip_triggered_minibatches=counters["clip_triggered"],
+            grad_norm=float(np.mean(stats["grad_norm"])), grad_norm_max=float(np.max(stats["grad_norm"])),
+            kl_divergence=float(np.mean(stats["kl"])), kl_divergence_max=float(np.max(stats["kl"])),
+            lr=ppo.learning_rate, batch_entropy_mean=float(entropy_all.mean()),
+            batch_entropy_std=float(entropy_all.std()),
+            reward_advantage_corr=float(np.nan_to_num(np.nanmean(reward_adv)) if np.isfinite(reward_adv).any()
+                                        else 0.0),
+            data_mode=self.mode, cycle_id=self.strategy.cycle, rollout_ticks=ppo.rollout_ticks,
+            epoch_duration_sec=duration / self.updates,
+            env_steps_per_sec=float(rate),  # every rank's towns
+            device=self.device.name,
+            queue_conflict_events=int(telemetry["queue_conflict_events"]),
+            queue_conflict_intensity=float(telemetry["queue_conflict_intensity"]),
+            shared_meal_events=int(telemetry["shared_meal_events"]),
+            late_help_events=int(telemetry["late_help_events"]),
+            shift_takeover_events=int(telemetry["shift_takeover_events"]),
+            chat_success_events=int(telemetry["chat_success_events"]),
+            chat_failure_events=int(telemetry["chat_failure_events"]),
+            chat_quality=telemetry["chat_quality_sum"] / max(telemetry["chat_success_events"], 1.0),
+            conflict_budget=multiplier.budget if multiplier is not None else None,
+            lagrange_multiplier=multiplier.value if multiplier is not None else None,
+            lagrange_multiplier_mean=float(np.mean(state.multipliers)) if state.multipliers else None,
+            selected_update=selected,
+            evaluation_town_rewards=[float(value) for value in towns.get("reward_per_agent_day", [])],
+            validation=dict(selector.best) if selector is not None and selector.best is not None else {},
+            validation_expert=dict(selector.expert) if selector is not None else {},
+            baseline_dataset_metrics=_dataset_metrics(source), evaluation=evaluation,
+            checkpoint_id=record.checkpoint_id, checkpoint_path=str(self.out_dir), parent_checkpoint_id=self.parent,
+        )
+
+
+# ----------------------------------------------------------------------------------------- the strategy
 @dataclass
 class PPOStrategy:
     init_checkpoint: str | Path | None = None
@@ -341,300 +523,12 @@ class PPOStrategy:
     evaluate_towns: bool = True  # score the result on the guardrail towns (the anneal judges from it)
 
     def run(self, context: TrainingContext) -> PPOTrainingResult:
-        torch = require_torch()
-        from townlet_pipelines.training.checkpoints import model_for, read_record, restore_optimizer, save_checkpoint
-        from townlet_pipelines.training.evaluation import evaluate
-        from townlet_pipelines.training.policy import evaluation_policy
-        from townlet_pipelines.training.resume import finish_progress, load_progress, progress_dir, restore_world
-        from townlet_pipelines.world.policies import ScriptedExpert
-
-        config, ppo, device = context.config, context.config.ppo, context.device
-        mode = self.data_mode or ppo.data_mode
-        updates = self.updates or ppo.updates
-        dataset = ReplayDataset.open(self.replay_dataset) if self.replay_dataset is not None else None
-        anchor = (ReplayDataset.open(self.anchor_dataset) if self.anchor_dataset is not None
-                  else dataset) if self.bc_weight > 0 else None
-        if dataset is None and mode != "rollout":
-            raise TrainingError(f"ppo: data_mode={mode} needs a replay dataset")
-        if anchor is None and self.bc_weight > 0:
-            raise TrainingError(f"ppo: bc_weight={self.bc_weight} needs expert rows (anchor_dataset)")
-
-        # ---- set-up: this cycle's own towns (a slice of seeds.ppo), the network, the optimizer
-        log = tensorboard.mirror(context.log(self.name), context.artifacts / tensorboard.FOLDER, self.name)
-        seed = ppo.seed + 7919 * self.cycle
-        torch.manual_seed(seed)
-        ranks = context.ranks
-        require_rollout_mode(mode, ranks)
-        first_town = config.seeds.ppo.start + PPO_CYCLE_SEEDS * self.cycle
-        episode_ticks = min(config.world.episode_ticks, ppo.episode_ticks or config.evaluation.ticks)
-        needed = ppo.rollout_towns * ranks.world * (2 + updates * ppo.rollout_ticks // episode_ticks)
-        if needed > PPO_CYCLE_SEEDS:
-            raise TrainingError(f"ppo: {ranks.world} ranks need {needed} town seeds per cycle, more than its "
-                                f"{PPO_CYCLE_SEEDS}; use fewer ranks, rollout_towns or updates")
-        world = TownWorld(config, ppo.rollout_towns)
-        episode = [0]
-
-        def next_seed():  # each rank its own towns: episode e of rank r takes block e x world + r of the slice
-            episode[0] += 1
-            return town_seeds(first_town + (episode[0] * ranks.world + ranks.rank) * ppo.rollout_towns,
-                              ppo.rollout_towns)
-
-        world.reset(town_seeds(first_town + ranks.rank * ppo.rollout_towns, ppo.rollout_towns))
-        model, parent = model_for(world.spec, config.model, device.device, self.init_checkpoint)
-        same_weights(model, ranks)
-        for source in (dataset, anchor):
-            if source is not None and source.spec != world.spec:
-                raise TrainingError(f"ppo: dataset {source.directory} has another observation spec than the world")
-        optimizer = torch.optim.Adam(model.parameters(), lr=ppo.learning_rate, eps=1e-5)
-        if self.continue_optimizer and self.init_checkpoint is not None:
-            restore_optimizer(self.init_checkpoint, optimizer, device.device)
-        out_dir = Path(self.out) if self.out is not None else context.artifacts / "ppo"
-        progress_folder = progress_dir(out_dir)
-        loop: dict = {"next": 0, "seconds": 0.0, "anchor_batches": 0, "reward_adv": [], "multipliers": [],
-                      "adv": [0.0, 0.0], "stats": {key: [] for key in STAT_KEYS}, "counters": {
-                          "zero_std": 0, "clip_triggered": 0, "transitions": 0, "steps": 0, "rollout_seconds": 0.0},
-                      "telemetry": {key: 0.0 for key in TELEMETRY_KEYS}}
-        arrays: dict[str, np.ndarray] = {}
-        scaler = torch.amp.GradScaler("cuda", enabled=device.amp)
-        if self.resume and ranks.active:
-            raise TrainingError("ppo: a data-parallel run keeps no progress checkpoints; start it again")
-        if self.resume:  # the killed run's loop state, weights, moments and RNG; its world mid-episode
-            loop, arrays = load_progress(progress_folder, model, optimizer, device.device, config=config, scaler=scaler)
-            restore_world(world, arrays, loop["world_tick"])
-            episode[0] = loop["episode"]
-            log.truncate("update", loop["next"])
-        multiplier, selector = None, None
-        if (ppo.conflict_budget > 0 and mode != "replay") or ppo.validate_every:
-            expert = loop.get("expert") or validation_scores(config, ScriptedExpert(config.expert).act)
-            selector = SnapshotSelector(expert, ppo.select_conflict_ratio, ppo.select_wage_ratio)
-            if "expert" not in loop:
-                log.write({"update": -1, "cycle": self.cycle, "validation": "expert", **expert})
-            loop["expert"] = expert
-            if loop.get("selected") is not None:
-                selector.best, selector.best_update = loop["selected"]["scores"], loop["selected"]["update"]
-                selector.best_state = {name[len("best."):]: torch.from_numpy(value).to(device.device)
-                                       for name, value in arrays.items() if name.startswith("best.")}
-            elif ppo.select_keep_start and ppo.validate_every and loop["next"] == 0:
-                self._offer_start(config, model, device, selector, log, ranks)
-        if ppo.conflict_budget > 0 and mode != "replay":
-            expert_rate = expert["queue_conflict_events_per_agent_day"]
-            multiplier = ConflictMultiplier(
-                budget=max(ppo.conflict_budget * expert_rate, 1e-3), ki=ppo.lagrange_lr, kp=ppo.lagrange_kp,
-                kd=ppo.lagrange_kd, integral=ppo.lagrange_init,
-                window=max(1, -(-config.world.day_ticks // ppo.rollout_ticks)))
-            if "lagrange" in loop:
-                multiplier.restore(loop["lagrange"])
-        agents = world.towns * world.agents
-        replay_stream = replay_rows(dataset, ppo.gamma, ppo.gae_lambda, seed) if dataset is not None else None
-        pending: list = []
-        replay_count = self._replay_count(mode, ppo.rollout_ticks * agents, ppo.mixed_replay_fraction)
-        for _ in range(loop["next"] if mode in ("replay", "mixed") and replay_count > 0 else 0):
-            take_rows(replay_stream, replay_count, pending)  # resumed: the stream where the killed run left it
-        anchor_stream = None
-        if anchor is not None:
-            anchor_stream = (batch for epoch in range(10**9)
-                             for batch in anchor.iter_batches(256, seed=seed + epoch))
-            for _ in range(loop["anchor_batches"]):
-                next(anchor_stream)
-        stats, counters, telemetry = loop["stats"], loop["counters"], loop["telemetry"]
-        reward_adv, multipliers = loop["reward_adv"], loop["multipliers"]
-        entropies = [arrays["entropies"]] if "entropies" in arrays else []
-        start = time.perf_counter() - loop["seconds"]
-        progress = Progress(updates, f"ppo cycle {self.cycle}", context.progress)
-        progress.update(loop["next"])
-        for update in range(loop["next"], updates):
-            # ---- collect
-            parts, rate = [], None
-            if mode in ("rollout", "mixed"):
-                rollout = collect_rollout(model, world, ppo.rollout_ticks, device, next_seed,
-                                          ppo.episode_ticks or config.evaluation.ticks)
-                penalty = multiplier.value if multiplier is not None else 0.0
-                parts.append(rollout_rows(rollout, penalty, ppo))
-                counters["steps"] += rollout.ticks
-                counters["rollout_seconds"] += rollout.seconds
-                entropies.append(rollout.arrays["entropy"].reshape(-1))
-                for key in TELEMETRY_KEYS:
-                    telemetry[key] += rollout.telemetry[key]
-                if multiplier is not None:  # priced on every rank's towns, so every rank holds the same price
-                    multipliers.append(penalty)
-                    conflicts, agent_days = all_sum([rollout.telemetry["queue_conflict_events"],
-                                                     agents * rollout.ticks / config.world.day_ticks], ranks)
-                    rate = multiplier.update(conflicts, agent_days)
-            if mode in ("replay", "mixed") and replay_count > 0:
-                parts.append(take_rows(replay_stream, replay_count, pending))
-            keys = set.intersection(*(set(part) for part in parts))
-            data = {key: np.concatenate([part[key] for part in parts]) for key in keys}
-            rows = len(data["actions"])
-            counters["transitions"] += rows
-            reward_adv.append(np.corrcoef(data["rewards"], data["advantages"])[0, 1] if data["rewards"].std() > 0
-                              else 0.0)
-
-            # ---- update: update_epochs passes of shuffled mini-batches
-            model.train()
-            minibatch = max(1, rows // ppo.minibatches)
-            for epoch in range(ppo.update_epochs):
-                order = np.random.default_rng(seed + 31 * update + epoch).permutation(rows)
-                for begin in range(0, rows - minibatch + 1, minibatch):
-                    batch = to_tensors({key: data[key][order[begin:begin + minibatch]] for key in data}, device,
-                                       ROW_KEYS)
-                    with torch.autocast(device_type=device.device.type, dtype=torch.float16, enabled=device.amp):
-                        out = ppo_losses(model, batch, ppo)
-                        loss_bc = torch.zeros((), device=device.device)
-                        if anchor_stream is not None:
-                            loss_bc = anchor_loss(model, to_tensors(next(anchor_stream), device,
-                                                                    (*OBS_KEYS, "expert_actions")))
-                            loop["anchor_batches"] += 1
-                        objective = out["loss"] + self.bc_weight * loss_bc
-                    if not torch.isfinite(objective):
-                        raise TrainingError(f"ppo: non-finite loss at update {update}; no checkpoint was written")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(objective).backward()
-                    average_gradients(model, ranks)
-                    scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), ppo.max_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    for key, value in (("loss_policy", out["pg_loss"]), ("loss_value", out["v_loss"]),
-                                       ("loss_entropy", out["entropy_loss"]), ("loss_total", out["loss"]),
-                                       ("loss_bc", loss_bc), ("clip_fraction", out["clipfrac"]),
-                                       ("kl", out["approx_kl"]), ("grad_norm", grad_norm), ("adv_std", out["adv_std"])):
-                        stats[key].append(float(value.detach()))
-                    counters["zero_std"] += int(out["zero_std"])
-                    counters["clip_triggered"] += int(float(out["clipfrac"]) > 0)
-            last = _recent(stats, ppo)
-            entry = {"update": update, "cycle": self.cycle, "mode": mode, "rows": rows, **last,
-                     "explained_variance": explained_variance(data["value_preds"], data["returns"])}
-            if mode != "replay":  # what the rollouts earned and cost, per agent-day (the trade the price steers)
-                rollout_days = agents * rollout.ticks / config.world.day_ticks
-                entry.update(rollout_reward_per_agent_day=float(rollout.arrays["rewards"].sum()) / rollout_days)
-            if multiplier is not None:
-                entry.update(conflict_rate=rate, conflict_budget=multiplier.budget, lagrange_multiplier=multiplier.value)
-            log.write(entry)
-            progress.update(1, phase=mode, loss=last["loss_total"], kl=last["kl"], clip=last["clip_fraction"],
-                            reward=entry.get("rollout_reward_per_agent_day"),
-                            steps_per_s=(rollout.ticks * agents / rollout.seconds if mode != "replay" else None),
-                            **({"conflicts": rate, "budget": multiplier.budget, "lam": multiplier.value}
-                               if multiplier is not None else {}))
-            if ppo.validate_every and ((update + 1) % ppo.validate_every == 0 or update + 1 == updates):
-                scores = broadcast(validation_scores(config, evaluation_policy(model, device, config).act), ranks)
-                chosen = selector.offer(update + 1, scores, model)  # rank 0's scores: one choice on every rank
-                log.write({"update": update, "cycle": self.cycle, "validation": "policy", "chosen": chosen, **scores})
-                LOGGER.info("ppo cycle %d validation after update %d: reward %.2f, conflicts %.3f, wages %.2f "
-                            "per agent-day%s", self.cycle, update + 1, scores["reward_per_agent_day"],
-                            scores["queue_conflict_events_per_agent_day"], scores["wages_per_agent_day"],
-                            " (the best so far: kept)" if chosen else "")
-            loop.update(next=update + 1, seconds=time.perf_counter() - start, episode=episode[0],
-                        world_tick=world.state.tick,
-                        adv=[float(data["advantages"].mean()), float(data["advantages"].std())])
-            # A data-parallel run keeps no progress checkpoints: each rank's towns are its own world state.
-            if (update + 1) % config.runtime.progress_every_updates == 0 and update + 1 < updates and not ranks.active:
-                self._save_progress(progress_folder, update + 1, model, optimizer, loop, world, entropies,
-                                    multiplier, selector, config, scaler)
-        selected = updates  # the update whose weights the stage returns
-        if selector is not None and selector.best is not None:
-            model.load_state_dict(selector.best_state)  # the chosen snapshot becomes the stage's result
-            selected = selector.best_update
-
-        # ---- finish: score on the guardrail towns, write the checkpoint, build the record
-        duration = time.perf_counter() - start
-        evaluation, towns = {}, {}
-        if self.evaluate_towns:  # per town too: the champion is compared on the same towns, paired
-            evaluation = evaluate(config, evaluation_policy(model, device, config).act,
-                                  per_town=towns)
-        last = _recent(stats, ppo)
-        metrics = {**{f"eval_{k}": v for k, v in evaluation.items()}, "loss_total": last["loss_total"],
-                   "kl": last["kl"], "clip_fraction": last["clip_fraction"]}
-        source = dataset or anchor
-        verify_same_weights(model, ranks)
-        if ranks.main:  # one writer; the other ranks hold the very same weights
-            save_checkpoint(out_dir, model, "ppo", config.model_dump(mode="json"),
-                            source.identity if source is not None else None, parent, metrics, optimizer,
-                            progress={"updates": updates, "cycle": self.cycle, "selected_update": selected})
-            finish_progress(progress_folder)
-        barrier(ranks)
-        record = read_record(out_dir)
-        rate, transitions = all_sum([counters["steps"] * agents / counters["rollout_seconds"]
-                                     if counters["rollout_seconds"] else 0.0, counters["transitions"]], ranks)
-        entropy_all = np.concatenate(entropies) if entropies else np.zeros(1)
-        return PPOTrainingResult(
-            epoch=ppo.update_epochs, updates=updates, transitions=int(transitions), steps=counters["steps"],
-            loss_policy=last["loss_policy"], loss_value=last["loss_value"], loss_entropy=last["loss_entropy"],
-            loss_total=last["loss_total"], loss_bc=last["loss_bc"],
-            clip_fraction=float(np.mean(stats["clip_fraction"])), clip_fraction_max=float(np.max(stats["clip_fraction"])),
-            adv_mean=loop["adv"][0], adv_std=loop["adv"][1],
-            adv_min_std=float(np.min(stats["adv_std"])), adv_zero_std_batches=counters["zero_std"],
-            clip_triggered_minibatches=counters["clip_triggered"],
-            grad_norm=float(np.mean(stats["grad_norm"])), grad_norm_max=float(np.max(stats["grad_norm"])),
-            kl_divergence=float(np.mean(stats["kl"])), kl_divergence_max=float(np.max(stats["kl"])),
-            lr=ppo.learning_rate, batch_entropy_mean=float(entropy_all.mean()),
-            batch_entropy_std=float(entropy_all.std()), reward_advantage_corr=float(np.nan_to_num(np.nanmean(reward_adv) if np.isfinite(reward_adv).any() else 0.0)),
-            data_mode=mode, cycle_id=self.cycle, rollout_ticks=ppo.rollout_ticks,
-            epoch_duration_sec=duration / updates,
-            env_steps_per_sec=float(rate),  # every rank's towns
-            device=device.name,
-            queue_conflict_events=int(telemetry["queue_conflict_events"]),
-            queue_conflict_intensity=float(telemetry["queue_conflict_intensity"]),
-            shared_meal_events=int(telemetry["shared_meal_events"]),
-            late_help_events=int(telemetry["late_help_events"]),
-            shift_takeover_events=int(telemetry["shift_takeover_events"]),
-            chat_success_events=int(telemetry["chat_success_events"]),
-            chat_failure_events=int(telemetry["chat_failure_events"]),
-            chat_quality=telemetry["chat_quality_sum"] / max(telemetry["chat_success_events"], 1.0),
-            conflict_budget=multiplier.budget if multiplier is not None else None,
-            lagrange_multiplier=multiplier.value if multiplier is not None else None,
-            lagrange_multiplier_mean=float(np.mean(multipliers)) if multipliers else None,
-            selected_update=selected,
-            evaluation_town_rewards=[float(value) for value in towns.get("reward_per_agent_day", [])],
-            validation=dict(selector.best) if selector is not None and selector.best is not None else {},
-            validation_expert=dict(selector.expert) if selector is not None else {},
-            baseline_dataset_metrics=_dataset_metrics(source), evaluation=evaluation,
-            checkpoint_id=record.checkpoint_id, checkpoint_path=str(out_dir), parent_checkpoint_id=parent,
-        )
-
-
-    def _offer_start(self, config: TownletConfig, model, device: DeviceContext, selector: "SnapshotSelector",
-                     log, ranks) -> None:
-        """The starting weights (the champion's or the BC clone's) compete as update 0: a stage that finds no
-        snapshot better under the constraints returns its start, never a worse snapshot."""
-        from townlet_pipelines.training.policy import evaluation_policy
-
-        scores = broadcast(validation_scores(config, evaluation_policy(model, device, config).act), ranks)
-        selector.offer(0, scores, model)
-        log.write({"update": -1, "cycle": self.cycle, "validation": "policy", "start": True, "chosen": True, **scores})
-        LOGGER.info("ppo cycle %d validation of its start: reward %.2f, conflicts %.3f, wages %.2f per agent-day "
-                    "(kept unless a snapshot does better)", self.cycle, scores["reward_per_agent_day"],
-                    scores["queue_conflict_events_per_agent_day"], scores["wages_per_agent_day"])
-
-    @staticmethod
-    def _replay_count(mode: str, target: int, share: float) -> int:
-        """Stored rows per update: all of it in `replay`, `share` of the mini-batches in `mixed`."""
-        if mode == "replay":
-            return target
-        return int(round(target * share / max(1 - share, 1e-6))) if mode == "mixed" else 0
-
-    @staticmethod
-    def _save_progress(folder: Path, step: int, model, optimizer, loop: dict, world: TownWorld, entropies: list,
-                       multiplier: ConflictMultiplier | None, selector: SnapshotSelector | None, config,
-                       scaler=None) -> None:
-        from townlet_pipelines.training.resume import save_progress, world_arrays
-
-        arrays = world_arrays(world)
-        if entropies:
-            entropies[:] = [np.concatenate(entropies)]
-            arrays["entropies"] = entropies[0]
-        if multiplier is not None:
-            loop["lagrange"] = multiplier.state()
-        if selector is not None and selector.best is not None:
-            loop["selected"] = {"scores": selector.best, "update": selector.best_update}
-            arrays.update({f"best.{name}": tensor.cpu().numpy() for name, tensor in selector.best_state.items()})
-        save_progress(folder, step, model, optimizer, loop, arrays, config=config, scaler=scaler)
-
-
-def explained_variance(values: np.ndarray, returns: np.ndarray) -> float:
-    """1 − Var(returns − values) / Var(returns), as CleanRL logs it: 1 is a perfect critic, 0 a constant one,
-    below 0 worse than a constant (NaN when the returns do not vary)."""
-    spread = float(np.var(returns))
-    return float("nan") if spread == 0 else 1.0 - float(np.var(returns - values)) / spread
+        run = PPORun(self, context)
+        for update in range(run.state.next, run.updates):
+            collected = run.collect_rollouts()  # collect, with returns and advantages
+            run.train(collected.data, update)
+            run.after_update(update, collected)
+        return run.finish()
 
 
 def _recent(stats: dict[str, list[float]], ppo: PPOConfig) -> dict[str, float]:
