@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from townlet_pipelines.config import load_config
+from townlet_pipelines.config import UsageError, load_config
 
 
 # `townlet train anneal` exits with the verdict, so scripts can gate on it (2 is any usage or input error).
@@ -24,7 +24,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from townlet_pipelines.world.simulate import make_policy, simulate
 
     if args.render_png is not None:
-        raise ValueError("--render-png was replaced by --render-svg: pictures are SVG now (--render-svg FILE)")
+        raise UsageError("--render-png was replaced by --render-svg: pictures are SVG now (--render-svg FILE)")
     config = load_config(args.config)
     if args.variant:
         config = config.model_copy(
@@ -52,7 +52,7 @@ def _simulate(args: argparse.Namespace) -> int:
         from townlet_pipelines.data.files import atomic_write_bytes
 
         if strip is None:
-            raise ValueError(f"--render-svg: no frame was captured in {ticks} ticks (--render-every {every})")
+            raise UsageError(f"--render-svg: no frame was captured in {ticks} ticks (--render-every {every})")
         atomic_write_bytes(args.render_svg, strip.svg().encode())
         print(f"wrote {args.render_svg}", file=sys.stderr)
     if args.json:
@@ -152,7 +152,7 @@ def _night(args: argparse.Namespace) -> int:
     from townlet_pipelines.training.namespaces import artifacts_root
 
     if args.dataset is not None or args.no_promote:
-        raise ValueError("--night runs the nightly's own steps: it captures (or reuses) the expert data itself and "
+        raise UsageError("--night runs the nightly's own steps: it captures (or reuses) the expert data itself and "
                          "applies the promotion rule; drop --dataset and --no-promote")
     outcome = run_night(load_config(args.config), args.night, artifacts_root(args.artifacts),
                         say=lambda line: print(line, file=sys.stderr))
@@ -193,10 +193,23 @@ def _resume(args: argparse.Namespace) -> int:
     given = [flag for flag, value in (("--init", args.init), ("--dataset", args.dataset), ("--config", args.config),
                                       ("--artifacts", args.artifacts)) if value is not None]
     if given:
-        raise ValueError(f"--resume continues a run with its own settings; drop {', '.join(given)}")
+        raise UsageError(f"--resume continues a run with its own settings; drop {', '.join(given)}")
     result = orchestrator.resume_training(args.resume, args.kind, progress=not args.json)
     _print_record(result, args.json, BC_KEYS if args.kind == "bc" else PPO_KEYS)
     return 0
+
+
+def _run_strategy(args: argparse.Namespace, context, dataset):
+    """`townlet train NAME` for a registered strategy other than bc and ppo: one stage of `--epochs`, built by
+    its factory as the anneal builds it (training/registry.py)."""
+    from townlet_pipelines.config import AnnealStage
+    from townlet_pipelines.training.registry import StageInputs, build
+
+    if args.epochs < 1:
+        raise UsageError(f"--epochs: a stage trains at least 1 epoch, got {args.epochs}")
+    inputs = StageInputs(dataset=dataset, replay_dataset=dataset, init_checkpoint=args.init,
+                         out=context.artifacts / args.kind, name=args.kind)
+    return build(args.kind, AnnealStage(cycle=0, mode=args.kind, epochs=args.epochs), inputs).run(context)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -207,23 +220,28 @@ def _train(args: argparse.Namespace) -> int:
 
         os.environ[tensorboard.ENV] = "1" if args.tensorboard else "0"
         if args.tensorboard and not tensorboard.enabled():
-            raise ValueError("--tensorboard: the tensorboard package is not installed (pip install -e '.[tensorboard]')")
+            raise UsageError("--tensorboard: the tensorboard package is not installed "
+                             "(pip install -e '.[tensorboard]')")
     if getattr(args, "resume", None):
         return _resume(args)
     if getattr(args, "night", None):
         return _night(args)
     config, context = _training_context(args)
+    if args.kind == "anneal":
+        from townlet_pipelines.training.anneal import check_schedule
+
+        check_schedule(config)  # every stage's strategy is known, before the expert data is captured
     if not args.json and context.ranks.main:
         print(f"run folder {context.artifacts}  (device {context.device.name})", file=sys.stderr)
     from townlet_pipelines.training.distributed import broadcast
 
     ranks = context.ranks
     dataset = args.dataset
-    if dataset is None and (args.kind in ("bc", "anneal") or getattr(args, "mode", None) in ("replay", "mixed")):
+    if dataset is None and (args.kind != "ppo" or getattr(args, "mode", None) in ("replay", "mixed")):
         made = orchestrator.capture_expert(config, context.artifacts / "expert").path if ranks.main else None
         dataset = broadcast(made, ranks)
     if ranks.active and args.kind == "anneal":
-        raise ValueError("train anneal runs in one process; launch `townlet train bc|ppo` under torchrun")
+        raise UsageError("train anneal runs in one process; launch `townlet train bc|ppo` under torchrun")
     if args.kind in ("bc", "ppo") and ranks.main:
         absolute = lambda path: None if path is None else str(Path(path).absolute())  # noqa: E731
         orchestrator.record_invocation(context.artifacts, args.kind, config, dataset=absolute(dataset),
@@ -237,6 +255,12 @@ def _train(args: argparse.Namespace) -> int:
         result = orchestrator.run_ppo(context, args.init, dataset, args.mode, args.continue_optimizer)
         if ranks.main:
             _print_record(result, args.json, PPO_KEYS)
+    elif args.kind != "anneal":
+        from townlet_pipelines.training.registry import strategy
+
+        result = _run_strategy(args, context, dataset)
+        if ranks.main:
+            _print_record(result, args.json, BC_KEYS if strategy(args.kind).phase == "bc" else PPO_KEYS)
     else:
         summary = orchestrator.run_anneal(context, dataset)
         outcome = orchestrator.apply_promotion(context.promotion, summary) if not args.no_promote else None
@@ -271,12 +295,12 @@ def parse_seeds(text: str, config) -> tuple[int, ...]:
     try:
         start, stop = (int(part) for part in text.split(":"))
     except ValueError:
-        raise ValueError(f"--seeds: expected test, guardrail or START:STOP, got {text!r}") from None
+        raise UsageError(f"--seeds: expected test, guardrail or START:STOP, got {text!r}") from None
     if not 0 <= start < stop:
-        raise ValueError(f"--seeds: {text!r} is an empty or negative range")
+        raise UsageError(f"--seeds: {text!r} is an empty or negative range")
     if stop - start > MAX_EVALUATION_TOWNS:
-        raise ValueError(f"--seeds {text}: {stop - start:,} towns; at most {MAX_EVALUATION_TOWNS:,} are scored at once "
-                         "(all of them share one batched world in memory): choose a shorter range")
+        raise UsageError(f"--seeds {text}: {stop - start:,} towns; at most {MAX_EVALUATION_TOWNS:,} are scored at "
+                         "once (all of them share one batched world in memory): choose a shorter range")
     return tuple(range(start, stop))
 
 
@@ -320,7 +344,7 @@ def _trained_for(record, checkpoint, config, config_name: str | None, remedy: st
 
     trained = config_from_mapping(record.config, f"{checkpoint} (its training config)")
     if trained.world_hash() != config.world_hash():
-        raise ValueError(
+        raise UsageError(
             f"{checkpoint}: trained for the world of profile {trained.profile!r} (world {trained.world_hash()[:12]}), "
             f"not the world of --config {config_name or 'default'} (world {config.world_hash()[:12]}); {remedy}")
 
@@ -332,7 +356,7 @@ def checkpoint_folder(path: str) -> Path:
     given = Path(path)
     folder = given.parent if given.is_file() else given
     if not (folder / RECORD).is_file():
-        raise ValueError(f"--checkpoint {path}: not a checkpoint (no {RECORD} in {folder})")
+        raise UsageError(f"--checkpoint {path}: not a checkpoint (no {RECORD} in {folder})")
     return folder
 
 
@@ -343,18 +367,18 @@ def _manual_promotion(args: argparse.Namespace, config, store) -> None:
     from townlet_pipelines.world.engine import TownWorld
 
     if not (args.candidate and args.checkpoint):
-        raise ValueError("promotion promote: --candidate and --checkpoint CHECKPOINT_FOLDER are required (the release "
+        raise UsageError("promotion promote: --candidate and --checkpoint CHECKPOINT_FOLDER are required (the release "
                          "is a copy of that checkpoint)")
     if args.override is not None and not args.override.strip():
-        raise ValueError("promotion promote: --override needs a reason (it was blank); the reason is recorded")
+        raise UsageError("promotion promote: --override needs a reason (it was blank); the reason is recorded")
     folder = checkpoint_folder(args.checkpoint)
     record = verify_checkpoint(folder)
     if args.checkpoint_id and args.checkpoint_id != record.checkpoint_id:
-        raise ValueError(f"--checkpoint-id {args.checkpoint_id}: {folder} holds checkpoint {record.checkpoint_id}")
+        raise UsageError(f"--checkpoint-id {args.checkpoint_id}: {folder} holds checkpoint {record.checkpoint_id}")
     _trained_for(record, folder, config, args.config, "promote it under the profile it was trained for")
     spec = TownWorld(config, 1).spec
     if record.observation != spec:
-        raise ValueError(f"{folder}: its observations ({record.observation.variant}, {record.observation.feature_dim} "
+        raise UsageError(f"{folder}: its observations ({record.observation.variant}, {record.observation.feature_dim} "
                          f"features) are not this profile's ({spec.variant}, {spec.feature_dim} features)")
     store.promote(args.candidate, record.checkpoint_id,
                   {"checkpoint_id": record.checkpoint_id, "weights_sha256": record.weights_sha256,
@@ -370,7 +394,7 @@ def _promotion(args: argparse.Namespace) -> int:
     store = PromotionStore(state_dir(args.artifacts, config), required_passes=config.promotion.required_passes)
     if args.action == "rollback":
         if not args.release:
-            raise ValueError("promotion rollback: --release RELEASE_ID is required")
+            raise UsageError("promotion rollback: --release RELEASE_ID is required")
         store.rollback(args.release)
     elif args.action == "promote":
         _manual_promotion(args, config, store)
@@ -492,12 +516,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(handler=_inspect)
 
-    train = commands.add_parser("train", help="train a policy: bc, ppo or anneal")
+    from townlet_pipelines.training.registry import RESERVED, known
+
+    train = commands.add_parser("train", help="train a policy: bc, ppo, anneal or a registered strategy")
     train_kinds = train.add_subparsers(dest="kind", required=True)
+    plugins = [(name, f"the registered strategy {name!r} as one stage of --epochs (training/registry.py)")
+               for name in known() if name not in ("bc", "ppo", *RESERVED)]
     for kind, text in (("bc", "behaviour cloning on expert demonstrations"),
                        ("ppo", "PPO fine-tuning (from --init when given)"),
                        ("anneal", "the BC/PPO schedule with guardrails, then the promotion rule; exits 0 on PASS, "
-                                 "3 on FAIL, 4 on HOLD")):
+                                 "3 on FAIL, 4 on HOLD"), *plugins):
         sub = train_kinds.add_parser(kind, help=text, description=text)
         _add_config(sub)
         sub.add_argument("--dataset", default=None, help="replay dataset (default: capture the expert per config)")
@@ -509,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "extra is installed; `tensorboard --logdir <run folder>/tensorboard` shows them)")
         if kind != "anneal":
             sub.add_argument("--init", default=None, help="checkpoint to start from")
+        if kind not in ("bc", "ppo", "anneal"):
+            sub.add_argument("--epochs", type=int, default=1, help="the stage's epochs (its AnnealStage.epochs)")
+        if kind in ("bc", "ppo"):
             sub.add_argument("--continue-optimizer", action="store_true",
                              help="also restore --init's optimizer moments (continue its training, not fine-tune)")
             sub.add_argument("--resume", default=None, metavar="RUN_FOLDER",

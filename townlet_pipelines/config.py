@@ -22,6 +22,12 @@ class ConfigError(ValueError):
     """A configuration file or value is invalid; the message names the file and field at fault."""
 
 
+class UsageError(ValueError):
+    """Something the user asked for cannot be done as asked, and the user can fix it: a bad command-line argument
+    (`--seeds 9:3`), a partition key that is not a night, an unknown strategy name. Both entry points tell it in
+    one line (errors.py); a bare `ValueError` is a programming error and keeps its traceback."""
+
+
 class _Strict(BaseModel):
     """Unknown keys are errors, values are immutable, and no number is NaN or infinite (a tolerance of .inf
     would silently switch a guardrail off)."""
@@ -388,7 +394,9 @@ class AnnealStage(_Strict):
     """
 
     cycle: int = Field(ge=0)
-    mode: Literal["bc", "ppo"]
+    mode: str = Field(min_length=1, description="the stage's training strategy by its registered name: bc, ppo or "
+                      "a plugin's (training/registry.py); an unknown name is refused when the schedule runs, since "
+                      "the registry lives above the config")
     epochs: int = Field(1, ge=1, description="BC epochs, or PPO updates, for this stage")
     bc_weight: float = Field(1.0, ge=0, le=1)
 

@@ -1,22 +1,24 @@
 """The errors a user can cause or fix, and how both entry points tell them: one line naming the file or field.
 
-A project error (bad config, a damaged dataset or checkpoint, a state file, a promotion the rules refuse),
-the operating system's (a full disk, a missing file) and a damaged safetensors file reach the CLI user as
-`townlet: error: <sentence>` with exit status 2, and a Dagster step as a `Failure` carrying the same
-sentence. Anything else is a programming error and keeps its traceback.
+A project error (bad config, a usage the user can fix such as a bad `--seeds` or an unknown strategy, a damaged
+dataset or checkpoint, a state file, a promotion the rules refuse), the operating system's (a full disk, a
+missing file) and a damaged safetensors file reach the CLI user as `townlet: error: <sentence>` with exit status
+2, and a Dagster step as a `Failure` carrying the same sentence. Anything else is a programming error and keeps
+its traceback, a bare `ValueError` included (a shape mismatch deep in numpy is not the user's to fix): code that
+refuses what a user asked for raises `UsageError` (config.py), a `ValueError` the user can fix.
 """
 
 from __future__ import annotations
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from townlet_pipelines.config import ConfigError
+    from townlet_pipelines.config import ConfigError, UsageError
     from townlet_pipelines.data.manifest import DatasetError
     from townlet_pipelines.data.promotion import PromotionError
     from townlet_pipelines.data.state_file import StateFileError
     from townlet_pipelines.training.torch_support import TorchNotAvailableError, TrainingError
 
-    return (ConfigError, DatasetError, ValueError, OSError, TrainingError, StateFileError, PromotionError,
+    return (ConfigError, UsageError, DatasetError, OSError, TrainingError, StateFileError, PromotionError,
             TorchNotAvailableError)
 
 

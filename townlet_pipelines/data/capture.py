@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from townlet_pipelines.config import TownletConfig
+from townlet_pipelines.config import TownletConfig, UsageError
 from townlet_pipelines.data.files import atomic_directory, npz_bytes, sha256_file
 from townlet_pipelines.data.manifest import (
     MANIFEST_NAME, DatasetMetrics, FileEntry, Generator, ReplayManifest, ShardEntry,
@@ -60,7 +60,7 @@ class ScriptedActing:
 
     def __init__(self, config: TownletConfig, noise: float = 0.0, seed: int = 0) -> None:
         if not 0.0 <= noise < 1.0:
-            raise ValueError(f"rollout.expert_noise must lie in [0, 1), got {noise}")
+            raise UsageError(f"rollout.expert_noise must lie in [0, 1), got {noise}")
         self.policy = ScriptedExpert(config.expert)
         self.noise = noise
         self.rng = np.random.default_rng(seed)

@@ -15,6 +15,7 @@ from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
+from townlet_pipelines.config import UsageError
 from townlet_pipelines.data.files import sha256_file
 from townlet_pipelines.data.manifest import (
     MANIFEST_NAME, ROW_ARRAYS, SHARD_ARRAYS, DatasetError, ReplayManifest, read_manifest,
@@ -185,7 +186,7 @@ class ReplayDataset:
         if val_fraction > 0 and count == 0:
             count = 1
         if count >= len(episodes) and val_fraction > 0:
-            raise ValueError(f"{self.manifest.episodes} episode(s) cannot be split with val_fraction={val_fraction}")
+            raise UsageError(f"{self.manifest.episodes} episode(s) cannot be split with val_fraction={val_fraction}")
         return np.sort(episodes[count:]), np.sort(episodes[:count])
 
     def iter_batches(

@@ -8,6 +8,10 @@ PASS is accepted as the new baseline. Each summary is recorded as a promotion ev
 
 The three phases are separate methods so the Dagster assets (`bc_checkpoint`, `ppo_checkpoint`,
 `anneal_summary`) and `townlet train anneal` run exactly the same code.
+
+Each stage's strategy is looked up by its `mode` in the strategy registry (training/registry.py) and built by
+its factory from the stage and the night's `StageInputs`; the factory's `phase` says whether it runs with the
+BC stages or the PPO stages and how its record is judged. A stage's `AnnealStageResult.mode` records that phase.
 """
 
 from __future__ import annotations
@@ -19,16 +23,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from townlet_pipelines.config import AnnealConfig, TownletConfig
+from townlet_pipelines.config import AnnealConfig, AnnealStage, ConfigError, TownletConfig, UsageError
 from townlet_pipelines.data.replay import ReplayDataset
 from townlet_pipelines.results import AnnealStageResult, AnnealSummary, BCTrainingResult, PPOTrainingResult, Verdict
-from townlet_pipelines.training.bc import BCStrategy
+from townlet_pipelines.training import registry
 from townlet_pipelines.training.namespaces import namespace
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.guardrails import champion as champion_verdict
 from townlet_pipelines.training.guardrails import expert as expert_verdict
 from townlet_pipelines.training.guardrails import limit_text, loss_within, rate_within, resolutions
-from townlet_pipelines.training.ppo import PPOStrategy
 
 log = logging.getLogger("townlet.training")
 
@@ -127,6 +130,34 @@ def ppo_verdicts(outcome: "StagesOutcome", anneal: AnnealConfig) -> list[Verdict
     return [loss, queue, expert_verdict(outcome.expert, anneal.expert_tolerance), champion_verdict(outcome.champion)]
 
 
+def check_schedule(config: TownletConfig) -> None:
+    """Every stage names a registered strategy, and no stage of the BC phase follows one of the PPO phase in
+    cycle order (the config checks this for the built-in names when it loads; it cannot see the registry)."""
+    phases = []
+    for index, stage in enumerate(config.anneal.schedule):
+        try:
+            phases.append((stage.cycle, index, stage.mode, registry.strategy(stage.mode).phase))
+        except UsageError as error:
+            raise ConfigError(f"anneal.schedule.{index}.mode: {error}") from None
+    phases.sort()
+    for (_, _, before, first), (_, index, after, then) in zip(phases, phases[1:]):
+        if (first, then) == ("ppo", "bc"):
+            raise ConfigError(f"anneal.schedule.{index}: the {after} stage (BC phase) may not follow the {before} "
+                              "stage (PPO phase) in cycle order")
+
+
+RECORDS = {"bc": BCTrainingResult, "ppo": PPOTrainingResult}
+
+
+def _run_stage(context: TrainingContext, stage: AnnealStage, inputs: registry.StageInputs, phase: str):
+    """Build the stage's strategy through the registry and run it; its record must be its phase's."""
+    result = registry.build(stage.mode, stage, inputs).run(context)
+    if not isinstance(result, RECORDS[phase]):
+        raise TypeError(f"strategy {stage.mode!r} ({phase} phase) returned a {type(result).__name__}, not the "
+                        f"{RECORDS[phase].__name__} its phase is judged by")
+    return result
+
+
 @dataclass
 class StagesOutcome:
     """What a group of stages produced: per-stage records and the checkpoint carried forward."""
@@ -175,15 +206,24 @@ class AnnealStrategy:
     def _label(self, context: TrainingContext) -> str:
         return self.dataset_label or context.config.anneal.dataset_label
 
+    def _stages(self, context: TrainingContext, phase: str) -> list[tuple[int, AnnealStage]]:
+        """(index in cycle order, stage) of the schedule's stages whose strategy runs in `phase`."""
+        check_schedule(context.config)
+        return [(index, stage) for index, stage in enumerate(context.config.anneal.ordered())
+                if registry.strategy(stage.mode).phase == phase]
+
+    def _inputs(self, context: TrainingContext, index: int, stage: AnnealStage,
+                checkpoint: str | None) -> registry.StageInputs:
+        return registry.StageInputs(dataset=self.dataset, replay_dataset=self.rollout_dataset or self.dataset,
+                                    init_checkpoint=checkpoint,
+                                    out=context.artifacts / f"{stage.mode}-cycle{stage.cycle}-stage{index}",
+                                    name=f"{stage.mode}-cycle{stage.cycle}")
+
     def run_bc_stages(self, context: TrainingContext, init_checkpoint: str | Path | None = None) -> StagesOutcome:
         anneal = context.config.anneal
         outcome = StagesOutcome([], [], str(init_checkpoint) if init_checkpoint else None, None)
-        for index, stage in enumerate(anneal.ordered()):
-            if stage.mode != "bc":
-                continue
-            result = BCStrategy(self.dataset, outcome.checkpoint, stage.epochs, stage.bc_weight,
-                                out=context.artifacts / f"bc-cycle{stage.cycle}-stage{index}",
-                                name=f"bc-cycle{stage.cycle}").run(context)
+        for index, stage in self._stages(context, "bc"):
+            result = _run_stage(context, stage, self._inputs(context, index, stage, outcome.checkpoint), "bc")
             passed = result.val_accuracy >= anneal.bc_accuracy_threshold
             outcome.results.append(result)
             outcome.stages.append(AnnealStageResult(
@@ -264,6 +304,7 @@ class AnnealStrategy:
         outcome = StagesOutcome([], [], bc.checkpoint, bc.checkpoint_id)
         if bc.failed:
             return outcome
+        stages = self._stages(context, "ppo")
         release, why = current_champion(context) if self.from_champion else (None, "from the BC clone")
         log.info(why)
         if release is not None:
@@ -272,14 +313,8 @@ class AnnealStrategy:
         outcome.baseline_label = self.baseline_label(context, release.checkpoint_id if release is not None else None)
         baselines = self.baselines(context, outcome.baseline_label)
         bc_accuracy = bc.stages[-1].accuracy if bc.stages else None
-        for index, stage in enumerate(anneal.ordered()):
-            if stage.mode != "ppo":
-                continue
-            result = PPOStrategy(init_checkpoint=outcome.checkpoint, updates=stage.epochs,
-                                 replay_dataset=self.rollout_dataset or self.dataset, anchor_dataset=self.dataset,
-                                 bc_weight=stage.bc_weight, cycle=stage.cycle,
-                                 out=context.artifacts / f"ppo-cycle{stage.cycle}-stage{index}",
-                                 name=f"ppo-cycle{stage.cycle}").run(context)
+        for index, stage in stages:
+            result = _run_stage(context, stage, self._inputs(context, index, stage, outcome.checkpoint), "ppo")
             # A stage that kept its start (no snapshot did better) returns weights no PPO update touched: the loss of
             # the updates it discarded says nothing about them, so it is neither judged nor taken as a baseline.
             kept_start = result.selected_update == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -23,6 +24,10 @@ from townlet_pipelines.training.distributed import (
 )
 from townlet_pipelines.training.progress import Progress
 from townlet_pipelines.training.torch_support import TrainingError, require_torch
+
+if TYPE_CHECKING:
+    from townlet_pipelines.config import AnnealStage
+    from townlet_pipelines.training.registry import StageInputs
 
 BATCH_KEYS = ("map", "features", "action_mask", "expert_actions", "value_preds")
 
@@ -80,6 +85,13 @@ class BCStrategy:
     continue_optimizer: bool = False  # also restore init_checkpoint's optimizer moments (continue, don't fine-tune)
     dagger_rounds: int | None = None  # default: config.bc.dagger_rounds
     resume: bool = False  # continue a killed run of this stage from its progress checkpoint (`<out>.progress`)
+    phase: ClassVar[str] = "bc"  # the anneal's half it runs in (training/registry.py)
+
+    @classmethod
+    def for_stage(cls, stage: "AnnealStage", inputs: "StageInputs") -> "BCStrategy":
+        """An anneal stage: `stage.epochs` epochs at `stage.bc_weight`, from the checkpoint carried forward."""
+        return cls(inputs.dataset, inputs.init_checkpoint, stage.epochs, stage.bc_weight, out=inputs.out,
+                   name=inputs.name)
 
     def plan(self, config) -> list[tuple[int, str, str]]:
         """Every epoch of the stage in order: (DAgger round, log label, data: expert or own)."""

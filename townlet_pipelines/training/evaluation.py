@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from townlet_pipelines.config import TownletConfig
+from townlet_pipelines.config import TownletConfig, UsageError
 from townlet_pipelines.world.engine import TELEMETRY_KEYS, TownWorld
 
 Z95 = 1.959964
@@ -52,7 +52,7 @@ def evaluate(config: TownletConfig, act, seeds: tuple[int, ...] | None = None, t
     """
     seeds = tuple(config.seeds.guardrail.seeds() if seeds is None else seeds)
     if not seeds:
-        raise ValueError("evaluation: no towns to evaluate on (the seed range is empty)")
+        raise UsageError("evaluation: no towns to evaluate on (the seed range is empty)")
     ticks = config.evaluation.ticks if ticks is None else ticks
     world = TownWorld(config, len(seeds))
     world.reset(np.asarray(seeds, dtype=np.uint64))

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from townlet_pipelines.config import TownletConfig
+from townlet_pipelines.config import TownletConfig, UsageError
 from townlet_pipelines.world import rng
 from townlet_pipelines.world.actions import (
     CHAT, COOK, EAT, MOVE_DELTAS, MOVE_N, NUM_ACTIONS, OBJECT_OPTIONS, OPTION_OBJECT_TYPE, SHOWER, SLEEP,
@@ -74,7 +74,7 @@ class TownWorld:
 
     def __init__(self, config: TownletConfig, towns: int) -> None:
         if towns < 1:
-            raise ValueError(f"towns must be at least 1, got {towns}")
+            raise UsageError(f"towns must be at least 1, got {towns}")
         self.config = config
         self.towns = towns
         self.agents = config.world.agents_per_town
@@ -112,7 +112,7 @@ class TownWorld:
         """Start every town afresh. An int seed gives town k the seed `seed + k`."""
         if isinstance(seeds, (int, np.integer)):
             if seeds < 0:
-                raise ValueError(f"seeds: a seed must be a non-negative integer, got {seeds}")
+                raise UsageError(f"seeds: a seed must be a non-negative integer, got {seeds}")
             seeds = town_seeds(int(seeds), self.towns)
         raw = np.asarray(seeds)
         if raw.dtype.kind not in "ui" or (raw.dtype.kind == "i" and (raw < 0).any()):

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from townlet_pipelines.config import TownletConfig
+from townlet_pipelines.config import TownletConfig, UsageError
 from townlet_pipelines.results import SimulationReport
 from townlet_pipelines.world.engine import TELEMETRY_KEYS, TownWorld
 from townlet_pipelines.world.policies import Policy, RandomPolicy, ScriptedExpert
@@ -21,7 +21,7 @@ def make_policy(name: str, config: TownletConfig, seed: int = 0) -> Policy:
         return ScriptedExpert(config.expert)
     if name == "random":
         return RandomPolicy(seed)
-    raise ValueError(f"policy: unknown policy {name!r} (choose scripted or random)")
+    raise UsageError(f"policy: unknown policy {name!r} (choose scripted or random)")
 
 
 def simulate(
