@@ -55,9 +55,11 @@ def test_bad_seeds_print_no_traceback_from_the_installed_command(smoke_checkpoin
     assert done.stderr == "townlet: error: --seeds: '9:3' is an empty or negative range\n"
 
 
-def test_a_refusal_below_the_cli_is_one_line_too(capsys):
+def test_a_refusal_below_the_cli_is_one_line_too(capsys, tmp_path):
     assert main(["simulate", "--towns", "0", "--ticks", "1"]) == 2  # the world refuses it (world/engine.py)
     assert capsys.readouterr().err == "townlet: error: towns must be at least 1, got 0\n"
+    assert main(["capture", "--towns", "1", "--ticks", "0", "--out", str(tmp_path / "d")]) == 2  # data/capture.py
+    assert capsys.readouterr().err == "townlet: error: towns and ticks must be positive, got towns=1 ticks=0\n"
 
 
 def test_an_internal_value_error_keeps_its_traceback(monkeypatch, capsys):

@@ -101,7 +101,7 @@ def acting_policy(name: str, config: TownletConfig, seed: int = 0, noise: float 
         return ScriptedActing(config, noise, seed)
     if name == "random":
         return RandomActing(seed)
-    raise ValueError(f"policy: unknown policy {name!r}; choose scripted or random (checkpoints: `townlet train`)")
+    raise UsageError(f"policy: unknown policy {name!r}; choose scripted or random (checkpoints: `townlet train`)")
 
 
 @dataclass
@@ -137,7 +137,7 @@ def capture(
 ) -> CaptureResult:
     """Capture `ticks` ticks of `towns` towns into a new dataset directory `out` (built atomically)."""
     if towns < 1 or ticks < 1:
-        raise ValueError(f"towns and ticks must be positive, got towns={towns} ticks={ticks}")
+        raise UsageError(f"towns and ticks must be positive, got towns={towns} ticks={ticks}")
     start = time.perf_counter()
     world = TownWorld(config, towns)
     agents = towns * config.world.agents_per_town
