@@ -315,3 +315,44 @@ def test_train_anneal_night_runs_the_nightlys_steps_and_exits_with_the_verdict(t
     assert main(["train", "anneal", "--config", "smoke", "--night", "2026-11-25", "--dataset", "x",
                  "--artifacts", str(tmp_path)]) == 2
     assert "drop --dataset" in capsys.readouterr().err
+
+
+def test_the_cost_critic_learns_what_a_crowded_hour_costs_so_the_cost_advantage_stops_blaming_every_action():
+    """A conflict here comes with the crowded state, whatever the agent does. The raw cost-to-go gives every
+    action taken there a large negative advantage; against the fitted cost critic, the advantage of those
+    actions is near zero: the constraint's signal is left to what an action changes (OmniSafe's cost critic)."""
+    from townlet_pipelines.config import ModelConfig
+    from townlet_pipelines.training.cost_critic import CostCriticTrainer
+    from townlet_pipelines.training.device import device_context
+    from townlet_pipelines.training.distributed import SINGLE
+    from townlet_pipelines.training.rollouts import gae
+    from townlet_pipelines.world.observations import ObservationSpec
+
+    rng = np.random.default_rng(0)
+    ticks, agents = 64, 64
+    crowded = rng.random((ticks, agents)) < 0.3
+    costs = crowded.astype(np.float32)
+    features = np.stack([costs, np.ones_like(costs)], axis=-1)
+    dones = np.zeros((ticks, agents), bool)
+    arrays = {"features": features, "costs": costs, "dones": dones,
+              "actions": rng.integers(0, 2, (ticks, agents)).astype(np.int8)}
+    rollout = Rollout(arrays, np.zeros(agents, np.float32), {}, ticks, 0.0, final={"features": features[-1]})
+    ppo = PPOConfig(cost_critic_warmup=40, cost_critic_lr=1e-2)
+    spec = ObservationSpec(variant="compact", map_shape=None, feature_names=("crowded", "bias"))
+    critic = CostCriticTrainer(spec, ModelConfig(hidden=16), ppo, device_context("cpu", False), SINGLE, seed=0)
+    critic.warm_up(rollout)
+    values, bootstrap = critic.values(rollout)
+    with_critic, returns = gae(costs, values, dones, bootstrap, ppo.gamma, ppo.gae_lambda)
+    raw, _ = gae(costs, np.zeros_like(costs), dones, np.zeros(agents, np.float32), ppo.gamma, ppo.gae_lambda)
+    assert values[crowded].mean() > values[~crowded].mean() + 0.5  # it learned the crowded hour's cost
+    assert np.abs(with_critic[crowded]).mean() < 0.3 * np.abs(raw[crowded]).mean()
+    rows = rollout_rows(rollout_for_rows(arrays, agents, ticks), 5.0, ppo, (values, bootstrap))
+    np.testing.assert_allclose(rows["cost_returns"], returns.reshape(-1), rtol=1e-6)
+
+
+def rollout_for_rows(arrays: dict, agents: int, ticks: int) -> Rollout:
+    """The toy's arrays with the columns `rollout_rows` reads besides the costs."""
+    full = {**arrays, "action_mask": np.ones((ticks, agents, 2), bool), "old_log_probs": np.zeros((ticks, agents),
+            np.float32), "value_preds": np.zeros((ticks, agents), np.float32),
+            "rewards": np.zeros((ticks, agents), np.float32)}
+    return Rollout(full, np.zeros(agents, np.float32), {}, ticks, 0.0)

@@ -110,7 +110,7 @@ def test_the_package_declares_bc_and_ppo_as_entry_points():
     assert declared == registry.BUILT_IN
     assert registry.strategy("bc") is BCStrategy and registry.strategy("bc").phase == "bc"
     ppo = registry.strategy("ppo")
-    assert ppo.phase == "ppo" and ppo.strategy_class is PPOStrategy  # adapted until ppo.py has for_stage
+    assert ppo is PPOStrategy and ppo.phase == "ppo"
 
 
 def test_the_built_in_factories_build_what_the_anneal_always_built(tmp_path):

@@ -366,6 +366,15 @@ class PPOConfig(_Strict):
                                "(relative to the budget): it brakes a climb before the integral winds up")
     lagrange_init: float = Field(0.0, ge=0, description="the conflict multiplier's starting value (its integral): "
                                  "0 leaves a policy under budget free; the P and D terms price an overshoot at once")
+    cost_critic: bool = Field(
+        True, description="constrained PPO learns a critic of the conflicts' discounted cost (OmniSafe's cost value "
+        "head, a network of its own that the checkpoint does not keep), and A_c is GAE against it; off: A_c is "
+        "the raw cost-to-go over GAE's horizon, which blames every action taken before a conflict alike")
+    cost_critic_lr: float = Field(1e-3, gt=0, description="Adam step size of the cost critic (it starts afresh "
+                                  "every stage, so faster than the policy's)")
+    cost_critic_warmup: int = Field(
+        8, ge=0, description="passes over the stage's first rollout that fit the fresh cost critic before its "
+        "advantages are taken (each pass recomputes the λ-returns it fits)")
     select_conflict_ratio: float = Field(
         0.85, gt=0, description="a snapshot qualifies when its validation conflicts are at most this multiple of "
         "the expert's on the same towns (below 1: 64 validation towns are noisier than the guardrail's 256, "

@@ -94,3 +94,28 @@ class PolicyNetwork(nn.Module):
     def distribution(self, features, action_mask, map=None):
         logits, value = self(features, action_mask, map)
         return torch.distributions.Categorical(logits=logits), value
+
+
+class CostCritic(nn.Module):
+    """The conflicts' critic of constrained PPO (OmniSafe's cost value head, as a network of its own): V_c(obs),
+    the expected discounted conflict cost ahead. It sees what the policy sees (the map through a linear
+    encoder, the features through an MLP) and lives only while a PPO stage trains: it is not part of the
+    policy's checkpoint, so a checkpoint plays and loads as before."""
+
+    def __init__(self, spec: ObservationSpec, config: ModelConfig = ModelConfig()) -> None:
+        super().__init__()
+        hidden = config.hidden
+        self.encoder = None
+        trunk_in = hidden
+        if spec.map_shape is not None:
+            channels, window, _ = spec.map_shape
+            self.encoder = nn.Sequential(nn.Flatten(), _layer(nn.Linear(channels * window * window, hidden)), nn.ReLU())
+            trunk_in = 2 * hidden
+        self.features = nn.Sequential(_layer(nn.Linear(spec.feature_dim, hidden)), nn.ReLU())
+        self.trunk = nn.Sequential(_layer(nn.Linear(trunk_in, hidden)), nn.ReLU(), _layer(nn.Linear(hidden, 1), std=1.0))
+
+    def forward(self, features, map=None):
+        parts = [self.features(features)]
+        if self.encoder is not None:
+            parts.insert(0, self.encoder(map.float() / MAP_SCALE))
+        return self.trunk(torch.cat(parts, dim=1)).float().squeeze(-1)

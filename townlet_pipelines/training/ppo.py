@@ -29,6 +29,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from townlet_pipelines.results import PPOTrainingResult
 from townlet_pipelines.training import tensorboard
 from townlet_pipelines.training.checkpoints import model_for, read_record, restore_optimizer, save_checkpoint
 from townlet_pipelines.training.constraint import ConflictMultiplier, SnapshotSelector, validation_scores
+from townlet_pipelines.training.cost_critic import PREFIX as COST_CRITIC, CostCriticTrainer
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.device import to_tensors
 from townlet_pipelines.training.distributed import (
@@ -53,6 +55,10 @@ from townlet_pipelines.training.rollouts import (
 from townlet_pipelines.training.torch_support import TrainingError, require_torch
 from townlet_pipelines.world.engine import TELEMETRY_KEYS, TownWorld, town_seeds
 from townlet_pipelines.world.policies import ScriptedExpert
+
+if TYPE_CHECKING:
+    from townlet_pipelines.config import AnnealStage
+    from townlet_pipelines.training.registry import StageInputs
 
 STAT_KEYS = ("loss_policy", "loss_value", "loss_entropy", "loss_total", "loss_bc", "clip_fraction", "kl",
              "grad_norm", "adv_std")
@@ -152,8 +158,11 @@ class ProgressSteps:
         return LoopState.from_json(loop), arrays
 
     def save(self, step: int, model, optimizer, state: LoopState, world: TownWorld, entropies: list,
-             multiplier: ConflictMultiplier | None, selector: SnapshotSelector | None) -> None:
+             multiplier: ConflictMultiplier | None, selector: SnapshotSelector | None,
+             cost_critic: CostCriticTrainer | None) -> None:
         arrays = resume.world_arrays(world)
+        if cost_critic is not None:
+            arrays.update(cost_critic.arrays())
         if entropies:
             entropies[:] = [np.concatenate(entropies)]
             arrays["entropies"] = entropies[0]
@@ -176,6 +185,7 @@ class Collected:
 
     data: dict[str, np.ndarray]
     rollout: Rollout | None
+    cost_rows: dict[str, np.ndarray] | None  # the rollout's observations, cost values and λ-returns (the critic's)
     conflict_rate: float | None  # the multiplier's trailing rate after this rollout (None without the constraint)
 
 
@@ -212,6 +222,12 @@ class PPORun:
         self.steps = ProgressSteps(self.out_dir, self.config, self.scaler)
         arrays = self._resume() if strategy.resume else {}
         self.multiplier, self.selector = self._constraint(arrays)
+        self.cost_critic, self.cost_loss = None, float("nan")
+        if self.multiplier is not None and self.ppo.cost_critic:
+            self.cost_critic = CostCriticTrainer(self.world.spec, self.config.model, self.ppo, self.device,
+                                                 self.ranks, self.seed + 1)
+            if any(name.startswith(COST_CRITIC) for name in arrays):
+                self.cost_critic.restore(arrays)
         self._open_streams()
         self.entropies = [arrays["entropies"]] if "entropies" in arrays else []
         self.buffer = RolloutBuffer(self.ppo.rollout_ticks)
@@ -315,15 +331,24 @@ class PPORun:
                 next(self.anchor_stream)
 
     # ---- collect
-    def collect_rollouts(self) -> Collected:
+    def collect_rollouts(self, update: int) -> Collected:
         """This update's rows: a rollout of the current network (advantages priced by λ), stored rows, or both."""
         ppo, state = self.ppo, self.state
-        parts, rollout, rate = [], None, None
+        parts, rollout, rate, cost_rows = [], None, None, None
         if self.mode in ("rollout", "mixed"):
             rollout = collect_rollout(self.model, self.world, ppo.rollout_ticks, self.device, self.next_seed,
                                       ppo.episode_ticks or self.config.evaluation.ticks, self.buffer)
             penalty = self.multiplier.value if self.multiplier is not None else 0.0
-            parts.append(rollout_rows(rollout, penalty, ppo))
+            cost_values = None
+            if self.cost_critic is not None:
+                if update == 0:
+                    self.cost_critic.warm_up(rollout)
+                cost_values = self.cost_critic.values(rollout)
+            parts.append(rollout_rows(rollout, penalty, ppo, cost_values))
+            if cost_values is not None:
+                returns = parts[-1].pop("cost_returns")
+                cost_rows = {key: parts[-1][key] for key in ("features", "map") if key in parts[-1]}
+                cost_rows["cost_returns"], cost_rows["cost_values"] = returns, cost_values[0].reshape(-1)
             state.counters["steps"] += rollout.ticks
             state.counters["rollout_seconds"] += rollout.seconds
             self.entropies.append(rollout.arrays["entropy"].reshape(-1).copy())  # the buffer is overwritten next
@@ -341,11 +366,13 @@ class PPORun:
         state.counters["transitions"] += len(data["actions"])
         state.reward_adv.append(np.corrcoef(data["rewards"], data["advantages"])[0, 1] if data["rewards"].std() > 0
                                 else 0.0)
-        return Collected(data, rollout, rate)
+        return Collected(data, rollout, cost_rows, rate)
 
     # ---- train
-    def train(self, data: dict[str, np.ndarray], update: int) -> None:
-        """`update_epochs` passes of shuffled mini-batches over this update's rows (SB3's `train`)."""
+    def train(self, collected: Collected, update: int) -> None:
+        """`update_epochs` passes of shuffled mini-batches over this update's rows (SB3's `train`); then the
+        cost critic's own passes over the rollout's cost λ-returns."""
+        data = collected.data
         self.model.train()
         rows = len(data["actions"])
         minibatch = max(1, rows // self.ppo.minibatches)
@@ -355,6 +382,9 @@ class PPORun:
                 batch = to_tensors({key: data[key][order[begin:begin + minibatch]] for key in data}, self.device,
                                    ROW_KEYS)
                 self._gradient_step(batch, update)
+        if self.cost_critic is not None and collected.cost_rows is not None:
+            rows = {key: value for key, value in collected.cost_rows.items() if key != "cost_values"}
+            self.cost_loss = self.cost_critic.fit(rows, salt=(1, update))
 
     def _gradient_step(self, batch: dict, update: int) -> None:
         """One mini-batch: PPO's loss (plus the BC anchor's), AMP-scaled backward, gradient clip, Adam."""
@@ -398,7 +428,7 @@ class PPORun:
         if ((update + 1) % self.config.runtime.progress_every_updates == 0 and update + 1 < self.updates
                 and not self.ranks.active):
             self.steps.save(update + 1, self.model, self.optimizer, state, self.world, self.entropies,
-                            self.multiplier, self.selector)
+                            self.multiplier, self.selector, self.cost_critic)
 
     def _log_update(self, update: int, collected: Collected) -> None:
         data, rollout, rate, multiplier = collected.data, collected.rollout, collected.conflict_rate, self.multiplier
@@ -410,6 +440,9 @@ class PPORun:
             entry.update(rollout_reward_per_agent_day=float(rollout.arrays["rewards"].sum()) / rollout_days)
         if multiplier is not None:
             entry.update(conflict_rate=rate, conflict_budget=multiplier.budget, lagrange_multiplier=multiplier.value)
+        if collected.cost_rows is not None:
+            entry.update(loss_cost_value=self.cost_loss, cost_explained_variance=explained_variance(
+                collected.cost_rows["cost_values"], collected.cost_rows["cost_returns"]))
         self.log.write(entry)
         self.progress.update(1, phase=self.mode, loss=last["loss_total"], kl=last["kl"], clip=last["clip_fraction"],
                              reward=entry.get("rollout_reward_per_agent_day"),
@@ -521,12 +554,20 @@ class PPOStrategy:
     continue_optimizer: bool = False  # also restore init_checkpoint's optimizer moments (continue a PPO run)
     resume: bool = False  # continue a killed run of this stage from its progress checkpoint (`<out>.progress`)
     evaluate_towns: bool = True  # score the result on the guardrail towns (the anneal judges from it)
+    phase: ClassVar[str] = "ppo"  # the anneal's half it runs in (training/registry.py)
+
+    @classmethod
+    def for_stage(cls, stage: "AnnealStage", inputs: "StageInputs") -> "PPOStrategy":
+        """An anneal stage's PPO: from the checkpoint carried forward, anchored on the expert's rows."""
+        return cls(init_checkpoint=inputs.init_checkpoint, updates=stage.epochs, replay_dataset=inputs.replay_dataset,
+                   anchor_dataset=inputs.dataset, bc_weight=stage.bc_weight, cycle=stage.cycle, out=inputs.out,
+                   name=inputs.name)
 
     def run(self, context: TrainingContext) -> PPOTrainingResult:
         run = PPORun(self, context)
         for update in range(run.state.next, run.updates):
-            collected = run.collect_rollouts()  # collect, with returns and advantages
-            run.train(collected.data, update)
+            collected = run.collect_rollouts(update)  # collect, with returns and advantages
+            run.train(collected, update)
             run.after_update(update, collected)
         return run.finish()
 

@@ -20,9 +20,7 @@ What a name resolves to is a *stage factory* (`StageFactory`), usually the strat
   one `AnnealStage` (its cycle, epochs and bc_weight) with the night's `StageInputs` (the datasets, the
   checkpoint to start from, the stage's folder and log name). Every stage is built this one way.
 
-`BCStrategy` is its own factory. `PPOStrategy` does not carry `phase` and `for_stage` yet, so the registry wraps
-it in a small adapter (`_PPOStages`) that passes the same arguments the anneal always passed; when ppo.py grows
-the two members, the adapter goes. `bc` and `ppo` are known even where the installed metadata predates their
+`BCStrategy` and `PPOStrategy` are their own factories. `bc` and `ppo` are known even where the installed metadata predates their
 entry points (an editable install not yet reinstalled): `BUILT_IN` names the same targets as pyproject.toml.
 """
 
@@ -64,21 +62,6 @@ class StageFactory(Protocol):
     def for_stage(self, stage: "AnnealStage", inputs: StageInputs) -> "TrainingStrategy": ...
 
 
-class _PPOStages:
-    """`PPOStrategy` as a stage factory, with the arguments the anneal's PPO stages have always had."""
-
-    phase = "ppo"
-
-    def __init__(self, strategy_class: type) -> None:
-        self.strategy_class = strategy_class
-
-    def for_stage(self, stage: "AnnealStage", inputs: StageInputs) -> "TrainingStrategy":
-        return self.strategy_class(init_checkpoint=inputs.init_checkpoint, updates=stage.epochs,
-                                   replay_dataset=inputs.replay_dataset, anchor_dataset=inputs.dataset,
-                                   bc_weight=stage.bc_weight, cycle=stage.cycle, out=inputs.out, name=inputs.name)
-
-
-_ADAPTERS = {BUILT_IN["ppo"]: _PPOStages}
 _registered: dict[str, StageFactory] = {}  # register_strategy's
 _loaded: dict[str, StageFactory] = {}  # entry points (and built-ins) already imported
 _discovered: dict[str, "EntryPoint | str"] | None = None  # name -> entry point, or a built-in's target
@@ -100,11 +83,8 @@ def known() -> list[str]:
 
 def _checked(name: str, factory, target: str) -> StageFactory:
     if not callable(getattr(factory, "for_stage", None)) or getattr(factory, "phase", None) not in PHASES:
-        adapter = _ADAPTERS.get(target)
-        if adapter is None:
-            raise TypeError(f"strategy {name!r} ({target}): a stage factory needs `phase` (one of {PHASES}) and "
-                            "`for_stage(stage, inputs)` (training/registry.py)")
-        factory = adapter(factory)
+        raise TypeError(f"strategy {name!r} ({target}): a stage factory needs `phase` (one of {PHASES}) and "
+                        "`for_stage(stage, inputs)` (training/registry.py)")
     return factory
 
 

@@ -35,6 +35,7 @@ class Rollout:
     telemetry: dict[str, float]  # the world's event counts over the rollout, all towns
     ticks: int
     seconds: float
+    final: dict[str, np.ndarray] | None = None  # the observation after the last step (the cost critic's bootstrap)
 
 
 class RolloutBuffer:
@@ -91,11 +92,12 @@ def collect_rollout(model, world: TownWorld, ticks: int, device: DeviceContext, 
             totals[key] += float(result.telemetry[key].sum())
         if restart:
             world.reset(next_seed())
+    final = {key: value.copy() for key, value in observation_batch(world).items()}
     with torch.no_grad():
-        batch = to_tensors(observation_batch(world), device, OBS_KEYS)
+        batch = to_tensors(final, device, OBS_KEYS)
         _, bootstrap = model(batch["features"], batch["action_mask"], batch.get("map"))
     assert buffer.arrays["actions"].shape[:2] == (ticks, agents)
-    return Rollout(dict(buffer.arrays), bootstrap.cpu().numpy(), totals, ticks, time.perf_counter() - start)
+    return Rollout(dict(buffer.arrays), bootstrap.cpu().numpy(), totals, ticks, time.perf_counter() - start, final)
 
 
 # ------------------------------------------------------------------------------- returns/advantages
@@ -117,27 +119,34 @@ def gae(rewards, values, dones, bootstrap, gamma: float, lam: float):
     return advantages, advantages + values
 
 
-def rollout_rows(rollout: Rollout, penalty: float, ppo: PPOConfig) -> dict[str, np.ndarray]:
+def rollout_rows(rollout: Rollout, penalty: float, ppo: PPOConfig,
+                 cost_values: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Flattened training rows of a rollout, with PPO-Lagrangian's advantage (A_r − λ·A_c) / (1 + λ).
 
     A_r is GAE on the world's reward against the value head, which learns the reward's return alone (its
-    targets do not move when λ does); A_c is the conflicts' discounted cost-to-go over GAE's horizon (γ·λ_GAE,
-    about 17 ticks: from the choice to walk to an object to the queue it meets), without a critic of its own.
+    targets do not move when λ does). A_c is GAE on the conflict cost against the cost critic's values
+    `cost_values` ((T, A) values, (A,) bootstrap; the rows then carry the critic's targets as `cost_returns`),
+    or, without a critic, the raw discounted cost-to-go over GAE's horizon (γ·λ_GAE, about 17 ticks).
     Dividing by 1 + λ (as OpenAI's safety-starter-agents and OmniSafe do) keeps the advantage on the reward's
     scale however high the price goes.
     """
     arrays = rollout.arrays
     reward_advantages, returns = gae(arrays["rewards"], arrays["value_preds"], arrays["dones"], rollout.bootstrap,
                                      ppo.gamma, ppo.gae_lambda)
-    if penalty > 0:
-        penalty = np.float64(penalty)  # in float64 whether the price comes from this run or from a resumed one's JSON
-        cost_to_go, _ = gae(arrays["costs"], np.zeros_like(arrays["costs"]), arrays["dones"],
-                            np.zeros_like(rollout.bootstrap), ppo.gamma, ppo.gae_lambda)
-        advantages = (reward_advantages - penalty * cost_to_go) / (1.0 + penalty)
-    else:
-        advantages = reward_advantages
     rows = {key: arrays[key] for key in (*OBS_KEYS, "actions", "old_log_probs", "value_preds", "rewards")
             if key in arrays}
+    if cost_values is not None:
+        values, bootstrap = cost_values
+        cost_advantages, rows["cost_returns"] = gae(arrays["costs"], values, arrays["dones"], bootstrap,
+                                                    ppo.gamma, ppo.gae_lambda)
+    elif penalty > 0:
+        cost_advantages, _ = gae(arrays["costs"], np.zeros_like(arrays["costs"]), arrays["dones"],
+                                 np.zeros_like(rollout.bootstrap), ppo.gamma, ppo.gae_lambda)
+    if penalty > 0:
+        penalty = np.float64(penalty)  # in float64 whether the price comes from this run or from a resumed one's JSON
+        advantages = (reward_advantages - penalty * cost_advantages) / (1.0 + penalty)
+    else:
+        advantages = reward_advantages
     rows["advantages"], rows["returns"] = advantages, returns
     count = rollout.ticks * arrays["actions"].shape[1]
     return {key: value.reshape(count, *value.shape[2:]) for key, value in rows.items()}
