@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/dagster_home}"  # an existing instance is honoured
+# The code location `dagster job execute` loads serves this config's profile: its asset keys and records carry the
+# profile (`smoke/ppo_checkpoint`, records/smoke/...; the default profile's keys are bare), so a smoke night and a
+# default night never overwrite each other's records or catalog entries (pipeline/definitions.py).
 export TOWNLET_CONFIG="${1:-${TOWNLET_CONFIG:-default}}"
 export TOWNLET_ARTIFACTS="${TOWNLET_ARTIFACTS:-$PWD/dagster_home/artifacts}"
 NIGHT="${2:-${TOWNLET_NIGHT:-$(.venv/bin/python -c \

@@ -69,8 +69,10 @@ def two_nights(tmp_path_factory):
 
     config = tmp_path_factory.mktemp("config") / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY, "profile": "tiny"}))
+    from townlet_pipelines.pipeline.definitions import definitions_for
+
     root = tmp_path_factory.mktemp("artifacts")
-    job = defs.resolve_job_def("nightly_anneal")
+    job = definitions_for(str(config)).resolve_job_def("nightly_anneal")  # the tiny profile's own location
     with DagsterInstance.ephemeral() as instance:
         results = [job.execute_in_process(
             run_config={"resources": {"townlet": {"config": {"config_path": str(config), "artifacts_root": str(root),

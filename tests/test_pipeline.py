@@ -20,11 +20,12 @@ pytest.importorskip("torch")
 from dagster import AssetKey, DagsterInstance, build_schedule_context  # noqa: E402
 
 from tests.test_training import TINY  # noqa: E402
-from townlet_pipelines.pipeline.definitions import defs  # noqa: E402
+from townlet_pipelines.pipeline.definitions import defs, definitions_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET_KEYS = {"replay_manifest", "rollout_dataset", "bc_checkpoint", "ppo_checkpoint", "anneal_summary",
               "promoted_policy"}
+TINY_KEYS = {f"tiny/{key}" for key in ASSET_KEYS}  # the tests' tiny profile: its own location's keys
 GUARDRAILS = {"bc_accuracy_guardrail", "ppo_loss_guardrail", "queue_conflict_guardrail", "expert_guardrail",
               "champion_guardrail"}
 NIGHTS = ("2026-11-05", "2026-11-06", "2026-11-07", "2026-11-08")
@@ -39,19 +40,25 @@ def tiny_config(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_defs(tiny_config):
+    """The tiny profile's code location: a profile is part of its assets' keys (pipeline/definitions.py)."""
+    return definitions_for(str(tiny_config))
+
+
 def run_config(config: Path, root: Path, overrides: str = "") -> dict:
     return {"resources": {"townlet": {"config": {"config_path": str(config), "artifacts_root": str(root),
                                                  "overrides": overrides}}}}
 
 
 @pytest.fixture(scope="module")
-def nightly(tiny_config, tmp_path_factory):
+def nightly(tiny_config, tiny_defs, tmp_path_factory):
     """Four nights in order on one instance, as a backfill runs them: the first passes (the first release), the
     second has an impossible BC threshold (FAIL), the third and fourth start from the champion and pass, and
     the fourth completes the pass streak of two different nights (the second release)."""
     root = tmp_path_factory.mktemp("artifacts")
     with DagsterInstance.ephemeral() as instance:
-        job = defs.resolve_job_def("nightly_anneal")
+        job = tiny_defs.resolve_job_def("nightly_anneal")
 
         def night(index: int, overrides: str = ""):
             return job.execute_in_process(run_config=run_config(tiny_config, root, overrides), instance=instance,
@@ -96,7 +103,7 @@ def test_nightly_run_materializes_everything_and_every_check_passes(nightly):
     result = nightly["first"]
     assert result.success
     materialized = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
-    assert materialized == ASSET_KEYS
+    assert materialized == TINY_KEYS
     evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert GUARDRAILS <= set(evaluations)
     assert all(passed for name, passed in evaluations.items() if name != "action_distribution_sane")
@@ -126,7 +133,7 @@ def test_nightly_run_materializes_everything_and_every_check_passes(nightly):
     assert len(list((nightly["root"] / "cache").glob("reference-*.json"))) == 1
     # The tiny profile scores 120 ticks, less than its 360-tick day: the report keeps no town-day frames (a
     # partial day is not "over a day"), so `promoted_policy` played the town itself (the picture is checked above).
-    record = json.loads((nightly["root"] / "records" / "anneal_summary" / f"{NIGHTS[0]}.json").read_text())
+    record = json.loads((nightly["root"] / "records" / "tiny" / "anneal_summary" / f"{NIGHTS[0]}.json").read_text())
     assert record["town_days"] == {}
 
 
@@ -137,11 +144,11 @@ def test_lineage_links_each_asset_to_its_inputs(nightly):
                          ("ppo_checkpoint", ["bc_checkpoint", "replay_manifest", "rollout_dataset"]),
                          ("anneal_summary", ["replay_manifest", "bc_checkpoint", "ppo_checkpoint"]),
                          ("promoted_policy", ["anneal_summary"])):
-        records = instance.fetch_materializations(AssetKey(key), limit=10).records
+        records = instance.fetch_materializations(AssetKey(["tiny", key]), limit=10).records
         record = next(r for r in records if r.run_id == run_id)
         tags = record.asset_materialization.tags or {}
-        for parent in parents:
-            assert f"dagster/input_event_pointer/{parent}" in tags, (key, parent)
+        for parent in parents:  # each input is the same profile's asset
+            assert f"dagster/input_event_pointer/tiny/{parent}" in tags, (key, parent)
         if key == "bc_checkpoint":  # data versions come from content: the checkpoint's own id
             metadata = record.asset_materialization.metadata
             assert tags["dagster/data_version"] == metadata["checkpoint_id"].value
@@ -149,10 +156,11 @@ def test_lineage_links_each_asset_to_its_inputs(nightly):
 
 def test_metadata_tells_what_was_made(nightly):
     instance = nightly["instance"]
-    manifest = instance.get_latest_materialization_event(AssetKey("replay_manifest")).asset_materialization.metadata
+    latest = instance.get_latest_materialization_event(AssetKey(["tiny", "replay_manifest"]))
+    manifest = latest.asset_materialization.metadata
     assert manifest["rows"].value > 0 and len(manifest["dataset_identity"].value) == 64
     assert Path(manifest["path"].value, "manifest.json").is_file()
-    summary_records = instance.fetch_materializations(AssetKey("anneal_summary"), limit=1).records
+    summary_records = instance.fetch_materializations(AssetKey(["tiny", "anneal_summary"]), limit=1).records
     summary = summary_records[0].asset_materialization.metadata
     assert summary["status"].value == "PASS" and "| cycle | mode |" in summary["stages"].value
 
@@ -164,8 +172,8 @@ def test_a_failed_guardrail_blocks_promotion_and_keeps_the_previous_release(nigh
     assert evaluations["bc_accuracy_guardrail"].passed is False
     assert evaluations["bc_accuracy_guardrail"].metadata["threshold"].value == pytest.approx(1.01)
     materialized = {event.asset_key.to_user_string() for event in failed.get_asset_materialization_events()}
-    assert "bc_checkpoint" in materialized and "promoted_policy" not in materialized
-    assert "ppo_checkpoint" not in materialized
+    assert "tiny/bc_checkpoint" in materialized and "tiny/promoted_policy" not in materialized
+    assert "tiny/ppo_checkpoint" not in materialized
     after = nightly["after_failed"]
     assert after["current_release_id"] == nightly["release_before"]["current_release_id"]
     assert nightly["files_after_failed"] == nightly["promoted_files"]  # the promoted policy's files are untouched
@@ -174,7 +182,7 @@ def test_a_failed_guardrail_blocks_promotion_and_keeps_the_previous_release(nigh
     # The verdict is visible from the graph and explained in one line: an observation on anneal_summary, the
     # check's description, and the run's log naming the guardrail that held the candidate.
     observed = [e for e in failed.all_events if e.event_type_value == "ASSET_OBSERVATION"
-                and e.asset_key.to_user_string() == "anneal_summary"]
+                and e.asset_key.to_user_string() == "tiny/anneal_summary"]
     metadata = observed[0].event_specific_data.asset_observation.metadata
     assert metadata["status"].value == "FAIL"
     assert "validation accuracy" in metadata["reason"].value and "< threshold 1.01" in metadata["reason"].value
@@ -281,7 +289,7 @@ def test_dagster_dev_serves_the_graph_and_recovers_from_a_killed_run(tmp_path, t
         nodes = _wait(lambda: (_graphql(base, query).get("data") or {}).get("assetNodes"), 90, every=1)
         keys = {"/".join(node["assetKey"]["path"]) for node in nodes}
         checks = {check["name"] for node in nodes for check in node["assetChecksOrError"].get("checks", [])}
-        assert keys == ASSET_KEYS
+        assert keys == TINY_KEYS  # the location of $TOWNLET_CONFIG's profile
         assert GUARDRAILS <= checks
 
         with DagsterInstance.from_config(str(tmp_path)) as instance:
@@ -319,7 +327,7 @@ def test_dagster_dev_serves_the_graph_and_recovers_from_a_killed_run(tmp_path, t
 
 def test_a_rerun_with_unchanged_inputs_reuses_the_dataset_and_the_bc_stages(nightly):
     def metadata(result, key):
-        event = next(e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key)
+        event = next(e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == key)
         return {name: value.value for name, value in event.materialization.metadata.items()}
 
     first, failed, rerun = nightly["first"], nightly["failed"], nightly["rerun"]
@@ -343,12 +351,12 @@ def test_training_assets_ask_for_a_gpu_and_share_one_pool():
     assert "default_limit: 1" in instance_yaml
 
 
-def test_a_users_mistake_fails_the_step_with_the_clis_one_line_sentence(tiny_config, tmp_path):
+def test_a_users_mistake_fails_the_step_with_the_clis_one_line_sentence(tiny_config, tiny_defs, tmp_path):
     from townlet_pipelines.config import ConfigError, config_from_mapping
     from townlet_pipelines.errors import one_line
 
     with DagsterInstance.ephemeral() as instance:
-        result = defs.resolve_job_def("capture_only").execute_in_process(
+        result = tiny_defs.resolve_job_def("capture_only").execute_in_process(
             run_config=run_config(tiny_config, tmp_path, "bc: {val_fraction: 0}"), instance=instance,
             partition_key=NIGHTS[0], raise_on_error=False)
     assert not result.success
@@ -383,23 +391,24 @@ def test_the_launcher_tells_a_dead_run_worker_from_a_live_one():
     assert f"pid {gone.pid} is gone" in verdicts[2].msg
 
 
-def test_rollouts_are_captured_only_when_ppo_trains_on_them_and_each_dataset_is_verified_once(nightly, tiny_config):
+def test_rollouts_are_captured_only_when_ppo_trains_on_them_and_each_dataset_is_verified_once(nightly, tiny_config,
+                                                                                             tiny_defs):
     first = nightly["first"]
     rollout = first.asset_materializations_for_node("rollout_dataset")[0].metadata
     assert rollout["captured"].value is False and "ppo.data_mode is rollout" in rollout["reason"].value
     with DagsterInstance.ephemeral() as instance:  # on the nightly's root, where a release exists
-        result = defs.resolve_job_def("capture_only").execute_in_process(
+        result = tiny_defs.resolve_job_def("capture_only").execute_in_process(
             run_config=run_config(tiny_config, nightly["root"], "ppo: {data_mode: mixed}"), instance=instance,
             partition_key="2026-11-09")  # a night of its own: the four nights' records stay
     captured = result.asset_materializations_for_node("rollout_dataset")[0].metadata
     assert captured["captured"].value is True and captured["rows"].value > 0
     release = json.loads((nightly["state"] / "promotion.json").read_text())["current_release_id"]
     assert captured["release"].value == release and captured["generator"].value.startswith("checkpoint ")
-    checks = {(e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()}
+    checks = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
     assert checks[("rollout_dataset", "manifest_verified")].passed
     assert checks[("rollout_dataset", "manifest_verified")].metadata["rows"].value == captured["rows"].value
     rerun = nightly["rerun"]  # the expert dataset came from the cache: verified in full once, by the asset
-    verified = [e for e in rerun.get_asset_check_evaluations() if e.asset_key.to_user_string() == "replay_manifest"
+    verified = [e for e in rerun.get_asset_check_evaluations() if e.asset_key.path[-1] == "replay_manifest"
                 and e.check_name == "manifest_verified"][0]
     assert verified.passed and verified.metadata["verified_by"].value == "the cache"
     assert verified.description == "verified in full before reuse"
@@ -495,7 +504,7 @@ def test_each_night_starts_from_the_champion_and_the_streak_of_different_nights_
         assert promoted["promoted_this_run"].value is False and "must improve" in promoted["reason"].value
     for result, night in ((nightly["rerun"], NIGHTS[2]), (nightly["fourth"], NIGHTS[3])):
         for key in ("bc_checkpoint", "ppo_checkpoint", "anneal_summary"):
-            record = json.loads((nightly["root"] / "records" / key / f"{night}.json").read_text())
+            record = json.loads((nightly["root"] / "records" / "tiny" / key / f"{night}.json").read_text())
             assert record["run_id"] == result.run_id and record["night"] == night
 
 

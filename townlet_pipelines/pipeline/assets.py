@@ -26,7 +26,7 @@ from dagster import (
 from townlet_pipelines.pipeline.observability import (
     DATASET_SCHEMA, OWNERS, catalog_tags, dataset_preview, held_out_plots, release_plots,
 )
-from townlet_pipelines.pipeline.records import NIGHTS
+from townlet_pipelines.pipeline.records import NIGHTS, refuse_another_profile
 from townlet_pipelines.pipeline.resources import TownletResource
 
 GROUP = "townlet"
@@ -71,12 +71,15 @@ def told_in_one_line(function):
     error (bad config, damaged data, a full disk) fails the step with the sentence the CLI prints
     (programming errors keep their traceback), and a guardrail that holds the candidate fails it with the
     guardrail's own verdict ("bc_accuracy_guardrail held the candidate: BC validation accuracy 0.900 < ...")
-    once the materialization and its checks are recorded, which stops the run before promotion."""
+    once the materialization and its checks are recorded, which stops the run before promotion. Before the step
+    makes anything, a config of another profile than the code location's is refused (records.py)."""
 
     @functools.wraps(function)
-    def wrapper(*args, **kwargs):
+    def wrapper(context, **kwargs):
         try:
-            result = function(*args, **kwargs)
+            townlet = kwargs["townlet"]
+            refuse_another_profile(context.asset_key, townlet.load_config(), townlet.config_source())
+            result = function(context, **kwargs)
         except Failure:
             raise
         except Exception as error:  # noqa: BLE001 - sorted: only user errors are re-told
@@ -348,7 +351,8 @@ def _held(context, townlet, strategy, training, bc, ppo, verdicts) -> None:
     summary = judge_and_store(strategy, training, bc, ppo, out, context.run.run_id)
     reason = verdict_reason(summary, training.config.anneal)
     context.log.warning(f"anneal {summary.status}: {reason}; nothing is promoted")
-    context.log_event(AssetObservation(asset_key=AssetKey("anneal_summary"), partition=context.partition_key,
+    summary_key = AssetKey([*context.asset_key.path[:-1], "anneal_summary"])  # the profile's own key
+    context.log_event(AssetObservation(asset_key=summary_key, partition=context.partition_key,
                                        metadata={"status": summary.status, "reason": reason,
                                                  "path": MetadataValue.path(str(out)),
                                                  "candidate_id": summary.candidate_id,

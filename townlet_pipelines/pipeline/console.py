@@ -26,8 +26,9 @@ def _metadata(entry) -> dict:
 
 
 def _of(entry, asset: str) -> bool:
+    """Whether the event is about `asset` under any profile's key (`anneal_summary`, `smoke/anneal_summary`)."""
     return entry.dagster_event is not None and entry.dagster_event.asset_key is not None and \
-        entry.dagster_event.asset_key.to_user_string() == asset
+        entry.dagster_event.asset_key.path[-1] == asset
 
 
 def verdict_of_run(instance: DagsterInstance, run_id: str) -> dict | None:

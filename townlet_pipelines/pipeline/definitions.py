@@ -1,20 +1,33 @@
-"""`defs`: the Townlet code location (workspace.yaml loads this module)."""
+"""`defs`: the Townlet code location (workspace.yaml loads this module) for one profile.
+
+A profile is part of an asset's identity. The location serves the profile of the config `$TOWNLET_CONFIG`
+names when it loads (default: the packaged `default` profile), and its asset keys carry that profile as a
+prefix: `ppo_checkpoint` for the default profile (the keys, records and catalog history it always had),
+`smoke/ppo_checkpoint` for smoke, `<profile>/<asset>` for any other. The `night_records` IO manager files a
+record under its asset key (`<artifacts>/records/smoke/ppo_checkpoint/<night>.json`), so records, the
+catalog and lineage of two profiles never meet, and a run whose config names another profile is refused
+before any step makes anything (`assets.told_in_one_line`). `definitions_for(source)` builds the
+location of any config (the tests use it for their tiny profile); `bash scripts/run.sh smoke` gets smoke's
+by exporting TOWNLET_CONFIG before `dagster job execute`.
+"""
 
 from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from datetime import timedelta
 
 from dagster import (
-    AssetCheckSeverity, AssetSelection, DefaultSensorStatus, Definitions, RunFailureSensorContext,
-    build_last_update_freshness_checks, build_schedule_from_partitioned_job, build_sensor_for_freshness_checks,
-    define_asset_job, in_process_executor, run_failure_sensor,
+    AssetCheckSeverity, AssetKey, AssetSelection, AssetsDefinition, DefaultSensorStatus, Definitions,
+    RunFailureSensorContext, build_last_update_freshness_checks, build_schedule_from_partitioned_job,
+    build_sensor_for_freshness_checks, define_asset_job, in_process_executor, run_failure_sensor,
 )
 
-from townlet_pipelines.pipeline.assets import ASSETS, anneal_summary, replay_manifest, rollout_dataset
+from townlet_pipelines.config import load_config
+from townlet_pipelines.pipeline.assets import ASSETS
 from townlet_pipelines.pipeline.distributed_step import k8s_execution_config
-from townlet_pipelines.pipeline.records import night_records
+from townlet_pipelines.pipeline.records import DEFAULT_PROFILE, key_prefix, night_records
 from townlet_pipelines.pipeline.resources import TownletResource
 
 # In-process on purpose: the graph is a chain (each step waits for the previous), so parallel processes buy
@@ -35,6 +48,25 @@ def _executor():
     return in_process_executor
 
 
+def profile_of(source: str) -> str:
+    """The profile a config names. A config that does not load makes the default profile's location: every run
+    of it then fails at its first step with the config's own sentence, and nothing is recorded under its name."""
+    try:
+        return load_config(source).profile
+    except (ValueError, OSError):
+        return DEFAULT_PROFILE
+
+
+def profile_assets(profile: str) -> list[AssetsDefinition]:
+    """The six assets under the profile's keys, inputs and checks included; their ops (the run's step keys,
+    the k8s per-step config, the log's step names) keep their plain names."""
+    prefix = key_prefix(profile)
+    if not prefix:
+        return list(ASSETS)
+    keys = {key: AssetKey([*prefix, *key.path]) for asset_def in ASSETS for key in asset_def.keys}
+    return [asset_def.with_attributes(asset_key_replacements=keys) for asset_def in ASSETS]
+
+
 # Freshness: a night is judged when `anneal_summary` is materialized (a PASS) or observed (a FAIL or HOLD records
 # its verdict there, with `dagster/last_updated_timestamp`), so "no night judged for 26 hours" is the last update
 # of anneal_summary older than that: the 02:00 schedule plus a long night's run, and a missed night fails it.
@@ -42,35 +74,6 @@ def _executor():
 # counts materializations only (a HOLD night would read as a missed one) and is evaluated by the daemon alone,
 # while this is an asset check: shown beside the guardrails, alertable, and testable with a frozen clock.
 JUDGED_WITHIN = timedelta(hours=26)
-with warnings.catch_warnings():  # the two factories' "superseded" warnings, said above
-    warnings.filterwarnings("ignore", message="Function `build_.*freshness_checks` is superseded")
-    night_judged_checks = build_last_update_freshness_checks(
-        assets=[anneal_summary], lower_bound_delta=JUDGED_WITHIN, severity=AssetCheckSeverity.ERROR)
-    night_judged_sensor = build_sensor_for_freshness_checks(  # evaluates the check while the daemon runs
-        freshness_checks=night_judged_checks, name="night_judged_sensor", minimum_interval_seconds=600,
-        default_status=DefaultSensorStatus.RUNNING)
-
-SCHEDULED_CONFIG = os.environ.get("TOWNLET_CONFIG") or "default"  # named in every run's config, not implied
-RUN_CONFIG = {"resources": {"townlet": {"config": {"config_path": SCHEDULED_CONFIG}}}}
-if EXECUTOR == "k8s":  # each training pod's GPUs and the GPU nodes' toleration, matching the townlet settings above
-    RUN_CONFIG["execution"] = k8s_execution_config(RUN_CONFIG["resources"]["townlet"]["config"])
-nightly_anneal = define_asset_job(
-    "nightly_anneal", selection=AssetSelection.assets(*ASSETS) - AssetSelection.checks(*night_judged_checks),
-    executor_def=_executor(),
-    config=RUN_CONFIG, tags={"townlet/config_source": SCHEDULED_CONFIG},
-    description="One night: capture, BC, PPO from the champion, the guardrails, the verdict and the promotion rule.",
-)
-capture_only = define_asset_job(
-    "capture_only", selection=AssetSelection.assets(replay_manifest, rollout_dataset),
-    executor_def=_executor(), config=RUN_CONFIG,
-    description="Refresh a night's expert and champion datasets only.",
-)
-nightly_anneal_schedule = build_schedule_from_partitioned_job(
-    nightly_anneal, name="nightly_anneal_schedule", hour_of_day=2, minute_of_hour=0,
-    tags={"townlet/config_source": SCHEDULED_CONFIG},
-    description="At 02:00 in $TOWNLET_TIMEZONE (default UTC), the night that just ended, with the config named in "
-                "the job's run config ($TOWNLET_CONFIG when the code location loaded, else the default profile).",
-)
 
 
 def resource_of_run(run_config: dict) -> TownletResource:
@@ -79,23 +82,85 @@ def resource_of_run(run_config: dict) -> TownletResource:
     return TownletResource(**(settings.get("config") or {}))
 
 
-@run_failure_sensor(monitored_jobs=[nightly_anneal], default_status=DefaultSensorStatus.RUNNING,
-                    description="Records failed nightly runs in the promotion history of the run's own store.")
-def record_failed_runs(context: RunFailureSensorContext) -> None:
-    from townlet_pipelines.data.promotion import PromotionStore
-    from townlet_pipelines.training.orchestrator import state_dir
+@dataclass(frozen=True)
+class Location:
+    """One profile's code location: its assets, jobs, schedule, sensors and checks, and their Definitions."""
 
-    townlet = resource_of_run(context.dagster_run.run_config)
-    config = townlet.load_config()
-    store = PromotionStore(state_dir(townlet.root(), config), required_passes=config.promotion.required_passes)
-    store.record_failure(context.dagster_run.run_id, context.failure_event.message or "run failed")
+    profile: str
+    config_source: str
+    run_config: dict
+    night_judged_checks: list
+    night_judged_sensor: object
+    record_failed_runs: object
+    defs: Definitions
 
 
-defs = Definitions(
-    assets=ASSETS,
-    asset_checks=night_judged_checks,
-    jobs=[nightly_anneal, capture_only],
-    schedules=[nightly_anneal_schedule],
-    sensors=[record_failed_runs, night_judged_sensor],
-    resources={"townlet": TownletResource(), "io_manager": night_records},
-)
+def build_location(source: str) -> Location:
+    """The code location of the config `source` (a profile name or a YAML file) and of its profile."""
+    profile = profile_of(source)
+    assets = profile_assets(profile)
+    by_name = {asset_def.key.path[-1]: asset_def for asset_def in assets}
+    with warnings.catch_warnings():  # the two factories' "superseded" warnings, said above
+        warnings.filterwarnings("ignore", message="Function `build_.*freshness_checks` is superseded")
+        judged_checks = build_last_update_freshness_checks(
+            assets=[by_name["anneal_summary"]], lower_bound_delta=JUDGED_WITHIN, severity=AssetCheckSeverity.ERROR)
+        judged_sensor = build_sensor_for_freshness_checks(  # evaluates the check while the daemon runs
+            freshness_checks=judged_checks, name="night_judged_sensor", minimum_interval_seconds=600,
+            default_status=DefaultSensorStatus.RUNNING)
+    run_config = {"resources": {"townlet": {"config": {"config_path": source}}}}  # named in every run, not implied
+    if EXECUTOR == "k8s":  # each training pod's GPUs and the GPU nodes' toleration, matching the townlet settings
+        run_config["execution"] = k8s_execution_config(run_config["resources"]["townlet"]["config"])
+    tags = {"townlet/config_source": source}
+    nightly_anneal = define_asset_job(
+        "nightly_anneal", selection=AssetSelection.assets(*assets) - AssetSelection.checks(*judged_checks),
+        executor_def=_executor(), config=run_config, tags=tags,
+        description="One night: capture, BC, PPO from the champion, the guardrails, the verdict and the promotion "
+                    "rule.",
+    )
+    capture_only = define_asset_job(
+        "capture_only", selection=AssetSelection.assets(by_name["replay_manifest"], by_name["rollout_dataset"]),
+        executor_def=_executor(), config=run_config,
+        description="Refresh a night's expert and champion datasets only.",
+    )
+    schedule = build_schedule_from_partitioned_job(
+        nightly_anneal, name="nightly_anneal_schedule", hour_of_day=2, minute_of_hour=0, tags=tags,
+        description="At 02:00 in $TOWNLET_TIMEZONE (default UTC), the night that just ended, with the config named "
+                    "in the job's run config ($TOWNLET_CONFIG when the code location loaded, else the default "
+                    "profile).",
+    )
+
+    @run_failure_sensor(monitored_jobs=[nightly_anneal], default_status=DefaultSensorStatus.RUNNING,
+                        description="Records failed nightly runs in the promotion history of the run's own store.")
+    def record_failed_runs(context: RunFailureSensorContext) -> None:
+        from townlet_pipelines.data.promotion import PromotionStore
+        from townlet_pipelines.training.orchestrator import state_dir
+
+        townlet = resource_of_run(context.dagster_run.run_config)
+        config = townlet.load_config()
+        store = PromotionStore(state_dir(townlet.root(), config), required_passes=config.promotion.required_passes)
+        store.record_failure(context.dagster_run.run_id, context.failure_event.message or "run failed")
+
+    defs = Definitions(
+        assets=assets,
+        asset_checks=judged_checks,
+        jobs=[nightly_anneal, capture_only],
+        schedules=[schedule],
+        sensors=[record_failed_runs, judged_sensor],
+        resources={"townlet": TownletResource(), "io_manager": night_records},
+    )
+    return Location(profile, source, run_config, judged_checks, judged_sensor, record_failed_runs, defs)
+
+
+def definitions_for(source: str) -> Definitions:
+    """The Definitions of the code location of the config `source` (its profile's asset keys)."""
+    return build_location(source).defs
+
+
+SCHEDULED_CONFIG = os.environ.get("TOWNLET_CONFIG") or "default"
+LOCATION = build_location(SCHEDULED_CONFIG)
+PROFILE = LOCATION.profile
+RUN_CONFIG = LOCATION.run_config
+night_judged_checks = LOCATION.night_judged_checks
+night_judged_sensor = LOCATION.night_judged_sensor
+record_failed_runs = LOCATION.record_failed_runs
+defs = LOCATION.defs

@@ -15,9 +15,8 @@ STAGES = {"replay_manifest": "data", "rollout_dataset": "data", "bc_checkpoint":
 
 
 def catalog_tags(asset_name: str) -> dict[str, str]:
-    """The asset's definition tags: its stage in the night, and the team that owns it. (The profile is a
-    property of a run, not of the definition: one code location runs any profile, so it is on each
-    materialization's metadata and each run's tags, `townlet/profile`.)"""
+    """The asset's definition tags: its stage in the night, and the team that owns it. (The profile is in the
+    asset's key instead, `smoke/ppo_checkpoint`: one code location per profile, pipeline/definitions.py.)"""
     return {"stage": STAGES[asset_name], "team": "townlet"}
 
 

@@ -1,20 +1,26 @@
 """Nights as daily partitions, and the IO manager that hands each asset its own night's upstream records.
 
-A record is a small JSON mapping (paths, ids, the run that made it); the data itself stays in the files the
-asset wrote. Each run writes its own, `<artifacts>/records/<asset>/<night>/<run id>.json`, and also the
-night's latest, `<artifacts>/records/<asset>/<night>.json`. A step reads the record its own run wrote when its
-run materialized that upstream (two runs of one night at once, from `dagster job execute` which no run queue
-limits, never read each other's); only an upstream its run did not materialize (a partial re-run) comes from
-the night's latest record, and the step's log names the run that wrote it.
+A record is a small JSON mapping (paths, ids, the run and profile that made it); the data itself stays in the
+files the asset wrote. Each run writes its own, `<artifacts>/records/<asset key>/<night>/<run id>.json`, and
+also the night's latest, `<artifacts>/records/<asset key>/<night>.json`. The asset key carries the profile
+(`smoke/ppo_checkpoint`; the default profile's keys are bare, pipeline/definitions.py), so each profile's
+records live apart. A step reads the record its own run wrote when its run materialized that upstream (two
+runs of one night at once, from `dagster job execute` which no run queue limits, never read each other's);
+only an upstream its run did not materialize (a partial re-run) comes from the night's latest record, and the
+step's log names the run that wrote it. A latest record another profile's run wrote (one written at a bare key
+before keys carried the profile) is refused, never read.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from dagster import DailyPartitionsDefinition, Failure, InputContext, IOManager, OutputContext, io_manager
+
+from townlet_pipelines.config import ConfigError
 
 # Each night is the day that ends at 02:00: the schedule built from the partitioned job runs night D at
 # 02:00 on D+1, in $TOWNLET_TIMEZONE (default UTC). A night's towns come from its date alone
@@ -24,8 +30,32 @@ FIRST_NIGHT = os.environ.get("TOWNLET_FIRST_NIGHT", "2026-11-01")
 NIGHTS = DailyPartitionsDefinition(start_date=FIRST_NIGHT, hour_offset=2, timezone=TIMEZONE)
 
 
+DEFAULT_PROFILE = "default"  # its assets keep the bare keys they always had
+
+
+def key_prefix(profile: str) -> list[str]:
+    """The asset keys' prefix of a profile's code location: none for the default profile, else its name (made a
+    valid key part). A record lives under its asset's key, so under its profile too."""
+    return [] if profile == DEFAULT_PROFILE else [re.sub(r"[^A-Za-z0-9_]", "_", profile)]
+
+
+def served_profile(asset_key) -> str:
+    """The profile whose code location an asset key belongs to (from its prefix)."""
+    return asset_key.path[0] if len(asset_key.path) > 1 else DEFAULT_PROFILE
+
+
+def refuse_another_profile(asset_key, config, source: str) -> None:
+    """A code location serves one profile: a config of another would file its data under the wrong keys."""
+    if key_prefix(config.profile) != list(asset_key.path[:-1]):
+        raise ConfigError(f"{source}: profile '{config.profile}', but this code location serves profile "
+                          f"'{served_profile(asset_key)}' (a profile's runs are recorded under its own asset keys and "
+                          f"records): run it where its profile is served, `bash scripts/run.sh {source}` or "
+                          f"TOWNLET_CONFIG={source}")
+
+
 def record_path(root: Path, asset: str, night: str, run_id: str | None = None) -> Path:
-    """The night's latest record of an asset, or (with `run_id`) the one that run wrote."""
+    """The night's latest record of an asset (its key as a user string: `smoke/ppo_checkpoint`), or (with
+    `run_id`) the one that run wrote."""
     folder = Path(root) / "records" / asset
     return folder / night / f"{run_id}.json" if run_id else folder / f"{night}.json"
 
@@ -55,11 +85,20 @@ def read_record(path: Path, asset: str, night: str) -> dict:
         raise damaged(" ".join(str(error).split()) if path.stat().st_size else "the file is empty") from None
     if not isinstance(record, dict) or not record.get("run_id") or "night" not in record:
         raise damaged("not a record written by a run: no run_id or night")
-    if not set(record) - {"run_id", "night"}:
+    if not set(record) - {"run_id", "night", "profile"}:
         raise damaged("it holds nothing but its run_id and night")
     if record["night"] != night:
         raise damaged(f"it is night {record['night']}'s")
     return record
+
+
+def profile_of_record(instance, record: dict) -> str | None:
+    """The profile of the run that wrote a record: the record's own field, else (a record written before records
+    named it) the `townlet/profile` tag of its run on this instance; None when neither says."""
+    if record.get("profile"):
+        return record["profile"]
+    run = instance.get_run_by_id(record["run_id"])
+    return run.tags.get("townlet/profile") if run is not None else None
 
 
 class RecordIOManager(IOManager):
@@ -71,7 +110,8 @@ class RecordIOManager(IOManager):
         from townlet_pipelines.data.files import atomic_write_text
 
         night = context.asset_partition_key if context.has_asset_partitions else "unpartitioned"
-        record = json.dumps({**obj, "run_id": context.run_id, "night": night}, indent=2, sort_keys=True, default=str)
+        record = json.dumps({**obj, "profile": served_profile(context.asset_key), "run_id": context.run_id,
+                             "night": night}, indent=2, sort_keys=True, default=str)
         root, asset = context.resources.townlet.root(), context.asset_key.to_user_string()
         own = record_path(root, asset, night, context.run_id)
         atomic_write_text(own, record)  # this run's, for this run's downstream steps
@@ -96,6 +136,11 @@ class RecordIOManager(IOManager):
         if not path.is_file():
             raise Failure(f"{asset} has no record for night {night} ({path}); materialize it for that night first")
         record = read_record(path, asset, night)
+        serves, wrote = served_profile(context.asset_key), profile_of_record(context.instance, record)
+        if wrote is not None and key_prefix(wrote) != list(context.asset_key.path[:-1]):
+            raise Failure(f"{path}: the night's latest record of {asset} was written by run {record['run_id']} of "
+                          f"profile '{wrote}', not '{serves}' (before asset keys carried the profile); "
+                          f"re-materialize {asset} for night {night} with profile '{serves}'")
         context.log.info(f"{asset} for night {night} was not materialized in this run: reading the night's latest "
                          f"record, written by run {record['run_id']} ({path})")
         return record

@@ -42,12 +42,16 @@ class TownletResource(ConfigurableResource):
 
     def settings(self) -> dict:
         """This resource's settings, resolved, for a process that rebuilds it (the torchrun ranks)."""
-        return {"config_path": self.config_path or os.environ.get("TOWNLET_CONFIG") or "default",
+        return {"config_path": self.config_source(),
                 "artifacts_root": str(self.root()), "overrides": self.overrides, "tensorboard": self.tensorboard}
+
+    def config_source(self) -> str:
+        """Where the config comes from: `config_path`, else $TOWNLET_CONFIG, else the default profile."""
+        return self.config_path or os.environ.get("TOWNLET_CONFIG") or "default"
 
     def load_config(self, night: str | None = None) -> TownletConfig:
         """The configured recipe; with `night` (a partition key), that night's config: its own towns."""
-        source = self.config_path or os.environ.get("TOWNLET_CONFIG") or "default"
+        source = self.config_source()
         config = load_config(source)
         if self.overrides.strip():
             extra = yaml.safe_load(self.overrides)
@@ -64,7 +68,7 @@ class TownletResource(ConfigurableResource):
         """What made a run's assets: the profile, where the config came from, a hash of the whole recipe, and
         the night (whose towns it used)."""
         config = self.load_config()
-        source = self.config_path or os.environ.get("TOWNLET_CONFIG") or "default"
+        source = self.config_source()
         digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
         return {"profile": config.profile, "config_source": source + (" + overrides" if self.overrides.strip() else ""),
                 "config_hash": digest[:12], **({"night": night} if night else {})}
