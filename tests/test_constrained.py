@@ -356,3 +356,33 @@ def rollout_for_rows(arrays: dict, agents: int, ticks: int) -> Rollout:
             np.float32), "value_preds": np.zeros((ticks, agents), np.float32),
             "rewards": np.zeros((ticks, agents), np.float32)}
     return Rollout(full, np.zeros(agents, np.float32), {}, ticks, 0.0)
+
+
+def test_the_price_follows_the_validation_towns_conflicts_not_the_rollouts_noise(tmp_path, monkeypatch):
+    """λ is set from the start's validation conflicts before the first update (0.2 against a budget of
+    0.6 × the expert's 0.1), holds through the rollouts, and moves at the next validation (0.05: under budget)."""
+    import json
+
+    from townlet_pipelines.training import ppo
+
+    readings = iter([0.1, 0.2, 0.05])  # the expert's, the start's, after update 2
+
+    def scores(config, act):
+        return {"reward_per_agent_day": -1.0, "faints_per_agent_day": 0.0,
+                "queue_conflict_events_per_agent_day": next(readings), "wages_per_agent_day": 1.0}
+
+    monkeypatch.setattr(ppo, "validation_scores", scores)
+    config, context, _, _, strategy = _tiny_ppo(tmp_path, validate_every=2, conflict_budget=0.6)
+    result = strategy.run(context)
+    entries = [json.loads(line) for path in sorted((context.artifacts / "logs").glob("ppo*.jsonl"))
+               for line in path.read_text().splitlines()]
+    pid = config.ppo.lagrange_kp + config.ppo.lagrange_lr  # the P and I terms on the first error
+    first = pid * (0.2 / 0.06 - 1)
+    start = next(entry for entry in entries if entry.get("start"))
+    updates = [entry for entry in entries if "validation" not in entry]
+    assert start["lagrange_multiplier"] == pytest.approx(first)
+    assert [entry["lagrange_multiplier"] for entry in updates] == pytest.approx([first, first])  # rollouts: no move
+    assert result.lagrange_multiplier_mean == pytest.approx(first)
+    after = config.ppo.lagrange_kp * (0.05 / 0.06 - 1) + max(0.0, config.ppo.lagrange_lr * (0.2 / 0.06 - 1)
+                                                             + config.ppo.lagrange_lr * (0.05 / 0.06 - 1))
+    assert result.lagrange_multiplier == pytest.approx(max(0.0, after))

@@ -366,6 +366,11 @@ class PPOConfig(_Strict):
                                "(relative to the budget): it brakes a climb before the integral winds up")
     lagrange_init: float = Field(0.0, ge=0, description="the conflict multiplier's starting value (its integral): "
                                  "0 leaves a policy under budget free; the P and D terms price an overshoot at once")
+    lagrange_measure: Literal["validation", "rollouts"] = Field(
+        "validation", description="the conflict rate λ follows: the seeds.validation towns' at the start and every "
+        "validate_every updates (512 agent-days of the policy as evaluation plays it, the reading the snapshot "
+        "choice uses), or the rollouts' over the last day of every update (a few conflicts a day on 8 towns: "
+        "λ chased their noise and collapsed while validation conflicts climbed, docs/BENCHMARKS.md)")
     cost_critic: bool = Field(
         True, description="constrained PPO learns a critic of the conflicts' discounted cost (OmniSafe's cost value "
         "head, a network of its own that the checkpoint does not keep), and A_c is GAE against it; off: A_c is "

@@ -186,7 +186,7 @@ class Collected:
     data: dict[str, np.ndarray]
     rollout: Rollout | None
     cost_rows: dict[str, np.ndarray] | None  # the rollout's observations, cost values and λ-returns (the critic's)
-    conflict_rate: float | None  # the multiplier's trailing rate after this rollout (None without the constraint)
+    conflict_rate: float | None  # the rollouts' rate (λ's trailing one when λ follows them; None: no constraint)
 
 
 class PPORun:
@@ -279,38 +279,51 @@ class PPORun:
         torch = require_torch()
         ppo, state = self.ppo, self.state
         priced = ppo.conflict_budget > 0 and self.mode != "replay"
-        multiplier, selector = None, None
-        if priced or ppo.validate_every:
-            if state.expert is None:
-                state.expert = validation_scores(self.config, ScriptedExpert(self.config.expert).act)
-                self.log.write({"update": -1, "cycle": self.strategy.cycle, "validation": "expert", **state.expert})
-            selector = SnapshotSelector(state.expert, ppo.select_conflict_ratio, ppo.select_wage_ratio)
-            if state.selected is not None:
-                selector.best, selector.best_update = state.selected["scores"], state.selected["update"]
-                selector.best_state = {name[len("best."):]: torch.from_numpy(value).to(self.device.device)
-                                       for name, value in arrays.items() if name.startswith("best.")}
-            elif ppo.select_keep_start and ppo.validate_every and state.next == 0:
-                self._offer_start(selector)
+        # What λ follows: the validation towns' conflicts (every validate_every updates: hundreds of agent-days
+        # of the policy as evaluation plays it), or the rollouts' (every update, but a few conflicts a day).
+        self.price_on_validation = priced and ppo.lagrange_measure == "validation" and ppo.validate_every > 0
+        if not (priced or ppo.validate_every):
+            return None, None
+        if state.expert is None:
+            state.expert = validation_scores(self.config, ScriptedExpert(self.config.expert).act)
+            self.log.write({"update": -1, "cycle": self.strategy.cycle, "validation": "expert", **state.expert})
+        multiplier = None
         if priced:
             multiplier = ConflictMultiplier(
                 budget=max(ppo.conflict_budget * state.expert["queue_conflict_events_per_agent_day"], 1e-3),
                 ki=ppo.lagrange_lr, kp=ppo.lagrange_kp, kd=ppo.lagrange_kd, integral=ppo.lagrange_init,
-                window=max(1, -(-self.config.world.day_ticks // ppo.rollout_ticks)))
+                window=1 if self.price_on_validation else max(1, -(-self.config.world.day_ticks // ppo.rollout_ticks)))
             if state.lagrange is not None:
                 multiplier.restore(state.lagrange)
+        selector = SnapshotSelector(state.expert, ppo.select_conflict_ratio, ppo.select_wage_ratio)
+        if state.selected is not None:
+            selector.best, selector.best_update = state.selected["scores"], state.selected["update"]
+            selector.best_state = {name[len("best."):]: torch.from_numpy(value).to(self.device.device)
+                                   for name, value in arrays.items() if name.startswith("best.")}
+        elif ppo.select_keep_start and ppo.validate_every and state.next == 0:
+            self._offer_start(selector, multiplier)
         return multiplier, selector
 
-    def _offer_start(self, selector: SnapshotSelector) -> None:
+    def _offer_start(self, selector: SnapshotSelector, multiplier: ConflictMultiplier | None) -> None:
         """The starting weights (the champion's or the BC clone's) compete as update 0: a stage that finds no
-        snapshot better under the constraints returns its start, never a worse snapshot."""
+        snapshot better under the constraints returns its start, never a worse snapshot. Their conflicts set
+        the first price when λ follows the validation towns."""
         scores = broadcast(validation_scores(self.config, evaluation_policy(self.model, self.device, self.config).act),
                            self.ranks)
         selector.offer(0, scores, self.model)
+        if self.price_on_validation:
+            multiplier.update(scores["queue_conflict_events_per_agent_day"], 1.0)
         self.log.write({"update": -1, "cycle": self.strategy.cycle, "validation": "policy", "start": True,
-                        "chosen": True, **scores})
+                        "chosen": True, **scores, **self._price(multiplier)})
         LOGGER.info("ppo cycle %d validation of its start: reward %.2f, conflicts %.3f, wages %.2f per agent-day "
                     "(kept unless a snapshot does better)", self.strategy.cycle, scores["reward_per_agent_day"],
                     scores["queue_conflict_events_per_agent_day"], scores["wages_per_agent_day"])
+
+    def _price(self, multiplier: ConflictMultiplier | None) -> dict[str, float]:
+        """λ and its budget for a validation log entry, when λ follows the validation towns."""
+        if multiplier is None or not self.price_on_validation:
+            return {}
+        return {"conflict_budget": multiplier.budget, "lagrange_multiplier": multiplier.value}
 
     def _open_streams(self) -> None:
         """Stored rows (replay, mixed) and the anchor's expert batches, where a resumed run left them."""
@@ -358,7 +371,8 @@ class PPORun:
                 state.multipliers.append(penalty)
                 conflicts, agent_days = all_sum([rollout.telemetry["queue_conflict_events"],
                                                  self.agents * rollout.ticks / self.config.world.day_ticks], self.ranks)
-                rate = self.multiplier.update(conflicts, agent_days)
+                rate = (conflicts / agent_days if self.price_on_validation
+                        else self.multiplier.update(conflicts, agent_days))
         if self.mode in ("replay", "mixed") and self.replay_count > 0:
             parts.append(take_rows(self.replay_stream, self.replay_count, self.pending))
         keys = set.intersection(*(set(part) for part in parts))
@@ -456,8 +470,10 @@ class PPORun:
         scores = broadcast(validation_scores(self.config, evaluation_policy(self.model, self.device, self.config).act),
                            self.ranks)
         chosen = self.selector.offer(update + 1, scores, self.model)
+        if self.price_on_validation:
+            self.multiplier.update(scores["queue_conflict_events_per_agent_day"], 1.0)
         self.log.write({"update": update, "cycle": self.strategy.cycle, "validation": "policy", "chosen": chosen,
-                        **scores})
+                        **scores, **self._price(self.multiplier)})
         LOGGER.info("ppo cycle %d validation after update %d: reward %.2f, conflicts %.3f, wages %.2f per agent-day%s",
                     self.strategy.cycle, update + 1, scores["reward_per_agent_day"],
                     scores["queue_conflict_events_per_agent_day"], scores["wages_per_agent_day"],
