@@ -97,10 +97,10 @@ def _tiny_ppo(tmp_path, **ppo):
     kept = {}
     original = SnapshotSelector.offer
 
-    def offer(self, update, scores, model):  # remember the start's weights as the stage saw them
+    def offer(self, update, scores, model, start=False):  # remember the start's weights as the stage saw them
         if update == 0:
             kept.update({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
-        return original(self, update, scores, model)
+        return original(self, update, scores, model, start)
 
     return config, context, kept, offer, PPOStrategy(evaluate_towns=False)
 
@@ -386,3 +386,27 @@ def test_the_price_follows_the_validation_towns_conflicts_not_the_rollouts_noise
     after = config.ppo.lagrange_kp * (0.05 / 0.06 - 1) + max(0.0, config.ppo.lagrange_lr * (0.2 / 0.06 - 1)
                                                              + config.ppo.lagrange_lr * (0.05 / 0.06 - 1))
     assert result.lagrange_multiplier == pytest.approx(max(0.0, after))
+
+
+def test_a_snapshot_with_no_more_conflicts_than_its_start_qualifies_even_above_the_ratio():
+    """The champion reads 0.127 against the expert's 0.148 on a night's validation towns, above 0.85 × 0.148: a
+    snapshot with more reward and no more conflicts than it is the better choice, not one that only cut
+    conflicts at the price of reward."""
+    from townlet_pipelines.training.constraint import SnapshotSelector
+
+    model = Bandit()
+    expert = {"reward_per_agent_day": -21.7, "queue_conflict_events_per_agent_day": 0.148,
+              "faints_per_agent_day": 0.0, "wages_per_agent_day": 3.39}
+
+    def scores(reward, conflicts):
+        return {"reward_per_agent_day": reward, "queue_conflict_events_per_agent_day": conflicts,
+                "faints_per_agent_day": 0.0, "wages_per_agent_day": 3.38}
+
+    selector = SnapshotSelector(expert, ratio=0.85, wage_ratio=0.96)
+    assert selector.offer(0, scores(-2.47, 0.127), model, start=True)
+    assert not selector.offer(4, scores(-2.82, 0.105), model)  # fewer conflicts, less reward: not better
+    assert selector.offer(8, scores(-2.30, 0.120), model)  # more reward, no more conflicts than the start
+    assert not selector.offer(12, scores(-1.90, 0.140), model)  # more reward bought with conflicts
+    assert selector.best_update == 8
+    fresh = SnapshotSelector(expert, ratio=0.85, wage_ratio=0.96)  # no start offered: the ratio alone
+    assert not fresh.feasible(scores(-2.30, 0.127))

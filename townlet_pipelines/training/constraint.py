@@ -75,7 +75,9 @@ def validation_scores(config: TownletConfig, act) -> dict[str, float]:
 @dataclass
 class SnapshotSelector:
     """Early stopping under the constraint: keep the snapshot with the highest validation reward among those
-    whose conflicts stay within `ratio` × the expert's, whose faints do not exceed the expert's and whose
+    whose conflicts stay within `ratio` × the expert's (or within the start's, when the start was offered: a
+    snapshot with no more conflicts than the champion it would replace is no step back, even where the
+    champion itself reads above `ratio` on these towns), whose faints do not exceed the expert's and whose
     wages reach `wage_ratio` × the expert's; while none qualifies, the one with the fewest conflicts."""
 
     expert: dict[str, float]
@@ -84,14 +86,20 @@ class SnapshotSelector:
     best: dict[str, float] | None = None
     best_state: dict | None = None
     best_update: int = 0
+    start_conflicts: float | None = None  # the start's validation conflicts, once offered as update 0
+
+    def conflict_limit(self) -> float:
+        limit = self.ratio * self.expert["queue_conflict_events_per_agent_day"]
+        return max(limit, self.start_conflicts) if self.start_conflicts is not None else limit
 
     def feasible(self, scores: dict[str, float]) -> bool:
-        return (scores["queue_conflict_events_per_agent_day"]
-                <= self.ratio * self.expert["queue_conflict_events_per_agent_day"] + 1e-9
+        return (scores["queue_conflict_events_per_agent_day"] <= self.conflict_limit() + 1e-9
                 and scores["faints_per_agent_day"] <= self.expert["faints_per_agent_day"] + 1e-9
                 and scores["wages_per_agent_day"] >= self.wage_ratio * self.expert["wages_per_agent_day"] - 1e-9)
 
-    def offer(self, update: int, scores: dict[str, float], model) -> bool:
+    def offer(self, update: int, scores: dict[str, float], model, start: bool = False) -> bool:
+        if start:
+            self.start_conflicts = scores["queue_conflict_events_per_agent_day"]
         better = self.best is None
         if not better:
             if self.feasible(scores) != self.feasible(self.best):

@@ -169,7 +169,8 @@ class ProgressSteps:
         if multiplier is not None:
             state.lagrange = multiplier.state()
         if selector is not None and selector.best is not None:
-            state.selected = {"scores": selector.best, "update": selector.best_update}
+            state.selected = {"scores": selector.best, "update": selector.best_update,
+                              "start_conflicts": selector.start_conflicts}
             arrays.update({f"best.{name}": tensor.cpu().numpy() for name, tensor in selector.best_state.items()})
         resume.save_progress(self.folder, step, model, optimizer, state.to_json(), arrays, config=self.config,
                       scaler=self.scaler)
@@ -298,6 +299,7 @@ class PPORun:
         selector = SnapshotSelector(state.expert, ppo.select_conflict_ratio, ppo.select_wage_ratio)
         if state.selected is not None:
             selector.best, selector.best_update = state.selected["scores"], state.selected["update"]
+            selector.start_conflicts = state.selected.get("start_conflicts")
             selector.best_state = {name[len("best."):]: torch.from_numpy(value).to(self.device.device)
                                    for name, value in arrays.items() if name.startswith("best.")}
         elif ppo.select_keep_start and ppo.validate_every and state.next == 0:
@@ -310,7 +312,7 @@ class PPORun:
         the first price when λ follows the validation towns."""
         scores = broadcast(validation_scores(self.config, evaluation_policy(self.model, self.device, self.config).act),
                            self.ranks)
-        selector.offer(0, scores, self.model)
+        selector.offer(0, scores, self.model, start=True)
         if self.price_on_validation:
             multiplier.update(scores["queue_conflict_events_per_agent_day"], 1.0)
         self.log.write({"update": -1, "cycle": self.strategy.cycle, "validation": "policy", "start": True,
