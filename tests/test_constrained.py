@@ -376,15 +376,14 @@ def test_the_price_follows_the_validation_towns_conflicts_not_the_rollouts_noise
     result = strategy.run(context)
     entries = [json.loads(line) for path in sorted((context.artifacts / "logs").glob("ppo*.jsonl"))
                for line in path.read_text().splitlines()]
-    pid = config.ppo.lagrange_kp + config.ppo.lagrange_lr  # the P and I terms on the first error
-    first = pid * (0.2 / 0.06 - 1)
+    kp, ki, start_integral = config.ppo.lagrange_kp, config.ppo.lagrange_lr, config.ppo.lagrange_init
+    first = kp * (0.2 / 0.06 - 1) + start_integral + ki * (0.2 / 0.06 - 1)  # the P and I terms on the first error
     start = next(entry for entry in entries if entry.get("start"))
     updates = [entry for entry in entries if "validation" not in entry]
     assert start["lagrange_multiplier"] == pytest.approx(first)
     assert [entry["lagrange_multiplier"] for entry in updates] == pytest.approx([first, first])  # rollouts: no move
     assert result.lagrange_multiplier_mean == pytest.approx(first)
-    after = config.ppo.lagrange_kp * (0.05 / 0.06 - 1) + max(0.0, config.ppo.lagrange_lr * (0.2 / 0.06 - 1)
-                                                             + config.ppo.lagrange_lr * (0.05 / 0.06 - 1))
+    after = kp * (0.05 / 0.06 - 1) + max(0.0, start_integral + ki * (0.2 / 0.06 - 1) + ki * (0.05 / 0.06 - 1))
     assert result.lagrange_multiplier == pytest.approx(max(0.0, after))
 
 

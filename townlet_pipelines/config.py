@@ -355,17 +355,18 @@ class PPOConfig(_Strict):
     data_mode: Literal["rollout", "replay", "mixed"] = "rollout"
     mixed_replay_fraction: float = Field(0.5, ge=0, le=1, description="share of replay rows in `mixed`")
     conflict_budget: float = Field(
-        0.6, ge=0, description="constrained PPO: keep the rollouts' queue conflicts per agent-day under this multiple "
+        0.7, ge=0, description="constrained PPO: keep the policy's queue conflicts per agent-day under this multiple "
         "of the scripted expert's rate on the seeds.validation towns (0 turns it off). Below 1 on purpose: the "
         "guardrail allows 1.15 on other towns, and a chain of nights must not spend that margin night by night")
-    lagrange_lr: float = Field(2.0, ge=0, description="the conflict multiplier's integral gain: dual ascent's step "
-                               "per update on the relative error rate / budget − 1")
-    lagrange_kp: float = Field(20.0, ge=0, description="the PID Lagrangian's proportional gain on rate / budget − 1 "
+    lagrange_lr: float = Field(10.0, ge=0, description="the conflict multiplier's integral gain: dual ascent's step "
+                               "per reading (every validate_every updates) on the relative error rate / budget − 1")
+    lagrange_kp: float = Field(40.0, ge=0, description="the PID Lagrangian's proportional gain on rate / budget − 1 "
                                "(Stooke et al. 2020; 0 with lagrange_kd 0 is plain dual ascent)")
     lagrange_kd: float = Field(10.0, ge=0, description="the PID Lagrangian's derivative gain on a rising rate "
                                "(relative to the budget): it brakes a climb before the integral winds up")
-    lagrange_init: float = Field(0.0, ge=0, description="the conflict multiplier's starting value (its integral): "
-                                 "0 leaves a policy under budget free; the P and D terms price an overshoot at once")
+    lagrange_init: float = Field(30.0, ge=0, description="the conflict multiplier's starting value (its integral): "
+                                 "a conflict costs about what PPO gains from one (~20-40 reward per agent-day) "
+                                 "from the first update; 0 leaves a policy under budget free")
     lagrange_measure: Literal["validation", "rollouts"] = Field(
         "validation", description="the conflict rate λ follows: the seeds.validation towns' at the start and every "
         "validate_every updates (512 agent-days of the policy as evaluation plays it, the reading the snapshot "
