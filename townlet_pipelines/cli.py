@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
-from townlet_pipelines.config import UsageError, load_config
+from townlet_pipelines.config import AnnealStage, UsageError, config_from_mapping, load_config
+from townlet_pipelines.data.capture import acting_policy, capture
+from townlet_pipelines.data.files import atomic_write_bytes
+from townlet_pipelines.data.promotion import PromotionStore
+from townlet_pipelines.data.replay import ReplayDataset
+from townlet_pipelines.errors import is_user_error, one_line
+from townlet_pipelines.nightly.night import run_night
+from townlet_pipelines.pictures import TownStrip
+from townlet_pipelines.training import distributed, orchestrator, tensorboard
+from townlet_pipelines.training.anneal import check_schedule
+from townlet_pipelines.training.checkpoints import RECORD, load_checkpoint, read_record, verify_checkpoint
+from townlet_pipelines.training.device import device_context
+from townlet_pipelines.training.evaluation import evaluate, reference_scores
+from townlet_pipelines.training.namespaces import artifacts_root, namespace
+from townlet_pipelines.training.orchestrator import make_context, new_run_dir, state_dir
+from townlet_pipelines.training.policy import evaluation_policy
+from townlet_pipelines.training.ppo import PPOStrategy
+from townlet_pipelines.training.registry import RESERVED, StageInputs, build, known, strategy
+from townlet_pipelines.world import simulate  # the module: simulate.simulate is looked up when a run starts
+from townlet_pipelines.world.engine import TownWorld
+from townlet_pipelines.world.render import render_town
 
 
 # `townlet train anneal` exits with the verdict, so scripts can gate on it (2 is any usage or input error).
@@ -20,9 +42,6 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from townlet_pipelines.world.render import render_town
-    from townlet_pipelines.world.simulate import make_policy, simulate
-
     if args.render_png is not None:
         raise UsageError("--render-png was replaced by --render-svg: pictures are SVG now (--render-svg FILE)")
     config = load_config(args.config)
@@ -41,16 +60,12 @@ def _simulate(args: argparse.Namespace) -> int:
                 if args.render:
                     print(render_town(world, 0), end="\n\n", flush=True)
                 if args.render_svg:
-                    from townlet_pipelines.pictures import TownStrip
-
                     strip = strip or TownStrip(world, 0, frames=6)
                     strip.capture()
 
-    report = simulate(config, args.towns, ticks, make_policy(args.policy, config, args.seed), args.seed,
-                      observe=not args.no_observe, on_tick=on_tick)
+    report = simulate.simulate(config, args.towns, ticks, simulate.make_policy(args.policy, config, args.seed),
+                               args.seed, observe=not args.no_observe, on_tick=on_tick)
     if args.render_svg:
-        from townlet_pipelines.data.files import atomic_write_bytes
-
         if strip is None:
             raise UsageError(f"--render-svg: no frame was captured in {ticks} ticks (--render-every {every})")
         atomic_write_bytes(args.render_svg, strip.svg().encode())
@@ -85,8 +100,6 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _capture(args: argparse.Namespace) -> int:
-    from townlet_pipelines.data.capture import acting_policy, capture
-
     config = load_config(args.config)
     ticks = args.ticks if args.ticks is not None else args.days * config.world.day_ticks
     result = capture(config, acting_policy(args.policy, config, args.seed, args.noise), args.towns, ticks, args.seed,
@@ -102,8 +115,6 @@ def _capture(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from townlet_pipelines.data.replay import ReplayDataset
-
     dataset = ReplayDataset.open(args.path, verify="files" if args.quick else "full")
     manifest = dataset.manifest
     if args.json:
@@ -146,11 +157,6 @@ def _print_record(record, as_json: bool, keys: tuple[str, ...]) -> None:
 def _night(args: argparse.Namespace) -> int:
     """`townlet train anneal --night D`: night D through the very steps the nightly graph runs (the cached expert
     data and BC stages, PPO from the champion, the guardrails, the recorded verdict, the promotion rule)."""
-    import dataclasses
-
-    from townlet_pipelines.nightly.night import run_night
-    from townlet_pipelines.training.namespaces import artifacts_root
-
     if args.dataset is not None or args.no_promote:
         raise UsageError("--night runs the nightly's own steps: it captures (or reuses) the expert data itself and "
                          "applies the promotion rule; drop --dataset and --no-promote")
@@ -168,15 +174,10 @@ def _night(args: argparse.Namespace) -> int:
 
 def _training_context(args: argparse.Namespace):
     """The run's config and context; under torchrun, every rank joins the group and uses rank 0's folder."""
-    from townlet_pipelines.training import distributed
-    from townlet_pipelines.training.orchestrator import make_context, new_run_dir
-
     config = load_config(args.config)
     ranks = distributed.from_environment(config.runtime.device)
     run_dir = distributed.broadcast(new_run_dir(args.artifacts) if ranks.main else None, ranks)
     if not ranks.main:
-        import logging
-
         logging.getLogger("townlet").setLevel(logging.WARNING)  # one rank tells the story
     return config, make_context(config, run_dir, args.artifacts, progress=not args.json, ranks=ranks)
 
@@ -188,8 +189,6 @@ PPO_KEYS = ("data_mode", "updates", "loss_total", "loss_policy", "loss_value", "
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from townlet_pipelines.training import orchestrator
-
     given = [flag for flag, value in (("--init", args.init), ("--dataset", args.dataset), ("--config", args.config),
                                       ("--artifacts", args.artifacts)) if value is not None]
     if given:
@@ -202,9 +201,6 @@ def _resume(args: argparse.Namespace) -> int:
 def _run_strategy(args: argparse.Namespace, context, dataset):
     """`townlet train NAME` for a registered strategy other than bc and ppo: one stage of `--epochs`, built by
     its factory as the anneal builds it (training/registry.py)."""
-    from townlet_pipelines.config import AnnealStage
-    from townlet_pipelines.training.registry import StageInputs, build
-
     if args.epochs < 1:
         raise UsageError(f"--epochs: a stage trains at least 1 epoch, got {args.epochs}")
     inputs = StageInputs(dataset=dataset, replay_dataset=dataset, init_checkpoint=args.init,
@@ -213,11 +209,7 @@ def _run_strategy(args: argparse.Namespace, context, dataset):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from townlet_pipelines.training import orchestrator
-
     if getattr(args, "tensorboard", None) is not None:
-        from townlet_pipelines.training import tensorboard
-
         os.environ[tensorboard.ENV] = "1" if args.tensorboard else "0"
         if args.tensorboard and not tensorboard.enabled():
             raise UsageError("--tensorboard: the tensorboard package is not installed "
@@ -228,18 +220,14 @@ def _train(args: argparse.Namespace) -> int:
         return _night(args)
     config, context = _training_context(args)
     if args.kind == "anneal":
-        from townlet_pipelines.training.anneal import check_schedule
-
         check_schedule(config)  # every stage's strategy is known, before the expert data is captured
     if not args.json and context.ranks.main:
         print(f"run folder {context.artifacts}  (device {context.device.name})", file=sys.stderr)
-    from townlet_pipelines.training.distributed import broadcast
-
     ranks = context.ranks
     dataset = args.dataset
     if dataset is None and (args.kind != "ppo" or getattr(args, "mode", None) in ("replay", "mixed")):
         made = orchestrator.capture_expert(config, context.artifacts / "expert").path if ranks.main else None
-        dataset = broadcast(made, ranks)
+        dataset = distributed.broadcast(made, ranks)
     if ranks.active and args.kind == "anneal":
         raise UsageError("train anneal runs in one process; launch `townlet train bc|ppo` under torchrun")
     if args.kind in ("bc", "ppo") and ranks.main:
@@ -256,8 +244,6 @@ def _train(args: argparse.Namespace) -> int:
         if ranks.main:
             _print_record(result, args.json, PPO_KEYS)
     elif args.kind != "anneal":
-        from townlet_pipelines.training.registry import strategy
-
         result = _run_strategy(args, context, dataset)
         if ranks.main:
             _print_record(result, args.json, BC_KEYS if strategy(args.kind).phase == "bc" else PPO_KEYS)
@@ -305,18 +291,11 @@ def parse_seeds(text: str, config) -> tuple[int, ...]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from townlet_pipelines.training.checkpoints import load_checkpoint, read_record
-    from townlet_pipelines.training.device import device_context
-    from townlet_pipelines.training.evaluation import evaluate, reference_scores
-    from townlet_pipelines.training.policy import evaluation_policy
-
     config = load_config(args.config)
     _trained_for(read_record(args.checkpoint), args.checkpoint, config, args.config,
                  "evaluate it with the config it was trained with")
     seeds = parse_seeds(args.seeds, config)
     device = device_context(config.runtime.device, config.runtime.amp, config.runtime.torch_threads)
-    from townlet_pipelines.world.engine import TownWorld
-
     # A checkpoint for another map size or action set is named here, before torch multiplies mismatched shapes.
     model, record = load_checkpoint(args.checkpoint, TownWorld(config, 1).spec, device=device.device)
     rows = {
@@ -340,8 +319,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _trained_for(record, checkpoint, config, config_name: str | None, remedy: str) -> None:
     """Refuse a checkpoint whose training config names another world than `config`'s."""
-    from townlet_pipelines.config import config_from_mapping
-
     trained = config_from_mapping(record.config, f"{checkpoint} (its training config)")
     if trained.world_hash() != config.world_hash():
         raise UsageError(
@@ -351,8 +328,6 @@ def _trained_for(record, checkpoint, config, config_name: str | None, remedy: st
 
 def checkpoint_folder(path: str) -> Path:
     """A checkpoint named by its folder or by a file inside it (`checkpoint.json`, `weights.safetensors`)."""
-    from townlet_pipelines.training.checkpoints import RECORD
-
     given = Path(path)
     folder = given.parent if given.is_file() else given
     if not (folder / RECORD).is_file():
@@ -363,9 +338,6 @@ def checkpoint_folder(path: str) -> Path:
 def _manual_promotion(args: argparse.Namespace, config, store) -> None:
     """`promotion promote`: an operator's release is a copy of a named checkpoint, exactly like a nightly one, so
     the next night starts from it and judges against it."""
-    from townlet_pipelines.training.checkpoints import verify_checkpoint
-    from townlet_pipelines.world.engine import TownWorld
-
     if not (args.candidate and args.checkpoint):
         raise UsageError("promotion promote: --candidate and --checkpoint CHECKPOINT_FOLDER are required (the release "
                          "is a copy of that checkpoint)")
@@ -387,9 +359,6 @@ def _manual_promotion(args: argparse.Namespace, config, store) -> None:
 
 
 def _promotion(args: argparse.Namespace) -> int:
-    from townlet_pipelines.data.promotion import PromotionStore
-    from townlet_pipelines.training.orchestrator import state_dir
-
     config = load_config(args.config)
     store = PromotionStore(state_dir(args.artifacts, config), required_passes=config.promotion.required_passes)
     if args.action == "rollback":
@@ -412,9 +381,6 @@ def _promotion(args: argparse.Namespace) -> int:
 
 
 def _soak(args: argparse.Namespace) -> int:
-    from townlet_pipelines.training import orchestrator
-    from townlet_pipelines.training.ppo import PPOStrategy
-
     config, context = _training_context(args)
     dataset = args.dataset or orchestrator.capture_expert(config, context.artifacts / "expert").path
     checkpoint = args.init
@@ -440,11 +406,6 @@ def _soak(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     """Where the latest run's summary and the promoted policy are."""
-    from townlet_pipelines.data.promotion import PromotionStore
-    from townlet_pipelines.training.orchestrator import artifacts_root, state_dir
-
-    from townlet_pipelines.training.namespaces import namespace
-
     config = load_config(args.config)
     root = artifacts_root(args.artifacts)
     own = namespace(config)
@@ -515,8 +476,6 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--quick", action="store_true", help="check files and headers, not every row")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(handler=_inspect)
-
-    from townlet_pipelines.training.registry import RESERVED, known
 
     train = commands.add_parser("train", help="train a policy: bc, ppo, anneal or a registered strategy")
     train_kinds = train.add_subparsers(dest="kind", required=True)
@@ -596,8 +555,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except Exception as error:  # noqa: BLE001 - sorted below: user errors become one line, the rest re-raise
-        from townlet_pipelines.errors import is_user_error, one_line
-
         if not is_user_error(error):
             raise
         print(f"townlet: error: {one_line(error)}", file=sys.stderr)

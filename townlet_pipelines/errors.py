@@ -10,14 +10,14 @@ refuses what a user asked for raises `UsageError` (config.py), a `ValueError` th
 
 from __future__ import annotations
 
+from townlet_pipelines.config import ConfigError, UsageError
+from townlet_pipelines.data.manifest import DatasetError
+from townlet_pipelines.data.promotion import PromotionError
+from townlet_pipelines.data.state_file import StateFileError
+from townlet_pipelines.training.torch_support import TorchNotAvailableError, TrainingError
+
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from townlet_pipelines.config import ConfigError, UsageError
-    from townlet_pipelines.data.manifest import DatasetError
-    from townlet_pipelines.data.promotion import PromotionError
-    from townlet_pipelines.data.state_file import StateFileError
-    from townlet_pipelines.training.torch_support import TorchNotAvailableError, TrainingError
-
     return (ConfigError, UsageError, DatasetError, OSError, TrainingError, StateFileError, PromotionError,
             TorchNotAvailableError)
 
@@ -31,8 +31,6 @@ FULL_DISK = " (the disk is full: free space and run again; nothing already writt
 
 def one_line(error: BaseException) -> str:
     """The error's message on one line (a config error keeps its own layout: one line per field)."""
-    from townlet_pipelines.config import ConfigError
-
     if isinstance(error, ConfigError):
         return str(error)
     text = " ".join(str(error).split()) or type(error).__name__

@@ -19,6 +19,7 @@ from townlet_pipelines.svg import (
     DASHED, DOTTED, LABEL, TICK, Axis, Canvas, Scale, as_finite, axis_margin, draw_marker, text_width,
 )
 from townlet_pipelines.world.actions import ACTION_NAMES, OBJECT_TYPES
+from townlet_pipelines.world.engine import TownWorld
 
 PHASE_COLOURS = {"expert": "#ffffff", "dagger": "#dbe9f6", "expert refresh": "#fdf1d0"}
 OBJECT_COLOURS = {"fridge": "#4c9be8", "stove": "#e8744c", "shower": "#5cc9c0", "bed": "#9c7be0", "desk": "#8a8a8a"}
@@ -270,8 +271,6 @@ class FirstDay:
 
 def town_day_svg(config, act, seed: int, frames: int = 6) -> str:
     """One town played by `act` for one day from `seed`, as a strip of `frames` pictures."""
-    from townlet_pipelines.world.engine import TownWorld
-
     world = TownWorld(config, 1)
     world.reset(seed)
     watch = FirstDay(config.world.day_ticks, frames)

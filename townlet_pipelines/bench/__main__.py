@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from townlet_pipelines.bench import world as world_bench
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m townlet_pipelines.bench")
@@ -86,48 +88,33 @@ def main(argv: list[str] | None = None) -> None:
     one.add_argument("--warmup", type=int, required=True)
     one.add_argument("--variant", default="hybrid")
     args = parser.parse_args(argv)
-    from townlet_pipelines.bench import world as world_bench
+    if args.command == "world-one":
+        print(json.dumps(world_bench.measure(args.towns, args.ticks, args.warmup, args.variant)))
+        return
+    if args.command == "world":
+        world_bench.main(args)
+        return
+    # Loaded here: world-one's peak memory is the world's own, without the training stack and the nightly.
+    from townlet_pipelines.bench import data, learning, nights, pipeline, sb3, scaling, training
 
     if args.command == "data":
-        from townlet_pipelines.bench import data
-
         data.main(args)
     elif args.command == "training":
-        from townlet_pipelines.bench import training
-
         training.main(args)
     elif args.command == "bc-overhead":
-        from townlet_pipelines.bench import training
-
         training.bc_overhead_main(args)
     elif args.command == "learning":
-        from townlet_pipelines.bench import learning
-
         learning.main(args)
     elif args.command == "guardrail-noise":
-        from townlet_pipelines.bench import learning
-
         learning.noise_main(args)
     elif args.command == "nights":
-        from townlet_pipelines.bench import nights
-
         nights.main(args)
     elif args.command == "pipeline":
-        from townlet_pipelines.bench import pipeline
-
         pipeline.main(args)
     elif args.command == "ppo-vs-sb3":
-        from townlet_pipelines.bench import sb3
-
         sb3.main(args)
     elif args.command == "scaling":
-        from townlet_pipelines.bench import scaling
-
         scaling.main(args)
-    elif args.command == "world":
-        world_bench.main(args)
-    else:
-        print(json.dumps(world_bench.measure(args.towns, args.ticks, args.warmup, args.variant)))
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from townlet_pipelines.config import load_config
+from townlet_pipelines.data.capture import acting_policy, capture
+from townlet_pipelines.data.replay import ReplayDataset
+
 
 def main(args) -> None:
-    from townlet_pipelines.config import load_config
-    from townlet_pipelines.data.capture import acting_policy, capture
-    from townlet_pipelines.data.replay import ReplayDataset
-
     config = load_config(args.config)
     work = Path(tempfile.mkdtemp(prefix="townlet-bench-"))
     try:

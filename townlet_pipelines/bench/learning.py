@@ -14,6 +14,17 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
+from townlet_pipelines.config import load_config
+from townlet_pipelines.data.promotion import PromotionStore
+from townlet_pipelines.training import orchestrator
+from townlet_pipelines.training.checkpoints import load_checkpoint
+from townlet_pipelines.training.device import device_context
+from townlet_pipelines.training.evaluation import evaluate, paired_difference
+from townlet_pipelines.training.policy import evaluation_policy
+from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
+
 KEYS = ("reward_per_agent_day", "faints_per_agent_day", "queue_conflict_events_per_agent_day",
         "queue_conflict_intensity_per_agent_day", "wages_per_agent_day", "late_arrivals_per_agent_day")
 
@@ -31,15 +42,6 @@ def _latest_summary(root: Path, namespace: str) -> Path | None:
 
 
 def main(args) -> None:
-    from townlet_pipelines.config import load_config
-    from townlet_pipelines.data.promotion import PromotionStore
-    from townlet_pipelines.training import orchestrator
-    from townlet_pipelines.training.checkpoints import load_checkpoint
-    from townlet_pipelines.training.device import device_context
-    from townlet_pipelines.training.evaluation import evaluate, paired_difference
-    from townlet_pipelines.training.policy import evaluation_policy
-    from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
-
     config = load_config(args.config)
     root = orchestrator.artifacts_root(args.artifacts)
     if args.run:
@@ -105,12 +107,6 @@ def main(args) -> None:
 
 def noise_main(args) -> None:
     """The expert's KPIs across disjoint town sets of each size: how many towns a guardrail needs."""
-    import numpy as np
-
-    from townlet_pipelines.config import load_config
-    from townlet_pipelines.training.evaluation import evaluate
-    from townlet_pipelines.world.policies import ScriptedExpert
-
     config = load_config(args.config)
     expert = ScriptedExpert(config.expert)
     keys = ("reward_per_agent_day", "queue_conflict_events_per_agent_day", "queue_conflict_intensity_per_agent_day")

@@ -20,6 +20,17 @@ import statistics
 import time
 from pathlib import Path
 
+from townlet_pipelines.config import load_config
+from townlet_pipelines.data.files import atomic_write_text
+from townlet_pipelines.nightly.night import run_night
+from townlet_pipelines.svg import Axis, Canvas, Scale, axis_margin
+from townlet_pipelines.training.checkpoints import load_checkpoint, read_record
+from townlet_pipelines.training.device import device_context
+from townlet_pipelines.training.evaluation import evaluate, paired_difference
+from townlet_pipelines.training.namespaces import artifacts_root
+from townlet_pipelines.training.policy import evaluation_policy
+from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
+
 KPIS = ("reward_per_agent_day", "queue_conflict_events_per_agent_day", "queue_conflict_intensity_per_agent_day",
         "wages_per_agent_day", "faints_per_agent_day")
 
@@ -28,16 +39,12 @@ class HeldOut:
     """Held-out scores per checkpoint (scored once), with per-town values for paired differences."""
 
     def __init__(self, config) -> None:
-        from townlet_pipelines.training.device import device_context
-
         self.config, self.seeds = config, config.seeds.test.seeds()
         self.device = device_context(config.runtime.device, config.runtime.amp, config.runtime.torch_threads)
         self.towns: dict[str, dict] = {}
         self.rows: dict[str, dict] = {}
 
     def score(self, name: str, act) -> dict:
-        from townlet_pipelines.training.evaluation import evaluate
-
         if name not in self.rows:
             towns: dict = {}
             self.rows[name] = evaluate(self.config, act, seeds=self.seeds, per_town=towns)
@@ -45,9 +52,6 @@ class HeldOut:
         return self.rows[name]
 
     def checkpoint(self, path: str) -> dict:
-        from townlet_pipelines.training.checkpoints import load_checkpoint, read_record
-        from townlet_pipelines.training.policy import evaluation_policy
-
         key = read_record(path).checkpoint_id
         if key not in self.rows:
             model, _ = load_checkpoint(path, device=self.device.device)
@@ -55,8 +59,6 @@ class HeldOut:
         return self.rows[key] | {"name": key}
 
     def versus(self, name: str, reference: str, key: str = "reward_per_agent_day") -> tuple[float, float]:
-        from townlet_pipelines.training.evaluation import paired_difference
-
         return paired_difference(self.towns[name][key], self.towns[reference][key])
 
 
@@ -141,8 +143,6 @@ def summary_line(rows: list[dict], key: str = "candidate") -> str:
 
 def picture(rows: list[dict], expert: dict) -> str:
     """The champion after each night: held-out reward and conflicts, beside the expert's (dotted)."""
-    from townlet_pipelines.svg import Axis, Canvas, Scale, axis_margin
-
     xs = list(range(1, len(rows) + 1))
     reward = [row["champion_after"]["reward_per_agent_day"] if row.get("champion_after") else None for row in rows]
     conflicts = [row["champion_after"]["queue_conflict_events_per_agent_day"] if row.get("champion_after") else None
@@ -171,12 +171,6 @@ def picture(rows: list[dict], expert: dict) -> str:
 
 
 def main(args) -> None:
-    from townlet_pipelines.config import load_config
-    from townlet_pipelines.data.files import atomic_write_text
-    from townlet_pipelines.nightly.night import run_night
-    from townlet_pipelines.training.namespaces import artifacts_root
-    from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
-
     base = load_config(args.config)
     first = datetime.date.fromisoformat(args.first)
     nights = [(first + datetime.timedelta(days=index * args.step)).isoformat() for index in range(args.nights)]

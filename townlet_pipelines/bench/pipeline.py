@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,8 +68,6 @@ def _one_pair(profile: str, order: tuple[str, str]) -> tuple[float, float, float
 
 
 def main(args) -> None:
-    import statistics
-
     for profile in args.profiles:
         ratios, floors, own = [], [], []
         for index in range(args.rounds):

@@ -6,7 +6,7 @@ from the same initial weights) on the same rollout towns (`seeds.ppo`, cycle 0, 
 
 - project: `PPOStrategy.run` itself (collect, GAE, update), with validation snapshots and the guardrail
   evaluation turned off (`ppo.validate_every = 0`, `evaluate_towns=False`): only the PPO loop is timed.
-- SB3: `stable_baselines3.PPO` on `TownletSB3VecEnv` (one sub-environment per agent of every rollout town, as
+- SB3 (bench/sb3_side.py): `stable_baselines3.PPO` on `TownletSB3VecEnv` (one sub-environment per agent of every rollout town, as
   the project's PPO sees them), with `MaskedTownletPolicy`, an `ActorCriticPolicy` whose forward,
   evaluate_actions, get_distribution and predict_values call `PolicyNetwork`. The action mask travels inside
   the observation (a third `Dict` key), so SB3's rollout buffer stores it and the update re-applies it, as
@@ -42,24 +42,28 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from townlet_pipelines.config import TownletConfig, config_from_mapping, load_config
-from townlet_pipelines.world.actions import NUM_ACTIONS
-from townlet_pipelines.world.engine import TownWorld, town_seeds
+from townlet_pipelines.training.checkpoints import load_checkpoint, new_network
+from townlet_pipelines.training.context import TrainingContext
+from townlet_pipelines.training.device import device_context
+from townlet_pipelines.training.evaluation import evaluate
+from townlet_pipelines.training.policy import TorchPolicy
+from townlet_pipelines.training.ppo import PPOStrategy
+from townlet_pipelines.training.torch_support import require_torch
+from townlet_pipelines.world.engine import TownWorld
 
 DEFAULT_STEPS = 46_080  # agent-steps per learner and round: 4 updates of the default 8 towns x 8 agents x 180 ticks
 DEFAULT_EVAL_TOWNS = 16
 
 
 def _require_sb3():
+    """The SB3 learner (bench/sb3_side.py), or an exit that names the extra it needs."""
     try:
-        import gymnasium
-        import stable_baselines3
+        from townlet_pipelines.bench import sb3_side  # stable-baselines3 and gymnasium: the optional `bench` extra
     except ImportError as error:  # pragma: no cover - depends on the optional extra
         raise SystemExit("ppo-vs-sb3 needs stable-baselines3 and gymnasium: "
                          "pip install 'townlet-pipelines[bench]'") from error
-    return stable_baselines3, gymnasium
+    return sb3_side
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -87,197 +91,17 @@ def updates_for(config: TownletConfig, steps: int) -> tuple[int, int]:
 def initial_network(config: TownletConfig, init_checkpoint: str | Path | None = None):
     """The network both learners start from: `init_checkpoint`'s, or a fresh one built right after
     `torch.manual_seed(ppo.seed)`, as `PPOStrategy.run` builds its own (cycle 0): the same first weights."""
-    import torch
-
-    from townlet_pipelines.training.model import PolicyNetwork
-
-    torch.manual_seed(config.ppo.seed)
+    require_torch().manual_seed(config.ppo.seed)
     if init_checkpoint is not None:
-        from townlet_pipelines.training.checkpoints import load_checkpoint
-
         return load_checkpoint(init_checkpoint, TownWorld(config, 1).spec, "cpu")[0]
     spec = TownWorld(config, 1).spec
-    return PolicyNetwork(spec, config.model)
-
-
-# ---------------------------------------------------------------------------------------- SB3 side
-def make_vec_env(config: TownletConfig):
-    """The rollout towns of `PPOStrategy.run` (cycle 0) as an SB3 `VecEnv`, one sub-environment per agent."""
-    from gymnasium import spaces
-    from stable_baselines3.common.vec_env import VecEnv
-
-    class TownletSB3VecEnv(VecEnv):
-        """Sub-environment t * agents + i is agent i of town t; one `TownWorld.step` per `step`.
-
-        Observations are `Dict(map, features, action_mask)` (the mask as uint8, 1 = allowed). A faint is a done
-        (the world has already respawned the agent: the returned observation is its first). At the episode's
-        end (`ppo.episode_ticks or evaluation.ticks`, or the world's own last tick) every sub-environment is
-        done, the towns restart on the next episode's seeds, as in `PPOStrategy.run`, and the returned
-        observation is the new episode's first (SB3's auto-reset; `terminal_observation` is in the infos,
-        without `TimeLimit.truncated`, so SB3 does not bootstrap it, like the project).
-        """
-
-        render_mode = None
-
-        def __init__(self, config: TownletConfig) -> None:
-            ppo = config.ppo
-            self.config, self.towns = config, ppo.rollout_towns
-            self.world = TownWorld(config, self.towns)
-            self.agents = self.world.agents
-            self.episode_ticks = ppo.episode_ticks or config.evaluation.ticks
-            self.first_town = config.seeds.ppo.start
-            self.episode = 0
-            spec = self.world.spec
-            parts = {"features": spaces.Box(-np.inf, np.inf, (spec.feature_dim,), np.float32),
-                     "action_mask": spaces.Box(0, 1, (NUM_ACTIONS,), np.uint8)}
-            if spec.map_shape is not None:
-                parts["map"] = spaces.Box(0, 255, spec.map_shape, np.uint8)
-            super().__init__(self.towns * self.agents, spaces.Dict(parts), spaces.Discrete(NUM_ACTIONS))
-            self._actions = None
-
-        def _observation(self) -> dict[str, np.ndarray]:
-            observation, rows = self.world.observation, self.num_envs
-            out = {"features": observation.features.reshape(rows, -1),
-                   "action_mask": self.world.action_mask.reshape(rows, -1).astype(np.uint8)}
-            if observation.map is not None:
-                out["map"] = observation.map.reshape(rows, *observation.map.shape[2:])
-            return out
-
-        def reset(self):
-            self.episode = 0
-            self.world.reset(town_seeds(self.first_town, self.towns))
-            return self._observation()
-
-        def step_async(self, actions: np.ndarray) -> None:
-            self._actions = actions
-
-        def step_wait(self):
-            actions = np.asarray(self._actions, dtype=np.int64).reshape(self.towns, self.agents)
-            result = self.world.step(actions)
-            restart = result.truncated or self.world.state.tick >= self.episode_ticks
-            dones = result.dones.reshape(-1) | restart
-            infos = [{} for _ in range(self.num_envs)]
-            if restart:
-                last = self._observation()
-                for index, info in enumerate(infos):
-                    info["terminal_observation"] = {key: value[index] for key, value in last.items()}
-                self.episode += 1
-                self.world.reset(town_seeds(self.first_town + self.episode * self.towns, self.towns))
-            return self._observation(), result.rewards.reshape(-1), dones, infos
-
-        def close(self) -> None:
-            pass
-
-        # The sub-environments are agents of one batched world, not objects of their own: attribute and method
-        # calls go to that world's wrapper once per requested index, as SB3's VecEnv contract expects a list.
-        def get_attr(self, attr_name, indices=None):
-            return [getattr(self, attr_name)] * len(self._get_indices(indices))
-
-        def set_attr(self, attr_name, value, indices=None) -> None:
-            setattr(self, attr_name, value)
-
-        def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
-            method = getattr(self, method_name)
-            return [method(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
-
-        def env_is_wrapped(self, wrapper_class, indices=None):
-            return [False] * len(self._get_indices(indices))
-
-    return TownletSB3VecEnv(config)
-
-
-def masked_policy_class():
-    """`ActorCriticPolicy` with the project's `PolicyNetwork` inside; built lazily (SB3 is an optional extra)."""
-    from stable_baselines3.common.policies import ActorCriticPolicy
-
-    class MaskedTownletPolicy(ActorCriticPolicy):
-        """Every SB3 entry point goes through `PolicyNetwork(features, action_mask, map)`: the same masked
-        logits (the conflict shield included) and value as the project's PPO. SB3's observation
-        preprocessing is bypassed (the network scales its own map); the mask arrives as float32 from the
-        rollout buffer or uint8 from the env, and is made boolean here."""
-
-        def __init__(self, *args, network=None, **kwargs) -> None:
-            object.__setattr__(self, "_pending_network", network)  # before Module.__init__: not a submodule yet
-            kwargs.setdefault("ortho_init", False)  # the network is initialised already
-            super().__init__(*args, **kwargs)
-
-        def _build(self, lr_schedule) -> None:
-            self.net = self.__dict__.pop("_pending_network")
-            self.optimizer = self.optimizer_class(self.net.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
-
-        def _run(self, obs):
-            mask = obs["action_mask"] > 0
-            logits, values = self.net(obs["features"].float(), mask, obs.get("map"))
-            return self.action_dist.proba_distribution(action_logits=logits), values.unsqueeze(-1)
-
-        def forward(self, obs, deterministic: bool = False):
-            distribution, values = self._run(obs)
-            actions = distribution.get_actions(deterministic=deterministic)
-            return actions, values, distribution.log_prob(actions)
-
-        def evaluate_actions(self, obs, actions):
-            distribution, values = self._run(obs)
-            return values, distribution.log_prob(actions), distribution.entropy()
-
-        def get_distribution(self, obs):
-            return self._run(obs)[0]
-
-        def predict_values(self, obs):
-            return self._run(obs)[1]
-
-    return MaskedTownletPolicy
-
-
-def run_sb3(config: TownletConfig, updates: int, init_checkpoint: str | Path | None = None):
-    """Train SB3's PPO for `updates` rollouts; (the trained PolicyNetwork, wall seconds, collect seconds)."""
-    import torch
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    class RolloutClock(BaseCallback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.seconds, self._start = 0.0, 0.0
-
-        def _on_rollout_start(self) -> None:
-            self._start = time.perf_counter()
-
-        def _on_rollout_end(self) -> None:
-            self.seconds += time.perf_counter() - self._start
-
-        def _on_step(self) -> bool:
-            return True
-
-    ppo = config.ppo
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    env = make_vec_env(config)
-    rows = ppo.rollout_ticks * env.num_envs
-    model = PPO(
-        masked_policy_class(), env, learning_rate=ppo.learning_rate, n_steps=ppo.rollout_ticks,
-        batch_size=max(1, rows // ppo.minibatches), n_epochs=ppo.update_epochs, gamma=ppo.gamma,
-        gae_lambda=ppo.gae_lambda, clip_range=ppo.clip_coef, clip_range_vf=ppo.value_clip_coef,
-        normalize_advantage=True, ent_coef=ppo.entropy_coef, vf_coef=ppo.value_coef / 2,
-        max_grad_norm=ppo.max_grad_norm, seed=ppo.seed, device="cpu", verbose=0,
-        policy_kwargs={"network": initial_network(config, init_checkpoint)},
-    )
-    clock = RolloutClock()
-    model.learn(total_timesteps=updates * rows, callback=clock, progress_bar=False)
-    seconds = time.perf_counter() - start
-    return model.policy.net, seconds, clock.seconds
+    return new_network(spec, config.model)
 
 
 # ------------------------------------------------------------------------------------ project side
 def run_project(config: TownletConfig, updates: int, work: Path, init_checkpoint: str | Path | None = None):
     """The project's own PPO (`PPOStrategy.run`); (the trained PolicyNetwork, wall seconds, collect seconds)."""
-    import torch
-
-    from townlet_pipelines.training.checkpoints import load_checkpoint
-    from townlet_pipelines.training.context import TrainingContext
-    from townlet_pipelines.training.device import device_context
-    from townlet_pipelines.training.ppo import PPOStrategy
-
-    torch.set_num_threads(1)
+    require_torch().set_num_threads(1)
     run_dir = Path(tempfile.mkdtemp(prefix="project-", dir=work))
     start = time.perf_counter()
     context = TrainingContext(config=config, artifacts=run_dir, device=device_context("cpu", False, 1))
@@ -296,10 +120,6 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 def score(config: TownletConfig, network, seeds: tuple[int, ...]) -> dict[str, float]:
     """A network's greedy reward (and faints, wages, conflicts) per agent-day on the given towns."""
-    from townlet_pipelines.training.device import device_context
-    from townlet_pipelines.training.evaluation import evaluate
-    from townlet_pipelines.training.policy import TorchPolicy
-
     report = evaluate(config, TorchPolicy(network, device_context("cpu", False, 1), greedy=True).act, seeds=seeds)
     keys = ("reward_per_agent_day", "faints_per_agent_day", "wages_per_agent_day",
             "queue_conflict_events_per_agent_day")
@@ -333,9 +153,8 @@ def measure(config: TownletConfig, rounds: int = 3, steps: int = DEFAULT_STEPS,
     `sb3_init_checkpoint` (e.g. the BC clone of each network, as the anneal's PPO stage starts), else each
     from a fresh network: a few updates from scratch move the greedy reward little, so those rewards check
     that the learners run the same algorithm more than they rank them."""
-    stable_baselines3, _ = _require_sb3()
-    import torch
-
+    sb3_side = _require_sb3()
+    torch = require_torch()
     config = bench_config(config)
     learners = {name: bench_config(value) for name, value in learner_configs(config, sb3_conv_channels).items()}
     torch.set_num_threads(1)
@@ -350,7 +169,7 @@ def measure(config: TownletConfig, rounds: int = 3, steps: int = DEFAULT_STEPS,
     def train(name: str, learner: TownletConfig, count: int):
         if name == "project":
             return run_project(learner, count, work, init_checkpoint)
-        return run_sb3(learner, count, start(learner))
+        return sb3_side.run_sb3(learner, count, start(learner))
 
     work = Path(tempfile.mkdtemp(prefix="townlet-ppo-vs-sb3-"))
     try:
@@ -380,7 +199,7 @@ def measure(config: TownletConfig, rounds: int = 3, steps: int = DEFAULT_STEPS,
     scores.update({name: score(config, network, seeds) for name, network in networks.items()})
     ppo = config.ppo
     return {
-        "sb3_version": stable_baselines3.__version__, "torch_version": torch.__version__,
+        "sb3_version": sb3_side.SB3_VERSION, "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(), "config": config.profile,
         "networks": {name: list(learner.model.conv_channels) for name, learner in learners.items()},
         "rounds": rounds, "updates": updates, "agent_steps": agent_steps,

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from townlet_pipelines.config import load_config
+from townlet_pipelines.training.orchestrator import capture_expert
 
 
 def _config(profile: str, folder: Path) -> Path:
@@ -45,8 +46,6 @@ def _run(kind: str, processes: int, config: Path, artifacts: Path, dataset: Path
 
 
 def main(args) -> None:
-    from townlet_pipelines.training.orchestrator import capture_expert
-
     work = Path(tempfile.mkdtemp(prefix="townlet-scaling-"))
     config = _config(args.config, work)
     dataset = capture_expert(load_config(config), work / "expert").path

@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from townlet_pipelines.config import config_from_mapping, load_config
+from townlet_pipelines.data.replay import ReplayDataset
+from townlet_pipelines.training import orchestrator
+from townlet_pipelines.training.bc import BATCH_KEYS, _EpochTrainer, bc_losses, option_columns
+from townlet_pipelines.training.checkpoints import load_checkpoint, new_network
+from townlet_pipelines.training.evaluation import evaluate
+from townlet_pipelines.training.policy import evaluation_policy
+from townlet_pipelines.training.torch_support import require_torch
+from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
+
 
 def main(args) -> None:
-    from townlet_pipelines.config import config_from_mapping, load_config
-    from townlet_pipelines.training import orchestrator
-    from townlet_pipelines.training.checkpoints import load_checkpoint
-    from townlet_pipelines.training.evaluation import evaluate
-    from townlet_pipelines.training.policy import evaluation_policy
-    from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
-
     base = load_config(args.config).model_dump(mode="json")
     base["bc"]["epochs"] = args.bc_epochs
     base["ppo"]["updates"] = args.ppo_updates
@@ -60,10 +66,7 @@ def main(args) -> None:
 def bare_bc_epoch(model, optimizer, tensors: dict, batch_size: int, value_coef: float, decision_weight: float,
                   columns, seed: int) -> int:
     """The reference: one BC epoch of the same loss over in-memory tensors, no data pipeline at all."""
-    import torch
-
-    from townlet_pipelines.training.bc import bc_losses
-
+    torch = require_torch()
     rows = len(tensors["expert_actions"])
     order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
     model.train()
@@ -81,17 +84,7 @@ def bc_overhead_main(args) -> None:
     """BC's samples/s through the project's trainer (shards, episodes, batching, tensors) against a bare
     loop on in-memory tensors, same model, batch size, loss and optimizer; rounds alternate the order. Each
     round is a fresh trainer on a freshly opened dataset, so the first epoch's shard decoding counts."""
-    import statistics
-
-    import numpy as np
-    import torch
-
-    from townlet_pipelines.config import load_config
-    from townlet_pipelines.data.replay import ReplayDataset
-    from townlet_pipelines.training import orchestrator
-    from townlet_pipelines.training.bc import BATCH_KEYS, _EpochTrainer, option_columns
-    from townlet_pipelines.training.model import PolicyNetwork
-
+    torch = require_torch()
     config = load_config(args.config)
     work = Path(tempfile.mkdtemp(prefix="townlet-bench-bc-"))
     try:
@@ -108,7 +101,7 @@ def bc_overhead_main(args) -> None:
         for round_index in range(args.rounds):
             for name in (("project", "bare") if round_index % 2 == 0 else ("bare", "project")):
                 torch.manual_seed(bc.seed)
-                model = PolicyNetwork(dataset.spec, config.model)
+                model = new_network(dataset.spec, config.model)
                 optimizer = torch.optim.Adam(model.parameters(), lr=bc.learning_rate, weight_decay=bc.weight_decay)
                 start, rows = time.perf_counter(), 0
                 fresh = ReplayDataset.open(dataset.directory, verify="none").keep_in_memory(BATCH_KEYS)  # as BC opens it

@@ -12,13 +12,14 @@ import resource
 import subprocess
 import sys
 import time
+from shutil import which
+
+from townlet_pipelines.config import TownletConfig
+from townlet_pipelines.world.engine import TownWorld
+from townlet_pipelines.world.policies import ScriptedExpert
 
 
 def measure(towns: int, ticks: int, warmup: int, variant: str) -> dict:
-    from townlet_pipelines.config import TownletConfig
-    from townlet_pipelines.world.engine import TownWorld
-    from townlet_pipelines.world.policies import ScriptedExpert
-
     config = TownletConfig()
     config = config.model_copy(update={"observations": config.observations.model_copy(update={"variant": variant})})
     world = TownWorld(config, towns)
@@ -90,6 +91,4 @@ def main(args) -> None:
 
 
 def _has_taskset() -> bool:
-    from shutil import which
-
     return which("taskset") is not None

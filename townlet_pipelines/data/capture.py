@@ -12,10 +12,9 @@ import gzip
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import pandas as pd
 
 from townlet_pipelines.config import TownletConfig, UsageError
 from townlet_pipelines.data.files import atomic_directory, npz_bytes, sha256_file
@@ -25,6 +24,9 @@ from townlet_pipelines.data.manifest import (
 from townlet_pipelines.world.actions import ACTION_NAMES, NUM_ACTIONS
 from townlet_pipelines.world.engine import TELEMETRY_KEYS, TownWorld, town_seeds
 from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TELEMETRY_FILE = "telemetry.csv.gz"
 DEFAULT_SHARD_ROWS = 16384
@@ -229,6 +231,8 @@ def capture(
                 rows=(t1 - t0) * agents, tick_start=t0, ticks=t1 - t0, agents=agents,
             ))
 
+        import pandas as pd  # slow (~0.5 s): only the telemetry table needs it, not the CLI's start
+
         columns = ["tick", "town", "episode", *TELEMETRY_KEYS]
         table = pd.DataFrame(np.concatenate(telemetry_rows), columns=columns)
         for key in ("tick", "town", "episode"):
@@ -288,4 +292,6 @@ def dataset_metrics(rewards: np.ndarray, telemetry: pd.DataFrame, counts: np.nda
 
 def read_telemetry(path: str | Path) -> pd.DataFrame:
     """The per-tick, per-town telemetry table of a dataset directory."""
+    import pandas as pd  # slow (~0.5 s): only the telemetry table needs it, not the CLI's start
+
     return pd.read_csv(Path(path) / TELEMETRY_FILE)

@@ -23,15 +23,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from townlet_pipelines.config import AnnealConfig, AnnealStage, ConfigError, TownletConfig, UsageError
 from townlet_pipelines.data.replay import ReplayDataset
 from townlet_pipelines.results import AnnealStageResult, AnnealSummary, BCTrainingResult, PPOTrainingResult, Verdict
 from townlet_pipelines.training import registry
+from townlet_pipelines.training.champion import compare_with_champion, current_champion
 from townlet_pipelines.training.namespaces import namespace
 from townlet_pipelines.training.context import TrainingContext
+from townlet_pipelines.training.evaluation import evaluate, paired_difference
 from townlet_pipelines.training.guardrails import champion as champion_verdict
 from townlet_pipelines.training.guardrails import expert as expert_verdict
-from townlet_pipelines.training.guardrails import limit_text, loss_within, rate_within, resolutions
+from townlet_pipelines.training.guardrails import (
+    bc_accuracy, limit_text, loss_within, ppo_loss, queue_conflicts, rate_within, resolutions,
+)
+from townlet_pipelines.world.policies import ScriptedExpert
 
 log = logging.getLogger("townlet.training")
 
@@ -98,8 +105,6 @@ def verdict_reason(summary: AnnealSummary, anneal: AnnealConfig) -> str:
 def bc_verdict(outcome: "StagesOutcome", anneal: AnnealConfig) -> Verdict:
     """`bc_accuracy_guardrail` from the measured validation accuracy of the last BC stage that ran (the
     schedule stops at the first one that misses the threshold)."""
-    from townlet_pipelines.training.guardrails import bc_accuracy
-
     return bc_accuracy(outcome.results[-1].val_accuracy, anneal.bc_accuracy_threshold)
 
 
@@ -107,8 +112,6 @@ def ppo_verdicts(outcome: "StagesOutcome", anneal: AnnealConfig) -> list[Verdict
     """`ppo_loss_guardrail`, `queue_conflict_guardrail`, `expert_guardrail` and `champion_guardrail` from what
     the PPO stages measured and the baselines each was judged against (every stage; a failing stage names
     itself)."""
-    from townlet_pipelines.training.guardrails import ppo_loss, queue_conflicts
-
     results = [r for r in outcome.results if isinstance(r, PPOTrainingResult)]
     loss = ppo_loss([(r.anneal_cycle or 0, r.loss_total, r.baseline_loss, r.selected_update == 0) for r in results],
                     anneal.loss_tolerance)
@@ -268,9 +271,6 @@ class AnnealStrategy:
         guardrail towns (seeds.guardrail) exactly as a candidate is: the queue baselines of a first run, and
         the reward every candidate must not fall below (`expert_guardrail`)."""
         if self._expert_cache is None:
-            from townlet_pipelines.training.evaluation import evaluate
-            from townlet_pipelines.world.policies import ScriptedExpert
-
             towns: dict = {}
             report = evaluate(context.config, ScriptedExpert(context.config.expert).act, per_town=towns)
             self._expert_cache = {"report": report, "towns": towns}
@@ -279,10 +279,6 @@ class AnnealStrategy:
     def compare_with_expert(self, context: TrainingContext, candidate: PPOTrainingResult) -> dict:
         """The candidate's reward on the guardrail towns (as its PPO stage scored them) against the expert's on
         the same towns: their paired difference, which decides `expert_guardrail`."""
-        import numpy as np
-
-        from townlet_pipelines.training.evaluation import paired_difference
-
         report = self._expert_evaluation(context)
         expert_towns = self._expert_cache["towns"]["reward_per_agent_day"]
         rewards = np.asarray(candidate.evaluation_town_rewards)
@@ -298,8 +294,6 @@ class AnnealStrategy:
         return comparison
 
     def run_ppo_stages(self, context: TrainingContext, bc: StagesOutcome) -> StagesOutcome:
-        from townlet_pipelines.training.champion import compare_with_champion, current_champion
-
         anneal = context.config.anneal
         outcome = StagesOutcome([], [], bc.checkpoint, bc.checkpoint_id)
         if bc.failed:

@@ -14,14 +14,17 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from townlet_pipelines.data.capture import capture
 from townlet_pipelines.data.replay import ReplayDataset
 from townlet_pipelines.results import BCTrainingResult
-from townlet_pipelines.training import tensorboard
+from townlet_pipelines.training import resume, tensorboard
+from townlet_pipelines.training.checkpoints import model_for, read_record, restore_optimizer, save_checkpoint
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.device import to_tensors
 from townlet_pipelines.training.distributed import (
     all_sum, average_gradients, barrier, same_weights, shard_rows, verify_same_weights,
 )
+from townlet_pipelines.training.policy import TorchPolicy
 from townlet_pipelines.training.progress import Progress
 from townlet_pipelines.training.torch_support import TrainingError, require_torch
 
@@ -106,9 +109,6 @@ class BCStrategy:
 
     def run(self, context: TrainingContext) -> BCTrainingResult:
         torch = require_torch()
-        from townlet_pipelines.training.checkpoints import model_for, read_record, restore_optimizer, save_checkpoint
-        from townlet_pipelines.training.resume import finish_progress, load_progress, progress_dir, save_progress
-
         config, bc = context.config, context.config.bc
         device = context.device
         epochs = self.epochs or bc.epochs
@@ -126,14 +126,14 @@ class BCStrategy:
             restore_optimizer(self.init_checkpoint, optimizer, device.device)
         trainer = _EpochTrainer(model, optimizer, context, self.bc_weight)
         out = Path(self.out) if self.out is not None else context.artifacts / "bc"
-        progress_folder = progress_dir(out)
+        progress_folder = resume.progress_dir(out)
         log = tensorboard.mirror(context.log(self.name), context.artifacts / tensorboard.FOLDER, self.name)
         plan = self.plan(config)
         loop = {"next": 0, "dagger_rows": 0, "seconds": 0.0, "trainer_rows": 0, "trainer_seconds": 0.0,
                 "last": {}}
         if self.resume:
-            loop, _ = load_progress(progress_folder, model, optimizer, device.device, config=config,
-                                    scaler=trainer.scaler)
+            loop, _ = resume.load_progress(progress_folder, model, optimizer, device.device, config=config,
+                                           scaler=trainer.scaler)
             trainer.rows, trainer.seconds = loop["trainer_rows"], loop["trainer_seconds"]
             log.truncate("epoch", loop["next"])
         start = time.perf_counter() - loop["seconds"]
@@ -159,8 +159,8 @@ class BCStrategy:
                         trainer_seconds=trainer.seconds)
             if ((step + 1) % context.config.runtime.progress_every_epochs == 0 and step + 1 < len(plan)
                     and context.ranks.main):
-                save_progress(progress_folder, step + 1, model, optimizer, loop, {}, config=config,
-                              scaler=trainer.scaler)
+                resume.save_progress(progress_folder, step + 1, model, optimizer, loop, {}, config=config,
+                                     scaler=trainer.scaler)
         last = loop["last"]
         duration = time.perf_counter() - start
         metrics = {key: last[key] for key in ("accuracy", "loss", "val_accuracy", "val_loss")}
@@ -170,7 +170,7 @@ class BCStrategy:
         if context.ranks.main:  # one writer; the other ranks hold the very same weights
             save_checkpoint(out, model, "bc", config.model_dump(mode="json"), dataset.identity, parent, metrics,
                             optimizer, progress={"epochs": epochs, "dagger_rounds": rounds})
-            finish_progress(progress_folder)
+            resume.finish_progress(progress_folder)
         barrier(context.ranks)
         record = read_record(out)
         return BCTrainingResult(
@@ -185,9 +185,6 @@ class BCStrategy:
     @staticmethod
     def _capture_own(model, context: TrainingContext, out: Path, round_index: int) -> ReplayDataset:
         torch = require_torch()
-        from townlet_pipelines.data.capture import capture
-        from townlet_pipelines.training.policy import TorchPolicy
-
         config = context.config
         episodes = -(-config.rollout.ticks // config.world.episode_ticks)
         seed = config.seeds.dagger.start + (round_index - 1) * config.bc.dagger_towns * episodes

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, FiniteFloat
+from safetensors import SafetensorError, safe_open
 
 from townlet_pipelines.config import ModelConfig
 from townlet_pipelines.data.files import atomic_directory, sha256_file
@@ -81,19 +82,13 @@ def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
     return tensors, layout
 
 
-def _safetensor_error() -> type[Exception]:
-    from safetensors import SafetensorError
-
-    return SafetensorError
-
-
 def write_tensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
     """safetensors' `save_file`, whose errors name the file; a full disk is an OSError (ENOSPC), not damage."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # safetensors.torch imports torch
 
     try:
         save_file(tensors, str(path), metadata=metadata)
-    except _safetensor_error() as error:
+    except SafetensorError as error:
         code = re.search(r"os error (\d+)", str(error))
         if code:  # "Error while serializing: I/O error: No space left on device (os error 28)"
             raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
@@ -107,11 +102,11 @@ def damaged_file(path: str | Path, error: BaseException) -> TrainingError:
 
 def read_tensors(path: str | Path) -> dict:
     """safetensors' `load_file`; a damaged file is a TrainingError naming it."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # safetensors.torch imports torch
 
     try:
         return load_file(str(path))
-    except _safetensor_error() as error:
+    except SafetensorError as error:
         raise damaged_file(path, error) from None
 
 
@@ -173,11 +168,16 @@ def verify_checkpoint(directory: str | Path) -> CheckpointRecord:
     return record
 
 
+def new_network(spec: ObservationSpec, model_config: ModelConfig):
+    """A fresh `PolicyNetwork` (on the CPU): the one place here that imports the model."""
+    from townlet_pipelines.training.model import PolicyNetwork  # imports torch at its module level
+
+    return PolicyNetwork(spec, model_config)
+
+
 def load_checkpoint(directory: str | Path, expected_spec: ObservationSpec | None = None, device="cpu", optimizer=None):
     """(model, record); refuses a checkpoint whose spec differs from `expected_spec` or whose weights changed."""
     require_torch()
-    from townlet_pipelines.training.model import PolicyNetwork
-
     directory = Path(directory)
     record = read_record(directory)
     if record.schema_version != CHECKPOINT_SCHEMA_VERSION:
@@ -187,7 +187,7 @@ def load_checkpoint(directory: str | Path, expected_spec: ObservationSpec | None
                             f"({spec_difference(record.observation, expected_spec)})")
     if sha256_file(directory / WEIGHTS) != record.weights_sha256:
         raise TrainingError(f"{directory / WEIGHTS}: sha256 does not match the checkpoint record")
-    model = PolicyNetwork(record.observation, record.model)
+    model = new_network(record.observation, record.model)
     model.load_state_dict(read_tensors(directory / WEIGHTS))
     model.to(device)
     if optimizer is not None:
@@ -197,8 +197,6 @@ def load_checkpoint(directory: str | Path, expected_spec: ObservationSpec | None
 
 def restore_optimizer(directory: str | Path, optimizer, device="cpu") -> bool:
     """Load the optimizer's saved moments (to resume training); False when the checkpoint has none."""
-    from safetensors import safe_open
-
     path = Path(directory) / OPTIMIZER
     if not path.is_file():
         return False
@@ -211,7 +209,7 @@ def restore_optimizer(directory: str | Path, optimizer, device="cpu") -> bool:
                     name: (handle.get_tensor(f"state.{index}.{name}").to(device) if value == "tensor" else value)
                     for name, value in values.items()
                 }
-    except (_safetensor_error(), ValueError, KeyError, TypeError) as error:
+    except (SafetensorError, ValueError, KeyError, TypeError) as error:
         raise damaged_file(path, error) from None
     optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
     return True
@@ -219,9 +217,7 @@ def restore_optimizer(directory: str | Path, optimizer, device="cpu") -> bool:
 
 def model_for(spec: ObservationSpec, model_config: ModelConfig, device, init_checkpoint: str | Path | None = None):
     """(model, parent checkpoint id): a fresh network, or the given checkpoint's (whose spec must match)."""
-    from townlet_pipelines.training.model import PolicyNetwork
-
     if init_checkpoint is None:
-        return PolicyNetwork(spec, model_config).to(device), None
+        return new_network(spec, model_config).to(device), None
     model, record = load_checkpoint(init_checkpoint, spec, device)
     return model, record.checkpoint_id

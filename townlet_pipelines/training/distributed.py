@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from townlet_pipelines.training.device import require_gpus_for_ranks
 from townlet_pipelines.training.torch_support import TrainingError, require_torch
 
 
@@ -44,6 +45,11 @@ class Ranks:
 SINGLE = Ranks()
 
 
+def _dist():
+    """`torch.distributed` (importing torch imports it), through `require_torch` like every torch use here."""
+    return require_torch().distributed
+
+
 def from_environment(device_spec: str = "auto") -> Ranks:
     """The ranks torchrun started (`WORLD_SIZE`, `RANK`, `LOCAL_RANK`), with the process group joined; a
     single process when torchrun did not start this one."""
@@ -51,14 +57,11 @@ def from_environment(device_spec: str = "auto") -> Ranks:
     if world <= 1:
         return SINGLE
     torch = require_torch()
-    import torch.distributed as dist
-
+    dist = torch.distributed
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device_spec != "cpu" and torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
     if cuda:  # before any rank is sent to a cuda:LOCAL_RANK that does not exist
-        from townlet_pipelines.training.device import require_gpus_for_ranks
-
         require_gpus_for_ranks(torch.cuda.device_count())
     if not dist.is_initialized():
         if cuda:
@@ -84,11 +87,9 @@ def average_gradients(model, ranks: Ranks) -> None:
     if not ranks.active:
         return
     torch = require_torch()
-    import torch.distributed as dist
-
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
+    torch.distributed.all_reduce(flat)
     flat /= ranks.world
     offset = 0
     for grad in grads:
@@ -102,12 +103,10 @@ def all_sum(values, ranks: Ranks) -> np.ndarray:
     if not ranks.active:
         return values
     torch = require_torch()
-    import torch.distributed as dist
-
     tensor = torch.from_numpy(values.copy())
     if ranks.backend == "nccl":
         tensor = tensor.cuda()
-    dist.all_reduce(tensor)
+    torch.distributed.all_reduce(tensor)
     return tensor.cpu().numpy()
 
 
@@ -115,26 +114,21 @@ def broadcast(value, ranks: Ranks):
     """Rank 0's value (any picklable object) on every rank."""
     if not ranks.active:
         return value
-    import torch.distributed as dist
-
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    _dist().broadcast_object_list(box, src=0)
     return box[0]
 
 
 def barrier(ranks: Ranks) -> None:
     if ranks.active:
-        import torch.distributed as dist
-
-        dist.barrier()
+        _dist().barrier()
 
 
 def same_weights(model, ranks: Ranks) -> None:
     """Start every rank from rank 0's weights (a fresh network is initialised from each rank's own RNG)."""
     if not ranks.active:
         return
-    import torch.distributed as dist
-
+    dist = _dist()
     for tensor in model.state_dict().values():
         dist.broadcast(tensor, src=0)
 
@@ -145,14 +139,12 @@ def verify_same_weights(model, ranks: Ranks) -> None:
     if not ranks.active:
         return
     torch = require_torch()
-    import torch.distributed as dist
-
     with torch.no_grad():
         flat = torch.cat([p.detach().double().reshape(-1).cpu() for p in model.parameters()])
         mine = torch.stack([flat.sum(), (flat * flat).sum(), (flat * torch.arange(len(flat)).double()).sum()])
     mine = mine.to("cuda" if ranks.backend == "nccl" else "cpu")
     gathered = [torch.zeros_like(mine) for _ in range(ranks.world)]
-    dist.all_gather(gathered, mine)
+    torch.distributed.all_gather(gathered, mine)
     drifted = [rank for rank, other in enumerate(gathered) if not torch.equal(other, gathered[0])]
     if drifted:
         raise TrainingError(f"data-parallel ranks {drifted} hold other weights than rank 0; no checkpoint was written")

@@ -12,7 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from townlet_pipelines.config import TownletConfig, UsageError
+from townlet_pipelines.pictures import FirstDay
+from townlet_pipelines.training.checkpoints import load_checkpoint
+from townlet_pipelines.training.device import device_context
+from townlet_pipelines.training.policy import evaluation_policy
 from townlet_pipelines.world.engine import TELEMETRY_KEYS, TownWorld
+from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
 
 Z95 = 1.959964
 # Student's t, 97.5% quantile, for 1..30 degrees of freedom; beyond 30 the Cornish-Fisher series below is
@@ -101,11 +106,7 @@ def held_out_comparison(config: TownletConfig, candidate, champion=None, device=
     once per config and read back on later nights. Pass a dict as `strips` to receive, per checkpoint name, a
     `TownStrip` of the first held-out town over its first day (the picture `town_day_svg` would draw by playing
     that town again); none when `evaluation.ticks` is shorter than a day."""
-    from townlet_pipelines.pictures import FirstDay
-    from townlet_pipelines.training.cache import cached_reference_scores
-    from townlet_pipelines.training.checkpoints import load_checkpoint
-    from townlet_pipelines.training.device import device_context
-    from townlet_pipelines.training.policy import evaluation_policy
+    from townlet_pipelines.training.cache import cached_reference_scores  # above us: it builds on the anneal
 
     device = device or device_context("cpu", False, config.runtime.torch_threads)
     seeds = config.seeds.test.seeds()[:config.evaluation.report_towns]
@@ -127,7 +128,5 @@ def held_out_comparison(config: TownletConfig, candidate, champion=None, device=
 
 def reference_scores(config: TownletConfig, seeds) -> dict[str, dict[str, float]]:
     """The scripted expert and a random policy (seed 0) on `seeds`: the fixed ends of the held-out scale."""
-    from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
-
     return {"scripted expert": evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds),
             "random": evaluate(config, RandomPolicy(0).act, seeds=seeds)}

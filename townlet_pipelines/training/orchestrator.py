@@ -13,18 +13,24 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from townlet_pipelines.config import TownletConfig
+from townlet_pipelines.config import TownletConfig, config_from_mapping
 from townlet_pipelines.data.baselines import BaselineStore
 from townlet_pipelines.data.capture import CaptureResult, acting_policy, capture
+from townlet_pipelines.data.files import atomic_write_text
 from townlet_pipelines.data.promotion import PromotionError, PromotionStore
 from townlet_pipelines.results import AnnealSummary, BCTrainingResult, PPOTrainingResult
 from townlet_pipelines.training.anneal import AnnealStrategy
 from townlet_pipelines.training.bc import BCStrategy
+from townlet_pipelines.training.checkpoints import load_checkpoint
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.device import device_context
 from townlet_pipelines.training.distributed import SINGLE, Ranks, device_for
 from townlet_pipelines.training.namespaces import artifacts_root, namespace
+from townlet_pipelines.training.policy import TorchPolicy
 from townlet_pipelines.training.ppo import PPOStrategy
+from townlet_pipelines.training.resume import progress_dir, require_progress
+from townlet_pipelines.training.torch_support import TrainingError
+from townlet_pipelines.world.engine import TownWorld
 
 
 def new_run_dir(root: str | Path | None = None, run_id: str | None = None) -> Path:
@@ -68,10 +74,6 @@ def capture_release_rollouts(context: TrainingContext, out: str | Path):
     if release is None:
         policy = acting_policy("scripted", config)
     else:
-        from townlet_pipelines.training.checkpoints import load_checkpoint
-        from townlet_pipelines.training.policy import TorchPolicy
-        from townlet_pipelines.world.engine import TownWorld
-
         model, record = load_checkpoint(release.path, TownWorld(config, 1).spec, device=context.device.device)
         policy = TorchPolicy(model, context.device, checkpoint_id=record.checkpoint_id)
     result = capture(config, policy, max(1, rollout.towns // 2), rollout.ticks, config.seeds.policy_rollouts.start,
@@ -95,17 +97,12 @@ INVOCATION = "invocation.json"
 
 def record_invocation(run_dir: Path, kind: str, config: TownletConfig, **arguments) -> None:
     """What `--resume RUN_FOLDER` needs to run the same training again: the kind, the config, the arguments."""
-    from townlet_pipelines.data.files import atomic_write_text
-
     atomic_write_text(Path(run_dir) / INVOCATION, json.dumps(
         {"kind": kind, "config": config.model_dump(mode="json"), "arguments": arguments}, indent=2, default=str))
 
 
 def resume_training(run_dir: str | Path, expected_kind: str | None = None, progress: bool = False):
     """Continue the BC or PPO run that was killed in `run_dir`, from its newest progress checkpoint."""
-    from townlet_pipelines.config import config_from_mapping
-    from townlet_pipelines.training.torch_support import TrainingError
-
     run_dir = Path(run_dir).absolute()
     path = run_dir / INVOCATION
     if not path.is_file():
@@ -121,8 +118,6 @@ def resume_training(run_dir: str | Path, expected_kind: str | None = None, progr
     final = run_dir / kind
     if (final / "checkpoint.json").is_file():
         raise TrainingError(f"{run_dir}: this {kind} run finished (checkpoint {final}); nothing to resume")
-    from townlet_pipelines.training.resume import progress_dir, require_progress
-
     require_progress(progress_dir(final))
     config = config_from_mapping(invocation["config"], str(path))
     context = make_context(config, run_dir, run_dir.parent.parent, progress=progress)
@@ -142,8 +137,6 @@ def judge_and_store(strategy: AnnealStrategy, context: TrainingContext, bc, ppo,
     The graph calls this from `anneal_summary` on a PASS, and from the training step whose guardrail held
     the candidate (the run stops at that blocking check), so FAIL and HOLD are recorded too.
     """
-    from townlet_pipelines.data.files import atomic_write_text
-
     duration = sum(r.duration_sec if hasattr(r, "duration_sec") else r.epoch_duration_sec * r.updates
                    for r in bc.results + ppo.results)
     summary = strategy.summarize(context, bc, ppo, duration, run_id=run_id)
@@ -153,8 +146,6 @@ def judge_and_store(strategy: AnnealStrategy, context: TrainingContext, bc, ppo,
 
 def run_anneal(context: TrainingContext, dataset: str | Path) -> AnnealSummary:
     """Run the anneal and keep its summary in the run folder (`anneal_summary.json`), as the graph does."""
-    from townlet_pipelines.data.files import atomic_write_text
-
     summary = AnnealStrategy(dataset).run(context)
     atomic_write_text(context.artifacts / "anneal_summary.json", summary.model_dump_json(indent=2))
     return summary

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import time
 
+from tqdm import tqdm
+
 LOGGER = logging.getLogger("townlet.training")
 
 
@@ -23,8 +25,6 @@ class Progress:
         self.done, self.start = 0, time.perf_counter()
         self.bar = None
         if enabled:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=self.total, desc=label, unit="step", dynamic_ncols=True, leave=True)
 
     def skip(self, count: int) -> None:

@@ -27,6 +27,7 @@ entry points (an editable install not yet reinstalled): `BUILT_IN` names the sam
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -70,9 +71,7 @@ _discovered: dict[str, "EntryPoint | str"] | None = None  # name -> entry point,
 def _entry_points() -> dict[str, "EntryPoint | str"]:
     global _discovered
     if _discovered is None:
-        from importlib.metadata import entry_points
-
-        _discovered = {**BUILT_IN, **{point.name: point for point in entry_points(group=GROUP)}}
+        _discovered = {**BUILT_IN, **{point.name: point for point in importlib.metadata.entry_points(group=GROUP)}}
     return _discovered
 
 

@@ -25,12 +25,16 @@ import os
 import re
 import shutil
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
 
 from townlet_pipelines.data.files import atomic_directory, npz_bytes
+from townlet_pipelines.training.checkpoints import _optimizer_tensors, read_tensors, restore_optimizer, write_tensors
 from townlet_pipelines.training.torch_support import TrainingError, require_torch
+from townlet_pipelines.world.state import WorldState
 
 WEIGHTS, OPTIMIZER, STATE, ARRAYS = "weights.safetensors", "optimizer.safetensors", "state.json", "arrays.npz"
 _STEP = re.compile(r"^step-(\d{6})$")
@@ -130,8 +134,6 @@ def save_progress(directory: Path, step: int, model, optimizer, state: dict, arr
     writes nothing and gets None.
     """
     torch = require_torch()
-    from townlet_pipelines.training.checkpoints import _optimizer_tensors, write_tensors
-
     rank, world = _world()
     if rank != 0:
         return None
@@ -165,12 +167,10 @@ def load_progress(directory: Path, model, optimizer, device, config=None,
     would be resumed by other processes than the one that wrote it (data-parallel, either way).
     """
     torch = require_torch()
-    from townlet_pipelines.training.checkpoints import _safetensor_error, read_tensors, restore_optimizer
-
     path = require_progress(directory)  # refuses a data-parallel resume, either way
     resuming = recipe(directory, optimizer, config)  # before the step's optimizer settings replace this run's
     damages = (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile, TrainingError,
-               _safetensor_error())
+               SafetensorError)
 
     def damaged(reading: Path, error: BaseException) -> TrainingError:
         told = " ".join(str(error).split()).removeprefix(f"{reading}: ")[:200] or type(error).__name__
@@ -215,16 +215,12 @@ def finish_progress(directory: Path) -> None:
 
 def world_arrays(world) -> dict[str, np.ndarray]:
     """The batched world's state as named arrays (its RNG is counter-based: the state is all there is)."""
-    from dataclasses import fields
-
     return {f"world.{item.name}": getattr(world.state, item.name) for item in fields(world.state)
             if isinstance(getattr(world.state, item.name), np.ndarray)}
 
 
 def restore_world(world, arrays: dict[str, np.ndarray], tick: int) -> None:
     """Put a snapshot from `world_arrays` back, mid-episode, and observe it as the world would."""
-    from townlet_pipelines.world.state import WorldState
-
     values = {name[len("world."):]: value.copy() for name, value in arrays.items() if name.startswith("world.")}
     world.state = WorldState(tick=int(tick), **values)
     world.action_mask, world.observation = world.observer.mask_and_observe(world.state)

@@ -14,6 +14,8 @@ import os
 import time
 from pathlib import Path
 
+from townlet_pipelines.training.logs import NullLog
+
 ENV = "TOWNLET_TENSORBOARD"
 FOLDER = "tensorboard"
 STEP_KEYS = ("epoch", "update")  # BC logs an epoch per entry, PPO an update
@@ -38,7 +40,7 @@ class MirroredLog:
 
     def _scalars(self):
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
+            from torch.utils.tensorboard import SummaryWriter  # torch, and the optional `tensorboard` extra
 
             self._writer = SummaryWriter(log_dir=str(self.directory))
         return self._writer
@@ -69,8 +71,6 @@ class MirroredLog:
 
 def mirror(log, directory: Path, name: str):
     """`log` itself, or (TensorBoard on, and this rank writes a log) `log` mirrored into `directory/name`."""
-    from townlet_pipelines.training.logs import NullLog
-
     if isinstance(log, NullLog) or not enabled():
         return log
     return MirroredLog(log, directory, name)
