@@ -197,14 +197,17 @@ def test_both_datasets_show_their_telemetry_schema_a_few_rows_and_float_kpis(two
 
 # ---------------------------------------------------------------------------- TensorBoard (the optional extra)
 def test_the_training_steps_link_their_event_files_and_the_command_that_shows_the_night(tmp_path):
-    from townlet_pipelines.pipeline.assets import _tensorboard
+    from townlet_pipelines.nightly.describe import tensorboard
+    from townlet_pipelines.nightly.outcome import FilePath
+    from townlet_pipelines.pipeline.reporting import metadata_value
 
     bc, night = tmp_path / "cache" / "bc-1", tmp_path / "runs" / "r1"
-    assert _tensorboard({"bc": bc, "ppo": night}) == {}  # the extra not installed (or switched off): nothing
+    assert tensorboard({"bc": bc, "ppo": night}) == {}  # the extra not installed (or switched off): nothing
     for folder in (bc, night):
         (folder / "tensorboard").mkdir(parents=True)
-    linked = _tensorboard({"bc": bc, "ppo": night})
-    assert linked["tensorboard"].value == str(night / "tensorboard")
+    linked = tensorboard({"bc": bc, "ppo": night})
+    assert isinstance(linked["tensorboard"], FilePath)  # shown as a path in the UI
+    assert metadata_value(linked["tensorboard"]).value == str(night / "tensorboard")
     assert linked["tensorboard_command"] == f"tensorboard --logdir_spec bc:{bc}/tensorboard,ppo:{night}/tensorboard"
 
 

@@ -1,8 +1,10 @@
-"""A whole night end to end, through the very functions the nightly graph's assets call, in their order:
-the cached expert dataset (`replay_manifest`), the champion's rollouts when PPO trains on stored rows
+"""A whole night end to end, through the core functions the nightly graph's steps call (datasets.py,
+candidate.py, verdict.py, release.py), in their order, without the steps' descriptions and data checks: the
+cached expert dataset (`replay_manifest`), the champion's rollouts when PPO trains on stored rows
 (`rollout_dataset`), the cached BC stages (`bc_checkpoint`), the PPO stages from the champion and their
 verdicts (`ppo_checkpoint`), the judged and recorded summary (`anneal_summary`) and the promotion rule
-(`promoted_policy`). `python -m townlet_pipelines.bench nights` runs nights with it.
+(`promoted_policy`). `townlet train anneal --night` and `python -m townlet_pipelines.bench nights` run nights
+with it.
 """
 
 from __future__ import annotations

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -12,6 +10,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from townlet_pipelines.config import TownletConfig, config_from_mapping, load_config
+from townlet_pipelines.pipeline.records import refuse_another_profile
 
 
 def _merge(base: dict, overrides: dict) -> dict:
@@ -64,14 +63,23 @@ class TownletResource(ConfigurableResource):
 
         return night_config(config, night)
 
-    def provenance(self, night: str | None = None) -> dict[str, str]:
-        """What made a run's assets: the profile, where the config came from, a hash of the whole recipe, and
-        the night (whose towns it used)."""
-        config = self.load_config()
-        source = self.config_source()
-        digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-        return {"profile": config.profile, "config_source": source + (" + overrides" if self.overrides.strip() else ""),
-                "config_hash": digest[:12], **({"night": night} if night else {})}
+    def named_source(self) -> str:
+        """The config's source as runs and materializations name it: a profile or file, "+ overrides" when set."""
+        return self.config_source() + (" + overrides" if self.overrides.strip() else "")
+
+    def night(self, context):
+        """The night an asset's step works on (nightly/context.py): the recipe loaded once, refused when its profile
+        is not the code location's (the step's asset key), the night's config derived from it once, the run's
+        folder. Each step starts here, so a config of another profile is refused before anything is made."""
+        from townlet_pipelines.nightly.context import NightContext  # the core: loaded by steps, not by the location
+        from townlet_pipelines.training.tensorboard import ENV
+
+        recipe = self.load_config()
+        refuse_another_profile(context.asset_key, recipe, self.config_source())
+        os.environ[ENV] = "1" if self.tensorboard else "0"  # read where BC and PPO open their logs (and by ranks)
+        night = NightContext(recipe, context.partition_key, self.root(), context.run.run_id, self.named_source())
+        night.config  # noqa: B018 - derived now, once: a night that cannot run is refused before anything is made
+        return night
 
     def root(self) -> Path:
         from townlet_pipelines.training.namespaces import artifacts_root  # light: no training modules
