@@ -23,14 +23,14 @@ def test_the_training_assets_run_two_ranks_through_dagster_pipes(tmp_path):
     judge it as always."""
     from dagster import DagsterInstance
 
-    from townlet_pipelines.pipeline.definitions import defs
+    from townlet_pipelines.pipeline.definitions import definitions_for
 
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(SHORT))
     run_config = {"resources": {"townlet": {"config": {"config_path": str(config), "processes": 2,
                                                        "artifacts_root": str(tmp_path / "artifacts")}}}}
     with DagsterInstance.ephemeral() as instance:
-        result = defs.resolve_job_def("nightly_anneal").execute_in_process(
+        result = definitions_for(str(config)).resolve_job_def("nightly_anneal").execute_in_process(
             run_config=run_config, instance=instance, partition_key="2026-11-05")
         assert result.success
         ppo = result.asset_materializations_for_node("ppo_checkpoint")[0].metadata
@@ -50,7 +50,7 @@ def test_the_training_assets_run_two_ranks_through_dagster_pipes(tmp_path):
 def test_a_failing_rank_fails_the_step_with_its_own_reason(tmp_path):
     from dagster import DagsterInstance
 
-    from townlet_pipelines.pipeline.definitions import defs
+    from townlet_pipelines.pipeline.definitions import definitions_for
 
     config = tmp_path / "tiny.yaml"
     # every rank refuses the split: 4 episodes leave none to train on with val_fraction 0.9
@@ -58,7 +58,7 @@ def test_a_failing_rank_fails_the_step_with_its_own_reason(tmp_path):
     run_config = {"resources": {"townlet": {"config": {"config_path": str(config), "processes": 2,
                                                        "artifacts_root": str(tmp_path / "artifacts")}}}}
     with DagsterInstance.ephemeral() as instance:
-        result = defs.resolve_job_def("nightly_anneal").execute_in_process(
+        result = definitions_for(str(config)).resolve_job_def("nightly_anneal").execute_in_process(
             run_config=run_config, instance=instance, partition_key="2026-11-05", raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.get_step_failure_events() if e.step_key == "bc_checkpoint")

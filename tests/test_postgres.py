@@ -97,4 +97,5 @@ def test_the_smoke_nightly_runs_against_postgres_with_the_documented_block(postg
         assert [run.status for run in runs] == [DagsterRunStatus.SUCCESS]
         from dagster import AssetKey
 
-        assert instance.get_latest_materialization_event(AssetKey("promoted_policy")) is not None
+        smoke_release = AssetKey(["smoke", "promoted_policy"])  # a profile other than default: its own key
+        assert instance.get_latest_materialization_event(smoke_release) is not None
