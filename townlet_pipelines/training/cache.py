@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Callable
 
 from townlet_pipelines.config import TownletConfig
+from townlet_pipelines.data.files import atomic_write_text, sweep_leftovers, temporary_sibling
+from townlet_pipelines.data.manifest import DatasetError
+from townlet_pipelines.data.replay import ReplayDataset
+from townlet_pipelines.training.anneal import StagesOutcome
+from townlet_pipelines.training.checkpoints import code_version, verify_checkpoint
+from townlet_pipelines.training.orchestrator import capture_expert
+from townlet_pipelines.training.torch_support import TrainingError
 
 ROOT_MARK = "$ARTIFACTS"
 
@@ -30,8 +37,6 @@ def content_key(*parts) -> str:
 
 
 def _code_version() -> str:
-    from townlet_pipelines.training.checkpoints import code_version
-
     return code_version()
 
 
@@ -50,10 +55,6 @@ def bc_stages_key(config: TownletConfig, dataset_identity: str) -> str:
 
 def cached_expert_dataset(config: TownletConfig, root: Path, say: Callable[[str], None] = print):
     """(the expert dataset of this config, reused?): the cached entry when it verifies, else a fresh capture."""
-    from townlet_pipelines.data.manifest import DatasetError
-    from townlet_pipelines.data.replay import ReplayDataset
-    from townlet_pipelines.training.orchestrator import capture_expert
-
     path = Path(root) / "datasets" / f"expert-{expert_dataset_key(config)}"
     if path.exists():
         try:
@@ -70,17 +71,11 @@ def cached_expert_dataset(config: TownletConfig, root: Path, say: Callable[[str]
 
 def read_stages(record: str | Path, root: Path):
     """A stages record (a cache entry's or a run's), its paths resolved against the artifacts root."""
-    from townlet_pipelines.training.anneal import StagesOutcome
-
     return StagesOutcome.from_json(Path(record).read_text().replace(ROOT_MARK, str(root)))
 
 
 def cached_bc_stages(strategy, context, dataset_identity: str, root: Path, say: Callable[[str], None] = print):
     """(the anneal's BC stages, the entry's record path, reused?): a verified cache hit, or a fresh training."""
-    from townlet_pipelines.data.files import atomic_write_text, sweep_leftovers, temporary_sibling
-    from townlet_pipelines.training.checkpoints import verify_checkpoint
-    from townlet_pipelines.training.torch_support import TrainingError
-
     root = Path(root)
     entry = root / "cache" / f"bc-{bc_stages_key(context.config, dataset_identity)}"
     record = entry / "bc_stages.json"  # written last: its presence marks a complete entry
@@ -120,8 +115,6 @@ def cached_reference_scores(config: TownletConfig, seeds, names: tuple[str, ...]
     """The held-out rows of the policies no training changes (the expert, a random policy): `score()` once per
     config and towns, then read back. Without a root nothing is kept; an entry that is unreadable or lacks one
     of `names` is scored again."""
-    from townlet_pipelines.data.files import atomic_write_text
-
     if root is None:
         return score()
     path = Path(root) / "cache" / f"reference-{reference_scores_key(config, seeds)}.json"

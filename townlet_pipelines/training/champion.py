@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
+from townlet_pipelines.training.checkpoints import load_checkpoint, read_record
 from townlet_pipelines.training.context import TrainingContext
+from townlet_pipelines.training.evaluation import evaluate, paired_difference
+from townlet_pipelines.training.policy import evaluation_policy
+from townlet_pipelines.training.torch_support import TrainingError
+from townlet_pipelines.world.engine import TownWorld
 
 log = logging.getLogger("townlet.training")
 
@@ -23,10 +30,6 @@ def current_champion(context: TrainingContext):
     release = context.promotion.status().current_release
     if release is None or not release.path:
         return None, "no release yet: starting from the BC clone"
-    from townlet_pipelines.training.checkpoints import read_record
-    from townlet_pipelines.training.torch_support import TrainingError
-    from townlet_pipelines.world.engine import TownWorld
-
     try:
         record = read_record(release.path)
     except TrainingError as error:
@@ -40,13 +43,6 @@ def current_champion(context: TrainingContext):
 def compare_with_champion(context: TrainingContext, candidate, release) -> dict:
     """Challenger and champion on the same guardrail towns: the challenger's scores as its PPO stage measured
     them (`candidate`: its PPOTrainingResult), the champion scored the same way; their paired difference."""
-    import numpy as np
-
-    from townlet_pipelines.training.checkpoints import load_checkpoint
-    from townlet_pipelines.training.evaluation import evaluate, paired_difference
-    from townlet_pipelines.training.policy import evaluation_policy
-    from townlet_pipelines.world.engine import TownWorld
-
     config, device = context.config, context.device
     model, _ = load_checkpoint(release.path, TownWorld(config, 1).spec, device=device.device)
     per_town: dict = {}
