@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from townlet_pipelines.config import config_from_mapping  # noqa: E402
+from townlet_pipelines.data.promotion import PromotionStore  # noqa: E402
 from townlet_pipelines.data.replay import ReplayDataset  # noqa: E402
 from townlet_pipelines.results import AnnealSummary, BCTrainingResult, PPOTrainingResult  # noqa: E402
 from townlet_pipelines.training import orchestrator  # noqa: E402
@@ -133,7 +135,16 @@ def test_anneal_pass_then_promotion_ready_after_two_passes(tmp_path, expert_data
     assert context.baselines.get("expert") is not None  # a PASS became the baseline for the next run
     second, context = _anneal(tmp_path, expert_dataset)  # promotion restarted the streak
     assert second.status == "PASS" and second.promotion_pass_streak == 1 and not second.promotion_candidate_ready
-    assert orchestrator.apply_promotion(context.promotion, second).reason == "pass streak 1/2: monitoring"
+    # Better than the champion within its interval: it waits for the streak (the champion's figures set here).
+    unproven = second.model_copy(update={"champion": {**second.champion, "difference": 0.1, "difference_ci95": 0.5}})
+    assert orchestrator.apply_promotion(context.promotion, unproven).reason == "pass streak 1/2: monitoring"
+    # Better beyond its interval: released at once (on a copy of the store; the streak rule goes on below).
+    proven = second.model_copy(update={"champion": {**second.champion, "difference": 1.0, "difference_ci95": 0.2}})
+    allowed, switched_off = (shutil.copytree(context.promotion.root, tmp_path / name) for name in ("a", "b"))
+    released = orchestrator.apply_promotion(PromotionStore(allowed, required_passes=2), proven)
+    assert released.promoted and "beyond its interval (+1.000 ± 0.200" in released.reason
+    held = orchestrator.apply_promotion(PromotionStore(switched_off, required_passes=2, release_proven=False), proven)
+    assert held.reason == "pass streak 1/2: monitoring"  # the rule switched off: the streak alone
     # The same recipe on other PPO towns (as a new night's seeds would be): another checkpoint, the same candidate.
     third, context = _anneal(tmp_path, expert_dataset, seeds={"ppo": {"start": 2_000_000, "count": 8_000_000}})
     assert third.promotion_pass_streak == 2 and third.promotion_candidate_ready

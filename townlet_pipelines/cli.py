@@ -360,7 +360,8 @@ def _manual_promotion(args: argparse.Namespace, config, store) -> None:
 
 def _promotion(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    store = PromotionStore(state_dir(args.artifacts, config), required_passes=config.promotion.required_passes)
+    store = PromotionStore(state_dir(args.artifacts, config), required_passes=config.promotion.required_passes,
+                           release_proven=config.promotion.release_proven)
     if args.action == "rollback":
         if not args.release:
             raise UsageError("promotion rollback: --release RELEASE_ID is required")
@@ -424,7 +425,8 @@ def _report(args: argparse.Namespace) -> int:
               f"{summary['promotion_pass_streak']}")
     else:
         print(f"no anneal summary under {root / 'runs'} yet")
-    status = PromotionStore(state_dir(root, config), required_passes=config.promotion.required_passes).status()
+    status = PromotionStore(state_dir(root, config), required_passes=config.promotion.required_passes,
+                            release_proven=config.promotion.release_proven).status()
     release = status.current_release
     if release is None:
         print(f"promoted policy: none yet (state {status.state})")

@@ -467,7 +467,12 @@ class AnnealConfig(_Strict):
 
 
 class PromotionConfig(_Strict):
-    required_passes: int = Field(2, ge=1)
+    required_passes: int = Field(2, ge=1, description="a later candidate is released after this many passing "
+                                 "nights in a row (that also scored more than the champion)")
+    release_proven: bool = Field(
+        True, description="... or at once, on a passing night whose challenger beats the champion beyond the "
+        "95% paired interval on the guardrail towns: the streak guards against one lucky night, which the "
+        "interval already rules out (a chain measured releases held back a night by the streak alone)")
 
 
 class RolloutConfig(_Strict):

@@ -95,10 +95,11 @@ class PromotionStatus(BaseModel):
 class PromotionStore:
     FILE = "promotion.json"
 
-    def __init__(self, root: str | Path, required_passes: int = 2) -> None:
+    def __init__(self, root: str | Path, required_passes: int = 2, release_proven: bool = True) -> None:
         if required_passes < 1:
             raise ValueError(f"required_passes must be at least 1, got {required_passes}")
         self.root, self.required_passes = Path(root), required_passes
+        self.release_proven = release_proven  # a challenger proven better than the champion needs no streak
         self.path = self.root / self.FILE
 
     def _state(self, state: PromotionState) -> State:
@@ -200,8 +201,10 @@ class PromotionStore:
 
     def promote(self, candidate_id: str, checkpoint_id: str, hashes: dict[str, str] | None = None,
                 metrics: dict[str, float] | None = None, path: str | Path | None = None,
-                first_release: bool = False, override: str | None = None) -> Release:
-        """Promote when the candidate is ready, or (`first_release`) when nothing was ever released.
+                first_release: bool = False, override: str | None = None, proven_better: bool = False) -> Release:
+        """Promote when the candidate is ready, or (`first_release`) when nothing was ever released, or
+        (`proven_better`, the caller having judged the challenger better than the champion beyond the paired
+        interval) when a release exists and this candidate's latest evaluation passed.
 
         A checkpoint an operator rolled back is refused unless `override` says why; the reason is recorded.
         """
@@ -224,6 +227,13 @@ class PromotionStore:
                     if state.releases:
                         raise PromotionError(f"{self.path}: a first release exists already "
                                              f"({state.releases[0].release_id})")
+                elif proven_better:
+                    if not state.releases or not self.release_proven:
+                        raise PromotionError(f"{self.path}: a release on a proven improvement needs a champion to "
+                                             "improve on, and a store that allows it")
+                    if state.candidate_id != candidate_id or state.pass_streak < 1:
+                        raise PromotionError(f"candidate {candidate_id} has no passing evaluation to release on "
+                                             f"(candidate {state.candidate_id}, pass streak {state.pass_streak})")
                 elif self._state(state) != "ready" or state.candidate_id != candidate_id:
                     raise PromotionError(
                         f"candidate {candidate_id} is not ready: state {state.state}, candidate {state.candidate_id}, "

@@ -137,7 +137,8 @@ def build_location(source: str) -> Location:
 
         townlet = resource_of_run(context.dagster_run.run_config)
         config = townlet.load_config()
-        store = PromotionStore(state_dir(townlet.root(), config), required_passes=config.promotion.required_passes)
+        store = PromotionStore(state_dir(townlet.root(), config), required_passes=config.promotion.required_passes,
+                           release_proven=config.promotion.release_proven)
         store.record_failure(context.dagster_run.run_id, context.failure_event.message or "run failed")
 
     defs = Definitions(

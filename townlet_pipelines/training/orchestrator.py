@@ -53,7 +53,8 @@ def make_context(config: TownletConfig, run_dir: Path, root: str | Path | None =
     return TrainingContext(
         config=config, artifacts=Path(run_dir), device=device_context(
             device_for(ranks, config.runtime.device), config.runtime.amp, config.runtime.torch_threads),
-        promotion=PromotionStore(state, required_passes=config.promotion.required_passes),
+        promotion=PromotionStore(state, required_passes=config.promotion.required_passes,
+                                 release_proven=config.promotion.release_proven),
         baselines=BaselineStore(state), progress=progress and ranks.main, ranks=ranks,
     )
 
@@ -163,7 +164,8 @@ def apply_promotion(store: PromotionStore, summary: AnnealSummary) -> PromotionO
     """Promote the anneal's final checkpoint when the rule allows it.
 
     The rule: the candidate's pass streak has reached `required_passes` (state `ready`), or the instance
-    has no release yet and this run passed every guardrail (the first release). A later release must also
+    has no release yet and this run passed every guardrail (the first release), or (`promotion.release_proven`)
+    this passing night's challenger beat the champion beyond the 95% paired interval. A later release must also
     have scored more than the champion it would replace on the night's guardrail towns: `champion_guardrail`
     holds a challenger that is worse beyond the interval, and this keeps one that is merely no worse.
     """
@@ -173,7 +175,10 @@ def apply_promotion(store: PromotionStore, summary: AnnealSummary) -> PromotionO
         return PromotionOutcome(False, f"anneal status {summary.status}: nothing promoted", current,
                                 status.current_release.checkpoint_id if status.current_release else None)
     first = status.current_release is None
-    if not (summary.promotion_candidate_ready or first):
+    champion = summary.champion
+    proven = (not first and store.release_proven and champion is not None
+              and champion["difference"] - champion.get("difference_ci95", float("inf")) > 0)
+    if not (summary.promotion_candidate_ready or first or proven):
         return PromotionOutcome(
             False, f"pass streak {summary.promotion_pass_streak}/{store.required_passes}: monitoring", current,
             status.current_release.checkpoint_id if status.current_release else None)
@@ -186,7 +191,6 @@ def apply_promotion(store: PromotionStore, summary: AnnealSummary) -> PromotionO
     if status.current_release is not None and status.current_release.checkpoint_id == summary.final_checkpoint_id:
         return PromotionOutcome(False, "this checkpoint is the current release already", current,
                                 status.current_release.checkpoint_id)
-    champion = summary.champion
     if not first and champion is not None and champion["difference"] <= 0:  # passing is not improving
         return PromotionOutcome(
             False, f"not promoted: the challenger scored {champion['difference']:+.3f} reward per agent-day against "
@@ -196,11 +200,19 @@ def apply_promotion(store: PromotionStore, summary: AnnealSummary) -> PromotionO
     metrics = {key: float(value) for key, value in summary.evaluation.items()}
     try:
         release = store.promote(summary.candidate_id, summary.final_checkpoint_id, hashes, metrics,
-                                path=summary.final_checkpoint_path, first_release=first)
+                                path=summary.final_checkpoint_path, first_release=first,
+                                proven_better=proven and not summary.promotion_candidate_ready)
     except PromotionError as error:  # the ledger moved on since this run judged (two nights at once): the rule,
         now = store.status().current_release  # checked again under the store's lock, refuses; nothing changes
         return PromotionOutcome(False, f"not promoted: {error}", now.release_id if now else None,
                                 now.checkpoint_id if now else None)
-    reason = "first release: passed every guardrail" if first else "pass streak reached the required passes"
+    if first:
+        reason = "first release: passed every guardrail"
+    elif summary.promotion_candidate_ready:
+        reason = "pass streak reached the required passes"
+    else:
+        reason = (f"better than the champion beyond its interval ({champion['difference']:+.3f} ± "
+                  f"{champion['difference_ci95']:.3f} reward per agent-day on {champion['towns']} guardrail towns): "
+                  "released without waiting for the streak")
     return PromotionOutcome(True, reason, release.release_id, release.checkpoint_id)
 
