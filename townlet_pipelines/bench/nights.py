@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -174,13 +175,15 @@ def main(args) -> None:
     base = load_config(args.config)
     first = datetime.date.fromisoformat(args.first)
     nights = [(first + datetime.timedelta(days=index * args.step)).isoformat() for index in range(args.nights)]
-    root = artifacts_root(args.artifacts) / f"bench-nights-{datetime.datetime.now():%Y%m%dT%H%M%S}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     held = HeldOut(base)
     expert = held.score("expert", ScriptedExpert(base.expert).act)
     random = held.score("random", RandomPolicy(0).act)
     mode = "independent" if args.independent else "chain"
+    # Two benches started in the same second (a chain and independent nights side by side) get roots of their own.
+    stamp = f"{datetime.datetime.now():%Y%m%dT%H%M%S}-{os.getpid()}"
+    root = artifacts_root(args.artifacts) / f"bench-nights-{mode}-{stamp}"
     print(f"{len(nights)} {mode} nights of {args.config} from {nights[0]}; artifacts {root}", flush=True)
     rows = []
     for index, night in enumerate(nights):
