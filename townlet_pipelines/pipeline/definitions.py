@@ -24,7 +24,7 @@ from dagster import (
     build_sensor_for_freshness_checks, define_asset_job, in_process_executor, run_failure_sensor,
 )
 
-from townlet_pipelines.config import load_config
+from townlet_pipelines.config import UsageError, load_config
 from townlet_pipelines.pipeline.assets import ASSETS
 from townlet_pipelines.pipeline.distributed_step import k8s_execution_config
 from townlet_pipelines.pipeline.records import DEFAULT_PROFILE, key_prefix, night_records
@@ -44,7 +44,7 @@ def _executor():
 
         return k8s_job_executor
     if EXECUTOR != "in_process":
-        raise ValueError(f"TOWNLET_EXECUTOR={EXECUTOR!r}: choose in_process (the default) or k8s")
+        raise UsageError(f"TOWNLET_EXECUTOR={EXECUTOR!r}: choose in_process (the default) or k8s")
     return in_process_executor
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from dagster import DagsterEventType, DefaultRunLauncher
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 
+from townlet_pipelines.config import UsageError
 from townlet_pipelines.data.files import pid_exists
 
 STARTED = "Started process for"
@@ -225,12 +226,12 @@ def check_night(night: str) -> str:
             raise ValueError
         date.fromisoformat(night)
     except ValueError:
-        raise ValueError(f"night {night!r}: not a date; a night is named YYYY-MM-DD (the last that ended: {last})") \
+        raise UsageError(f"night {night!r}: not a date; a night is named YYYY-MM-DD (the last that ended: {last})") \
             from None
     if night < FIRST_NIGHT:
-        raise ValueError(f"night {night}: before the first night, {FIRST_NIGHT} (TOWNLET_FIRST_NIGHT)")
+        raise UsageError(f"night {night}: before the first night, {FIRST_NIGHT} (TOWNLET_FIRST_NIGHT)")
     if last is None or night > last:
-        raise ValueError(f"night {night}: it has not ended yet (a night ends at 02:00 {TIMEZONE}; the last that "
+        raise UsageError(f"night {night}: it has not ended yet (a night ends at 02:00 {TIMEZONE}; the last that "
                          f"ended: {last})")
     return night
 
@@ -257,7 +258,7 @@ def main(argv: list[str]) -> int:
     try:
         for night in argv:
             check_night(night)
-    except ValueError as error:
+    except UsageError as error:
         print(f"townlet: error: {error}", file=sys.stderr)
         return 2
     prepare()

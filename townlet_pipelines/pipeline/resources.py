@@ -9,7 +9,7 @@ import yaml
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from townlet_pipelines.config import TownletConfig, config_from_mapping, load_config
+from townlet_pipelines.config import TownletConfig, UsageError, config_from_mapping, load_config
 from townlet_pipelines.pipeline.records import refuse_another_profile
 
 
@@ -55,7 +55,7 @@ class TownletResource(ConfigurableResource):
         if self.overrides.strip():
             extra = yaml.safe_load(self.overrides)
             if not isinstance(extra, dict):
-                raise ValueError("townlet resource: overrides must be a YAML mapping of config sections")
+                raise UsageError("townlet resource: overrides must be a YAML mapping of config sections")
             config = config_from_mapping(_merge(config.model_dump(mode="json"), extra), f"{source} + overrides")
         if night is None:
             return config
