@@ -18,6 +18,9 @@ import os
 import sys
 from pathlib import Path
 
+from townlet_pipelines.data.files import atomic_write_text
+from townlet_pipelines.errors import one_line
+
 
 def torchrun_command(torchrun: str, processes: int) -> list[str]:
     return [torchrun, "--standalone", "--nproc-per-node", str(processes), "-m",
@@ -84,7 +87,6 @@ def _forward_logs(pipes) -> None:
 
 def run_step(extras: dict) -> str:
     """Train this rank's part of the step; rank 0 writes and returns the stages record's path."""
-    from townlet_pipelines.data.files import atomic_write_text
     from townlet_pipelines.pipeline.resources import TownletResource
     from townlet_pipelines.training import distributed
     from townlet_pipelines.training.anneal import AnnealStrategy
@@ -140,9 +142,6 @@ def _guarded(extras: dict, rank: int) -> int:
         run_step(extras)
         return 0
     except Exception as error:  # noqa: BLE001 - told to the asset in one line, then the process fails
-        from townlet_pipelines.data.files import atomic_write_text
-        from townlet_pipelines.errors import one_line
-
         atomic_write_text(error_path(extras["record"], rank), f"rank {rank}: {one_line(error)}")
         raise
 

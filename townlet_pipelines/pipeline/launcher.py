@@ -23,13 +23,18 @@ does `scripts/run.sh` before it starts one. `MonitoredRunLauncher` gives run mon
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import re
 import socket
 import sys
+from datetime import date
 from pathlib import Path
 
-from dagster import DagsterEventType, DefaultRunLauncher
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 from townlet_pipelines.config import UsageError
 from townlet_pipelines.data.files import pid_exists
@@ -138,17 +143,12 @@ def claim_run(instance, run, sweep: bool = True) -> None:
         try:
             sweep_dead_runs(instance, skip=run.run_id, log=None)
         except Exception:  # noqa: BLE001 - the sweep helps later runs; it never fails this one
-            import logging
-
             logging.getLogger("townlet").warning("could not sweep the runs dead workers left", exc_info=True)
 
 
 def sweep_dead_runs(instance, skip: str | None = None, log=print) -> list[str]:
     """Fail each in-progress run whose recorded worker is provably dead, and free the pool slots of those runs
     and of runs that ended; the ids of the runs failed. Runs whose worker is alive or unknown are left alone."""
-    from dagster import DagsterRunStatus, RunsFilter
-    from dagster._core.storage.dagster_run import FINISHED_STATUSES
-
     failed = []
     statuses = [DagsterRunStatus[name] for name in IN_PROGRESS]
     for run in instance.get_runs(filters=RunsFilter(statuses=statuses)):
@@ -215,10 +215,7 @@ class MonitoredRunLauncher(DefaultRunLauncher):
 def check_night(night: str) -> str:
     """A partition key `scripts/run.sh` may run: a date (YYYY-MM-DD) of a night that began on or after the first
     night and has ended; otherwise a ValueError in one sentence (Dagster's own answer is a traceback)."""
-    import re
-    from datetime import date
-
-    from townlet_pipelines.pipeline.records import FIRST_NIGHT, NIGHTS, TIMEZONE
+    from townlet_pipelines.pipeline.records import FIRST_NIGHT, NIGHTS, TIMEZONE  # records imports this module
 
     last = NIGHTS.get_last_partition_key()
     try:
@@ -239,10 +236,6 @@ def check_night(night: str) -> str:
 def prepare(home: str | None = None) -> None:
     """Before `scripts/run.sh` starts a run: make the instance's storage (once, under a lock, so two first runs
     at once do not both create its tables) and sweep what dead runs left behind."""
-    import fcntl
-
-    from dagster import DagsterInstance
-
     home = home or os.environ.get("DAGSTER_HOME")
     if not home:
         raise SystemExit("DAGSTER_HOME is not set")

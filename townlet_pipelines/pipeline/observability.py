@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
+
+from townlet_pipelines.data.capture import read_telemetry  # pandas loads when a table is read, not here
 
 OWNERS = ["team:townlet"]
 # Each asset's stage in the night: the catalog filters on these tags (`stage:training`).
@@ -101,10 +105,6 @@ def dataset_preview(directory) -> dict[str, MetadataValue]:
     """A dataset's telemetry table for the catalog: its schema as `dagster/column_schema` (the columns the file
     has), its row count as `dagster/row_count` (and as a float, for the Plots tab), and a few rows of it (town 0,
     spread over the capture) as a Dagster table."""
-    import numpy as np
-
-    from townlet_pipelines.data.capture import read_telemetry
-
     table = read_telemetry(directory)
     schema = telemetry_schema(tuple(table.columns))
     town = table[table["town"] == 0]

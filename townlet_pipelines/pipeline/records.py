@@ -18,9 +18,12 @@ import os
 import re
 from pathlib import Path
 
-from dagster import DailyPartitionsDefinition, Failure, InputContext, IOManager, OutputContext, io_manager
+from dagster import (
+    DagsterEventType, DailyPartitionsDefinition, Failure, InputContext, IOManager, OutputContext, io_manager,
+)
 
 from townlet_pipelines.config import ConfigError
+from townlet_pipelines.data.files import atomic_write_text
 
 # Each night is the day that ends at 02:00: the schedule built from the partitioned job runs night D at
 # 02:00 on D+1, in $TOWNLET_TIMEZONE (default UTC). A night's towns come from its date alone
@@ -62,8 +65,6 @@ def record_path(root: Path, asset: str, night: str, run_id: str | None = None) -
 
 def planned_in_run(instance, run_id: str, asset: str, night: str) -> bool:
     """Whether the run set out to materialize `asset` for `night` (Dagster records the plan when it creates a run)."""
-    from dagster import DagsterEventType
-
     for event in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED):
         planned = event.dagster_event
         if planned is not None and planned.asset_key is not None and planned.asset_key.to_user_string() == asset:
@@ -107,8 +108,6 @@ class RecordIOManager(IOManager):
     def handle_output(self, context: OutputContext, obj: dict | None) -> None:
         if obj is None:
             return
-        from townlet_pipelines.data.files import atomic_write_text
-
         night = context.asset_partition_key if context.has_asset_partitions else "unpartitioned"
         record = json.dumps({**obj, "profile": served_profile(context.asset_key), "run_id": context.run_id,
                              "night": night}, indent=2, sort_keys=True, default=str)
