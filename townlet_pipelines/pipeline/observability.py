@@ -92,7 +92,7 @@ UNDESCRIBED = ("float", "a world telemetry counter (not described here yet)")
 
 
 def telemetry_schema(columns=tuple(TELEMETRY_COLUMNS)) -> TableSchema:
-    """The telemetry table's columns, types and meanings (the dataset's `telemetry.csv.gz`)."""
+    """The telemetry table's columns, types and meanings (the dataset's `telemetry.parquet`)."""
     return TableSchema(columns=[TableColumn(name, kind, description=meaning) for name in columns
                                 for kind, meaning in [TELEMETRY_COLUMNS.get(name, UNDESCRIBED)]])
 
