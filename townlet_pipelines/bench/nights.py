@@ -202,7 +202,8 @@ def main(args) -> None:
               f"{_cell(row['candidate'])}; champion {_cell(row['champion_after'])}; "
               f"{time.perf_counter() - started:.0f} s", flush=True)
         header = (f"`python -m townlet_pipelines.bench nights --config {args.config} --nights {args.nights} "
-                  f"--first {args.first} --{mode}` ({datetime.date.today().isoformat()})")
+                  f"--first {args.first}{f' --step {args.step}' if args.step != 1 else ''} --{mode}` "
+                  f"({datetime.date.today().isoformat()})")
         atomic_write_text(out / "nights.json", json.dumps({"mode": mode, "config": args.config, "rows": rows,
                                                            "expert": expert, "random": random}, indent=2))
         atomic_write_text(out / "nights.md", table(rows, expert, random, header) + "\n\n"
