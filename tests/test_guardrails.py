@@ -245,3 +245,22 @@ def test_the_verdict_reason_names_each_guardrail_that_held_with_its_numbers():
     assert "conflicts 0.300 per agent-day > limit 0.160 = baseline 0.139 + 15%" in reason
     assert "intensity" not in reason  # only the guardrails that held are named
     assert verdict_reason(summary.model_copy(update={"status": "PASS"}), AnnealConfig()) == "every guardrail passed"
+
+
+def test_the_anneal_passes_a_bc_stage_exactly_when_the_bc_guardrail_does(monkeypatch, tmp_path):
+    """One pass test: a validation accuracy a rounding error below the threshold passes the check, so the
+    anneal's stage must pass too (the anneal once compared with a bare >=, without the guardrail's slack)."""
+    from types import SimpleNamespace
+
+    from townlet_pipelines.training import anneal
+    from townlet_pipelines.training.guardrails import bc_accuracy
+    from tests.test_training import tiny
+
+    config = tiny(anneal={"bc_accuracy_threshold": 0.9})
+    accuracy = 0.9 - 1e-13
+    assert bc_accuracy(accuracy, 0.9).passed
+    result = SimpleNamespace(val_accuracy=accuracy, val_loss=0.1, checkpoint_id="c0ffee", checkpoint_path="bc")
+    monkeypatch.setattr(anneal, "_run_stage", lambda *args: result)
+    context = SimpleNamespace(config=config, artifacts=tmp_path)
+    outcome = anneal.AnnealStrategy(tmp_path / "data").run_bc_stages(context)
+    assert [stage.passed for stage in outcome.stages] == [True] and not outcome.failed

@@ -227,7 +227,7 @@ class AnnealStrategy:
         outcome = StagesOutcome([], [], str(init_checkpoint) if init_checkpoint else None, None)
         for index, stage in self._stages(context, "bc"):
             result = _run_stage(context, stage, self._inputs(context, index, stage, outcome.checkpoint), "bc")
-            passed = result.val_accuracy >= anneal.bc_accuracy_threshold
+            passed = bc_accuracy(result.val_accuracy, anneal.bc_accuracy_threshold).passed  # the guardrail's own test
             outcome.results.append(result)
             outcome.stages.append(AnnealStageResult(
                 cycle=stage.cycle, mode="bc", accuracy=result.val_accuracy, loss=result.val_loss,
