@@ -191,7 +191,7 @@ def test_both_datasets_show_their_telemetry_schema_a_few_rows_and_float_kpis(two
         assert columns == list(table.columns) and metadata["dagster/row_count"].value == len(table)
         preview = metadata["telemetry_preview"].value
         assert 2 <= len(preview.records) <= 6 and set(preview.records[0].data) == set(columns)
-        for kpi in ("reward_mean", "faints_per_agent_day", "queue_conflicts_per_agent_day", "telemetry_rows"):
+        for kpi in ("reward_mean", "faints_per_agent_day", "queue_conflict_events_per_agent_day", "telemetry_rows"):
             assert isinstance(metadata[kpi], dagster.FloatMetadataValue), (name, kpi)
 
 

@@ -84,7 +84,7 @@ def _simulate(args: argparse.Namespace) -> int:
         ("wages per agent-day", f"{report.wages_per_agent_day:.2f}  (mean wallet {report.mean_wallet:.2f})"),
         ("late arrivals per agent-day", f"{report.late_arrivals_per_agent_day:.3f}"),
         ("absences per agent-day", f"{report.absences_per_agent_day:.3f}"),
-        ("queue conflicts per agent-day", f"{report.queue_conflicts_per_agent_day:.3f}  "
+        ("queue conflicts per agent-day", f"{report.queue_conflict_events_per_agent_day:.3f}  "
                                           f"(intensity {report.queue_conflict_intensity_per_agent_day:.3f})"),
     ]
     rows += [(f"{key.removesuffix('_events')} per agent-day", f"{value:.3f}")

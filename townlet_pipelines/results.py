@@ -51,7 +51,7 @@ class SimulationReport(_Record):
     wages_per_agent_day: float
     late_arrivals_per_agent_day: float
     absences_per_agent_day: float
-    queue_conflicts_per_agent_day: float
+    queue_conflict_events_per_agent_day: float
     queue_conflict_intensity_per_agent_day: float
     social_events_per_agent_day: dict[str, float]
     chat_quality_mean: float

@@ -94,7 +94,7 @@ def ppo_stages(night: NightContext, replay: dict, rollouts: dict, bc_record: dic
         "processes": int(processes),
         "baseline_loss": _or_none(last.baseline_loss),
         "reward_per_agent_day": float(evaluation["reward_per_agent_day"]),
-        "queue_conflicts_per_agent_day": float(evaluation["queue_conflict_events_per_agent_day"]),
+        "queue_conflict_events_per_agent_day": float(evaluation["queue_conflict_events_per_agent_day"]),
         "evaluation_towns": int(evaluation["towns"]),
         "champion": outcome.champion or {"champion": "none"},
         "expert": outcome.expert or {"expert": "none"},

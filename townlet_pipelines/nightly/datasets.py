@@ -34,7 +34,7 @@ def dataset_metadata(dataset: ReplayDataset) -> dict:
         "episodes": int(manifest.episodes),
         "reward_mean": float(metrics.reward_mean),
         "faints_per_agent_day": float(metrics.faints / days),
-        "queue_conflicts_per_agent_day": float(metrics.queue_conflict_events / days),
+        "queue_conflict_events_per_agent_day": float(metrics.queue_conflict_events / days),
         "queue_intensity_per_agent_day": float(metrics.queue_conflict_intensity / days),
         "chat_successes_per_agent_day": float(metrics.chat_success_events / days),
         "action_counts": dict(metrics.action_counts),

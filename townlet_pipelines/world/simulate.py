@@ -67,7 +67,7 @@ def simulate(
         wages_per_agent_day=per_day(totals["wages"]),
         late_arrivals_per_agent_day=per_day(totals["late_arrivals"]),
         absences_per_agent_day=per_day(totals["absences"]),
-        queue_conflicts_per_agent_day=per_day(totals["queue_conflict_events"]),
+        queue_conflict_events_per_agent_day=per_day(totals["queue_conflict_events"]),
         queue_conflict_intensity_per_agent_day=per_day(totals["queue_conflict_intensity"]),
         social_events_per_agent_day={key: per_day(totals[key]) for key in SOCIAL_EVENTS},
         chat_quality_mean=totals["chat_quality_sum"] / max(totals["chat_success_events"], 1.0),
