@@ -68,11 +68,11 @@ def __getattr__(name: str):
     """The held-out report's helpers under the names this module gave them before they moved to nightly/ (tests
     import them from here); the core loads only when one is asked for."""
     if name == "_keep_town_days":
-        from townlet_pipelines.nightly.report import keep_town_days
+        from townlet_pipelines.nightly.report import keep_town_days  # the core: loaded by a step, not with the location
 
         return keep_town_days
     if name == "_town_day":
-        from townlet_pipelines.nightly.release import town_day
+        from townlet_pipelines.nightly.release import town_day  # the core: loaded by a step, not with the location
 
         return town_day
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -107,6 +107,7 @@ def _with_preview(outcome) -> dict:
                    "the content-addressed cache), verified against their manifest.")
 @told_in_one_line
 def replay_manifest(context: AssetExecutionContext, townlet: TownletResource):
+    # the core loads with the step (0.7 s), not the location
     from townlet_pipelines.nightly.datasets import expert_dataset
 
     night = townlet.night(context)
@@ -121,7 +122,7 @@ def replay_manifest(context: AssetExecutionContext, townlet: TownletResource):
                    "night's own towns; captured only when PPO trains on stored rows (ppo.data_mode replay or mixed).")
 @told_in_one_line
 def rollout_dataset(context: AssetExecutionContext, townlet: TownletResource):
-    from townlet_pipelines.nightly.datasets import champion_rollouts
+    from townlet_pipelines.nightly.datasets import champion_rollouts  # the core loads with the step, not the location
 
     night = townlet.night(context)
     outcome = champion_rollouts(night, context.log.info)
@@ -138,7 +139,7 @@ def rollout_dataset(context: AssetExecutionContext, townlet: TownletResource):
        description="The anneal schedule's BC stages on the expert demonstrations (reused while they are unchanged).")
 @told_in_one_line
 def bc_checkpoint(context: AssetExecutionContext, townlet: TownletResource, replay_manifest: dict):
-    from townlet_pipelines.nightly.candidate import bc_stages
+    from townlet_pipelines.nightly.candidate import bc_stages  # the core loads with the step, not the location
 
     night = townlet.night(context)
     with training_log_to(context):
@@ -169,7 +170,7 @@ PPO_CHECKS = [
 @told_in_one_line
 def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource, replay_manifest: dict,
                    rollout_dataset: dict, bc_checkpoint: dict):
-    from townlet_pipelines.nightly.candidate import ppo_stages
+    from townlet_pipelines.nightly.candidate import ppo_stages  # the core loads with the step, not the location
 
     night = townlet.night(context)
     with training_log_to(context):
@@ -186,7 +187,7 @@ def ppo_checkpoint(context: AssetExecutionContext, townlet: TownletResource, rep
 @told_in_one_line
 def anneal_summary(context: AssetExecutionContext, townlet: TownletResource, replay_manifest: dict,
                    bc_checkpoint: dict, ppo_checkpoint: dict):
-    from townlet_pipelines.nightly.verdict import judge_night
+    from townlet_pipelines.nightly.verdict import judge_night  # the core loads with the step, not the location
 
     night = townlet.night(context)
     outcome = judge_night(night, replay_manifest, bc_checkpoint, ppo_checkpoint)
@@ -198,7 +199,7 @@ def anneal_summary(context: AssetExecutionContext, townlet: TownletResource, rep
        description="The current release after the night's promotion rule (promoted this night or not).")
 @told_in_one_line
 def promoted_policy(context: AssetExecutionContext, townlet: TownletResource, anneal_summary: dict):
-    from townlet_pipelines.nightly.release import promote
+    from townlet_pipelines.nightly.release import promote  # the core loads with the step, not the location
 
     night = townlet.night(context)
     outcome = promote(night, anneal_summary, context.log.info)

@@ -132,8 +132,9 @@ def build_location(source: str) -> Location:
     @run_failure_sensor(monitored_jobs=[nightly_anneal], default_status=DefaultSensorStatus.RUNNING,
                         description="Records failed nightly runs in the promotion history of the run's own store.")
     def record_failed_runs(context: RunFailureSensorContext) -> None:
+        # the core: when the sensor runs, not with the location
         from townlet_pipelines.data.promotion import PromotionStore
-        from townlet_pipelines.training.orchestrator import state_dir
+        from townlet_pipelines.training.orchestrator import state_dir  # the core: when the sensor runs
 
         townlet = resource_of_run(context.dagster_run.run_config)
         config = townlet.load_config()

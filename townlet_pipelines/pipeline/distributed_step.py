@@ -87,17 +87,17 @@ def _forward_logs(pipes) -> None:
 
 def run_step(extras: dict) -> str:
     """Train this rank's part of the step; rank 0 writes and returns the stages record's path."""
-    from townlet_pipelines.pipeline.resources import TownletResource
-    from townlet_pipelines.training import distributed
-    from townlet_pipelines.training.anneal import AnnealStrategy
-    from townlet_pipelines.training.cache import read_stages
+    from townlet_pipelines.pipeline.resources import TownletResource  # the training stack: in the torchrun worker only
+    from townlet_pipelines.training import distributed  # in the worker only
+    from townlet_pipelines.training.anneal import AnnealStrategy  # in the worker only
+    from townlet_pipelines.training.cache import read_stages  # in the worker only
 
     townlet = TownletResource(**extras["resource"])
     config = townlet.load_config(extras.get("night"))
     ranks = distributed.from_environment(config.runtime.device)
     training = dataclasses.replace(townlet.training_context(extras["run_id"], extras.get("night")), ranks=ranks)
     if ranks.active:
-        from townlet_pipelines.training.device import device_context
+        from townlet_pipelines.training.device import device_context  # in the worker only
 
         training = dataclasses.replace(training, device=device_context(
             distributed.device_for(ranks, config.runtime.device), config.runtime.amp, config.runtime.torch_threads))
@@ -114,7 +114,7 @@ def run_step(extras: dict) -> str:
 
 
 def main() -> int:
-    from dagster_pipes import open_dagster_pipes
+    from dagster_pipes import open_dagster_pipes  # dagster-pipes: the worker's side, not the location's
 
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # one rank talks to Dagster; the others train
@@ -130,7 +130,7 @@ def main() -> int:
 
 def _extras_from_environment() -> dict:
     """The other ranks read the same extras Dagster handed to rank 0 (without opening the channel)."""
-    from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader
+    from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader  # dagster-pipes: the worker's side
 
     params = PipesEnvVarParamsLoader().load_context_params()
     with PipesDefaultContextLoader().load_context(params) as data:

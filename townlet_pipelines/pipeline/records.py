@@ -153,7 +153,7 @@ def night_records(init_context) -> RecordIOManager:
     # the run's worker; runs that a dead worker left STARTED are failed and their pool slots freed
     # (pipeline/launcher.py). Under the k8s executor each step is a pod of its own and the launcher checks the run.
     if os.environ.get("TOWNLET_EXECUTOR", "in_process") == "in_process":
-        from townlet_pipelines.pipeline.launcher import claim_run
+        from townlet_pipelines.pipeline.launcher import claim_run  # launcher imports this module
 
         claim_run(init_context.instance, init_context.run)
     return RecordIOManager()

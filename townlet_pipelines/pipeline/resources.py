@@ -59,7 +59,7 @@ class TownletResource(ConfigurableResource):
             config = config_from_mapping(_merge(config.model_dump(mode="json"), extra), f"{source} + overrides")
         if night is None:
             return config
-        from townlet_pipelines.training.nights import night_config
+        from townlet_pipelines.training.nights import night_config  # the core: when a step asks, not with the location
 
         return night_config(config, night)
 
@@ -93,9 +93,9 @@ class TownletResource(ConfigurableResource):
         return path
 
     def training_context(self, run_id: str, night: str | None = None):
-        from townlet_pipelines.training.orchestrator import make_context
+        from townlet_pipelines.training.orchestrator import make_context  # the core: when a step asks
 
-        from townlet_pipelines.training.tensorboard import ENV
+        from townlet_pipelines.training.tensorboard import ENV  # when a step asks
 
         os.environ[ENV] = "1" if self.tensorboard else "0"  # read where BC and PPO open their logs (and by ranks)
         config = self.load_config(night)
