@@ -96,11 +96,11 @@ def test_simulate_draws_the_town_into_an_svg(tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().err
 
 
-def test_render_png_was_replaced_by_render_svg(tmp_path, capsys):
+def test_the_removed_render_png_flag_is_refused_and_render_svg_is_offered(tmp_path, capsys):
     out = tmp_path / "town.png"
-    assert main(["simulate", "--config", "smoke", "--towns", "1", "--ticks", "60", "--render-png", str(out)]) == 2
-    assert capsys.readouterr().err == ("townlet: error: --render-png was replaced by --render-svg: pictures are SVG "
-                                       "now (--render-svg FILE)\n")
+    with pytest.raises(SystemExit) as stopped:  # argparse: an unknown flag, exit 2, nothing written
+        main(["simulate", "--config", "smoke", "--towns", "1", "--ticks", "60", "--render-png", str(out)])
+    assert stopped.value.code == 2 and "--render-png" in capsys.readouterr().err
     assert not out.exists()
     from townlet_pipelines.cli import build_parser
 

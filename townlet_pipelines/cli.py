@@ -42,8 +42,6 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    if args.render_png is not None:
-        raise UsageError("--render-png was replaced by --render-svg: pictures are SVG now (--render-svg FILE)")
     config = load_config(args.config)
     if args.variant:
         config = config.model_copy(
@@ -453,7 +451,6 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--render-every", type=int, default=60, help="ticks between rendered frames")
     sim.add_argument("--render-svg", default=None, metavar="FILE",
                      help="also draw town 0 over the run as a strip of pictures (SVG) into FILE")
-    sim.add_argument("--render-png", default=None, metavar="FILE", help=argparse.SUPPRESS)  # replaced: says so
     sim.add_argument("--json", action="store_true", help="print the report as JSON")
     sim.set_defaults(handler=_simulate)
 
