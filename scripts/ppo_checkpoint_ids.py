@@ -28,7 +28,8 @@ VARIANTS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", action="append", default=[], help="ppo.key=value added to every variant")
+    parser.add_argument("--set", action="append", default=[],
+                        help="ppo.key=value for every variant that does not set the key itself")
     extra = {}
     for item in parser.parse_args().set:
         key, value = item.split("=", 1)
@@ -38,7 +39,7 @@ def main() -> None:
     bc = orchestrator.run_bc(orchestrator.make_context(tiny(), orchestrator.new_run_dir(root), root), data)
     print("bc", bc.checkpoint_id)
     for name, (ppo, arguments) in VARIANTS.items():
-        config = tiny(ppo={**ppo, **extra})
+        config = tiny(ppo={**extra, **ppo})  # a variant's own settings win
         context = orchestrator.make_context(config, orchestrator.new_run_dir(root / name), root / name)
         datasets = {"replay_dataset": data} if "data_mode" in arguments else {}
         result = PPOStrategy(init_checkpoint=bc.checkpoint_path, out=root / name / "ppo", **arguments,

@@ -54,7 +54,8 @@ def test_the_report_keeps_a_town_day_per_scored_checkpoint_and_the_release_reads
     pytest.importorskip("dagster")
     from types import SimpleNamespace
 
-    from townlet_pipelines.pipeline.assets import _keep_town_days, _town_day
+    from townlet_pipelines.nightly.release import town_day as _town_day
+    from townlet_pipelines.nightly.report import keep_town_days as _keep_town_days
 
     config = load_config("smoke")
     watch = FirstDay(config.world.day_ticks)

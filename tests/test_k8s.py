@@ -376,7 +376,7 @@ def test_a_multi_process_step_on_kubernetes_is_a_pod_with_one_gpu_per_rank(tmp_p
     from dagster_k8s.pipes import build_pod_body
     from kubernetes.client import ApiClient
 
-    from townlet_pipelines.pipeline.assets import _trained_in_processes
+    from townlet_pipelines.pipeline.pipes import trained_in_processes as _trained_in_processes
     from townlet_pipelines.pipeline.resources import TownletResource
 
     handed = {}
@@ -468,7 +468,7 @@ def test_the_gpus_a_training_step_asks_for_add_up_to_the_processes_it_runs(proce
     from dagster_k8s.pipes import build_pod_body
 
     from townlet_pipelines.pipeline import distributed_step
-    from townlet_pipelines.pipeline.assets import _trained_in_processes
+    from townlet_pipelines.pipeline.pipes import trained_in_processes as _trained_in_processes
     from townlet_pipelines.pipeline.resources import TownletResource
 
     graph = defs.resolve_asset_graph()

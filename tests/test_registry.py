@@ -98,7 +98,8 @@ def test_an_entry_point_is_discovered_by_name_and_imported_on_first_use(monkeypa
     monkeypatch.setattr(registry, "_loaded", {})
     assert registry.known() == ["bc", "ppo", "toy-entry"]  # the built-ins stay known without their entry points
     assert registry.strategy("toy-entry") is ToyStrategy
-    assert registry.known() and asked == [{"group": registry.GROUP}]  # discovered once
+    registry.known()  # asked again: answered from what was discovered
+    assert asked == [{"group": registry.GROUP}]  # discovered once
     check_schedule(small({"cycle": 0, "mode": "bc"}, {"cycle": 1, "mode": "toy-entry"}))
 
 
@@ -165,6 +166,7 @@ def test_train_runs_a_registered_strategy_by_name_and_anneal_refuses_an_unknown_
 
 
 def test_the_registry_imports_no_torch_until_a_strategy_runs():
+    pytest.importorskip("torch")  # without torch installed the answer would be trivially False
     code = ("import sys\nfrom townlet_pipelines.training import registry\n"
             "registry.known(); registry.strategy('bc'); registry.strategy('ppo')\n"
             "from townlet_pipelines.cli import build_parser\nbuild_parser()\n"

@@ -153,8 +153,9 @@ def _print_record(record, as_json: bool, keys: tuple[str, ...]) -> None:
 
 
 def _night(args: argparse.Namespace) -> int:
-    """`townlet train anneal --night D`: night D through the very steps the nightly graph runs (the cached expert
-    data and BC stages, PPO from the champion, the guardrails, the recorded verdict, the promotion rule)."""
+    """`townlet train anneal --night D`: night D through the core functions the nightly graph's steps call, in
+    their order (the cached expert data and BC stages, PPO from the champion, the guardrails, the recorded
+    verdict, the promotion rule), without the steps' descriptions and data checks."""
     if args.dataset is not None or args.no_promote:
         raise UsageError("--night runs the nightly's own steps: it captures (or reuses) the expert data itself and "
                          "applies the promotion rule; drop --dataset and --no-promote")
@@ -358,8 +359,7 @@ def _manual_promotion(args: argparse.Namespace, config, store) -> None:
 
 def _promotion(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    store = PromotionStore(state_dir(args.artifacts, config), required_passes=config.promotion.required_passes,
-                           release_proven=config.promotion.release_proven)
+    store = PromotionStore.for_config(state_dir(args.artifacts, config), config)
     if args.action == "rollback":
         if not args.release:
             raise UsageError("promotion rollback: --release RELEASE_ID is required")
@@ -423,8 +423,7 @@ def _report(args: argparse.Namespace) -> int:
               f"{summary['promotion_pass_streak']}")
     else:
         print(f"no anneal summary under {root / 'runs'} yet")
-    status = PromotionStore(state_dir(root, config), required_passes=config.promotion.required_passes,
-                            release_proven=config.promotion.release_proven).status()
+    status = PromotionStore.for_config(state_dir(root, config), config).status()
     release = status.current_release
     if release is None:
         print(f"promoted policy: none yet (state {status.state})")

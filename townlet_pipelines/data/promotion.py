@@ -102,6 +102,12 @@ class PromotionStore:
         self.release_proven = release_proven  # a challenger proven better than the champion needs no streak
         self.path = self.root / self.FILE
 
+    @classmethod
+    def for_config(cls, root: str | Path, config) -> "PromotionStore":
+        """The store at `root` under `config.promotion`'s rule: every entry point judges by the same one."""
+        return cls(root, required_passes=config.promotion.required_passes,
+                   release_proven=config.promotion.release_proven)
+
     def _state(self, state: PromotionState) -> State:
         """Readiness follows the streak and *this* store's required_passes, whatever was stored."""
         if state.pass_streak >= self.required_passes:

@@ -17,7 +17,7 @@ from dagster import AssetCheckSpec, AssetExecutionContext, asset
 from townlet_pipelines.pipeline.observability import (
     DATASET_SCHEMA, OWNERS, catalog_tags, dataset_preview, held_out_plots, release_plots,
 )
-from townlet_pipelines.pipeline.pipes import trained_in_processes as _trained_in_processes
+from townlet_pipelines.pipeline.pipes import trained_in_processes
 from townlet_pipelines.pipeline.records import NIGHTS
 from townlet_pipelines.pipeline.reporting import made, told_in_one_line, training_log_to
 from townlet_pipelines.pipeline.resources import TownletResource
@@ -64,23 +64,9 @@ GPU_OP_TAGS = {"dagster-k8s/config": {"container_config": {"resources": {"limits
 GPU_POOL = "gpu"
 
 
-def __getattr__(name: str):
-    """The held-out report's helpers under the names this module gave them before they moved to nightly/ (tests
-    import them from here); the core loads only when one is asked for."""
-    if name == "_keep_town_days":
-        from townlet_pipelines.nightly.report import keep_town_days  # the core: loaded by a step, not with the location
-
-        return keep_town_days
-    if name == "_town_day":
-        from townlet_pipelines.nightly.release import town_day  # the core: loaded by a step, not with the location
-
-        return town_day
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _in_processes(context, townlet: TownletResource):
     """The data-parallel path (torchrun through Pipes) when the resource asks for more than one process."""
-    return (lambda extras: _trained_in_processes(context, townlet, extras)) if townlet.processes > 1 else None
+    return (lambda extras: trained_in_processes(context, townlet, extras)) if townlet.processes > 1 else None
 
 
 def _dataset_specs(asset_name: str) -> list[AssetCheckSpec]:

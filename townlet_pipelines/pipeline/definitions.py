@@ -132,14 +132,12 @@ def build_location(source: str) -> Location:
     @run_failure_sensor(monitored_jobs=[nightly_anneal], default_status=DefaultSensorStatus.RUNNING,
                         description="Records failed nightly runs in the promotion history of the run's own store.")
     def record_failed_runs(context: RunFailureSensorContext) -> None:
-        # the core: when the sensor runs, not with the location
-        from townlet_pipelines.data.promotion import PromotionStore
+        from townlet_pipelines.data.promotion import PromotionStore  # the core: when the sensor runs
         from townlet_pipelines.training.orchestrator import state_dir  # the core: when the sensor runs
 
         townlet = resource_of_run(context.dagster_run.run_config)
         config = townlet.load_config()
-        store = PromotionStore(state_dir(townlet.root(), config), required_passes=config.promotion.required_passes,
-                           release_proven=config.promotion.release_proven)
+        store = PromotionStore.for_config(state_dir(townlet.root(), config), config)
         store.record_failure(context.dagster_run.run_id, context.failure_event.message or "run failed")
 
     defs = Definitions(

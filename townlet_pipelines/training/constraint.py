@@ -14,8 +14,9 @@ from townlet_pipelines.training.evaluation import evaluate
 class ConflictMultiplier:
     """The PID Lagrangian of Stooke, Achiam & Abbeel (2020) on queue conflicts: λ prices one conflict in reward.
 
-    The error is e = rate / budget − 1, the rate being conflicts per agent-day over a trailing window of updates
-    that covers about one day of every rollout town (meal-time peaks and quiet nights averaged, not chased):
+    The error is e = rate / budget − 1, the rate being conflicts per agent-day over the last `window` readings:
+    one validation reading (`ppo.lagrange_measure: validation`, the default), or the rollouts of about one day
+    of every rollout town (`rollouts`: meal-time peaks and quiet nights averaged, not chased):
 
         I ← max(0, I + ki·e)                      the integral: plain dual ascent (PPO-Lagrangian) when kp = kd = 0
         λ = max(0, kp·e + I + kd·max(0, rate − previous rate) / budget)

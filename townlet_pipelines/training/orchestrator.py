@@ -53,8 +53,7 @@ def make_context(config: TownletConfig, run_dir: Path, root: str | Path | None =
     return TrainingContext(
         config=config, artifacts=Path(run_dir), device=device_context(
             device_for(ranks, config.runtime.device), config.runtime.amp, config.runtime.torch_threads),
-        promotion=PromotionStore(state, required_passes=config.promotion.required_passes,
-                                 release_proven=config.promotion.release_proven),
+        promotion=PromotionStore.for_config(state, config),
         baselines=BaselineStore(state), progress=progress and ranks.main, ranks=ranks,
     )
 
@@ -177,7 +176,7 @@ def apply_promotion(store: PromotionStore, summary: AnnealSummary) -> PromotionO
     first = status.current_release is None
     champion = summary.champion
     proven = (not first and store.release_proven and champion is not None
-              and champion["difference"] - champion.get("difference_ci95", float("inf")) > 0)
+              and champion["difference"] - champion["difference_ci95"] > 0)
     if not (summary.promotion_candidate_ready or first or proven):
         return PromotionOutcome(
             False, f"pass streak {summary.promotion_pass_streak}/{store.required_passes}: monitoring", current,
