@@ -17,10 +17,10 @@ import numpy as np
 from townlet_pipelines.config import TownletConfig, UsageError
 from townlet_pipelines.world import rng
 from townlet_pipelines.world.actions import (
-    CHAT, COOK, EAT, MOVE_DELTAS, MOVE_N, NUM_ACTIONS, OBJECT_OPTIONS, OPTION_OBJECT_TYPE, SHOWER, SLEEP,
+    CHAT, COOK, EAT, MOVE_N, NUM_ACTIONS, OBJECT_OPTIONS, OPTION_OBJECT_TYPE, SHOWER, SLEEP,
     WAIT, WORK,
 )
-from townlet_pipelines.world.layout import Layout, build_layout, move_table
+from townlet_pipelines.world.layout import Layout, build_layout, move_destinations
 from townlet_pipelines.world.observations import Observation, ObservationBuilder, ObservationSpec
 from townlet_pipelines.world.relationships import FAMILIARITY, RIVALRY, TRUST, EventBuffer, apply_events
 from townlet_pipelines.world.relationships import decay_daily
@@ -37,8 +37,7 @@ TELEMETRY_KEYS: tuple[str, ...] = (
 _IS_OBJECT_OPTION = np.zeros(NUM_ACTIONS, dtype=bool)
 _IS_OBJECT_OPTION[list(OBJECT_OPTIONS)] = True
 _OPTION_TYPE = np.array(OPTION_OBJECT_TYPE, dtype=np.int64)
-_MOVE_DY = np.array([d[0] for d in MOVE_DELTAS] + [0], dtype=np.int32)  # index 4: no move
-_MOVE_DX = np.array([d[1] for d in MOVE_DELTAS] + [0], dtype=np.int32)
+_STAY = 4  # move code of no move (codes 0..3: n, e, s, w)
 _TICKET_TICK = np.int64(1 << 36)  # ticket = tick * 2^36 + (older first) * 2^20 + seeded draw * N + agent
 
 
@@ -84,7 +83,7 @@ class TownWorld:
         self.state: WorldState | None = None
         self.action_mask: np.ndarray | None = None
         self.observation: Observation | None = None  # the latest observation (None after observe=False)
-        self._town_rows: np.ndarray | None = None
+        self._index_cache: dict | None = None
 
     @property
     def spec(self) -> ObservationSpec:
@@ -99,13 +98,19 @@ class TownWorld:
         self.same_job = job[:, None] == job[None, :]
         self.decay = np.array(world.needs.decay(), dtype=np.float32)
         self.need_weights = np.array(self.config.rewards.need_weights(), dtype=np.float32)
-        self.move_ok = move_table(layout)  # (H, W, 5): move code 0..4 from a tile lands on a walkable tile
+        # Movement as gathers over tiles (y * size + x): where move code 0..4 lands, each object's access tile,
+        # and the next move toward each object from each tile.
+        self.dest_y, self.dest_x = move_destinations(layout)  # (tiles * 5,)
+        self.access_tile = (layout.access_y * layout.size + layout.access_x).astype(np.int32)  # (O,)
+        self.next_move = layout.next_move.reshape(-1)  # (O * tiles,)
+        self.tiles = layout.size * layout.size
         # Per time of day and agent (the shift rules depend on nothing else), so a tick reads one row.
         tod = np.arange(world.day_ticks)[:, None]
         self.on_shift = (tod >= self.shift_start) & (tod < self.shift_end)  # (day, N)
         self.cover_tick = tod == self.shift_start + world.jobs.takeover_delay  # late coworkers get covered
         self.shift_over = tod + 1 == self.shift_end  # the shift's last tick
         self.any_cover_tick, self.any_shift_over = self.cover_tick.any(axis=1), self.shift_over.any(axis=1)
+        self.any_on_shift = self.on_shift.any(axis=1)
 
     # ------------------------------------------------------------------ reset
     def reset(self, seeds: Sequence[int] | np.ndarray | int = 0) -> tuple[Observation, np.ndarray]:
@@ -125,39 +130,59 @@ class TownWorld:
         return self.observation, self.action_mask
 
     # ------------------------------------------------------------------ helpers
-    def _rows(self) -> np.ndarray:
-        """(B, 1) town index column, built once: a tick's fancy indexing reuses it."""
-        if self._town_rows is None or len(self._town_rows) != self.towns:
-            self._town_rows = np.arange(self.towns)[:, None]
-        return self._town_rows
+    def _index(self) -> dict[str, np.ndarray]:
+        """Index arrays of the batch, built once: `rows` (B, 1) for fancy indexing, `mask_row` (B, N) each
+        agent's first entry in the flattened action mask, and an empty `ConflictEvents`' arrays."""
+        if self._index_cache is None:
+            B, N = self.towns, self.agents
+            none = np.zeros(0, dtype=np.intp)
+            self._index_cache = dict(
+                rows=np.arange(B)[:, None], mask_row=np.arange(B * N).reshape(B, N) * NUM_ACTIONS,
+                no_conflicts=dict(town=none, blocked=none, blocker=np.zeros(0, dtype=np.int32), queue_length=none,
+                                  intensity=np.zeros(0, dtype=np.float32)),
+            )
+        return self._index_cache
+
+    def _no_conflicts(self) -> ConflictEvents:
+        """The usual tick's conflicts: none (the empty arrays are shared; nothing can be written to them)."""
+        return ConflictEvents(**self._index()["no_conflicts"])
+
+    def _occupancy(self, s: WorldState) -> np.ndarray:
+        """(B, O) agents at each object: its user and its queue."""
+        return (s.holder >= 0) + self.observer.queue_counts(s)
 
     def _release(self, s: WorldState, who: np.ndarray) -> None:
-        """Stop the option of `who`: free a held object, leave a queue (nothing to do, most ticks)."""
-        if not who.any():
-            return
-        town, agent = np.nonzero(who & s.holding)
-        s.holder[town, s.target[town, agent]] = -1
-        s.last_holder[town, s.target[town, agent]] = agent
-        s.holding[who] = False
-        s.queued[who] = False
-        s.active[who] = False
-        s.target[who] = -1
-        s.progress[who] = 0
+        """Stop the option of `who` (B, N): free a held object, leave a queue (nothing to do, most ticks)."""
+        if who.any():
+            self._release_at(s, *np.nonzero(who))
+
+    def _release_at(self, s: WorldState, town: np.ndarray, agent: np.ndarray) -> None:
+        """Stop the options of the agents (town[i], agent[i])."""
+        holding = s.holding[town, agent]
+        holder_town, holder = town[holding], agent[holding]
+        held = s.target[holder_town, holder]
+        s.holder[holder_town, held] = -1
+        s.last_holder[holder_town, held] = holder
+        s.holding[town, agent] = False
+        s.queued[town, agent] = False
+        s.active[town, agent] = False
+        s.target[town, agent] = -1
+        s.progress[town, agent] = 0
 
     def choose_targets(self, s: WorldState, town: np.ndarray, agent: np.ndarray, options: np.ndarray,
-                       extra_claims: np.ndarray | None = None) -> np.ndarray:
+                       extra_claims: np.ndarray | None = None, occupancy: np.ndarray | None = None) -> np.ndarray:
         """Object each (town, agent)'s option would walk to (-1: none eligible); only starters pay for this.
 
         Nearest by path, where each occupant (user or waiter) counts as `busy_penalty` tiles, each agent
         already walking to it as `claim_penalty` tiles, and a rival among the occupants as `rival_penalty`;
-        objects on the agent's fairness cooldown are excluded.
+        objects on the agent's fairness cooldown are excluded. `occupancy`: `_occupancy(s)` when the caller has it.
         """
         layout, queues = self.layout, self.config.world.queues
         otype = _OPTION_TYPE[options]
         cand = layout.type_slots[np.maximum(otype, 0)]  # (M, K)
         safe = np.maximum(cand, 0)
         dist = layout.distance[safe, s.y[town, agent][:, None], s.x[town, agent][:, None]].astype(np.float32)
-        occupancy = (s.holder >= 0) + self.observer.queue_counts(s)  # (B, O)
+        occupancy = self._occupancy(s) if occupancy is None else occupancy  # (B, O)
         rivals = s.rel[town, agent, :, RIVALRY] > queues.rival_threshold  # (M, N)
         present = np.where(s.holding | s.queued, s.target, -1)[town]  # (M, N) object each other agent is at
         rival_at = (rivals[:, :, None] & (present[:, :, None] == cand[:, None, :])).any(axis=1)  # (M, K)
@@ -175,7 +200,7 @@ class TownWorld:
         target = np.where(np.isfinite(score[np.arange(len(best)), best]), cand[np.arange(len(best)), best], -1)
         return np.where(options == WORK, layout.desk_of_agent[agent], target).astype(np.int32)
 
-    def _spread_same_tick_claims(self, s, t, town, agent, options, targets, rounds: int = 2) -> np.ndarray:
+    def _spread_same_tick_claims(self, s, t, town, agent, options, targets, occupancy, rounds: int = 2) -> np.ndarray:
         """Agents that set out on the same tick claim in a seeded order: a later starter that picked an object an
         earlier one already claimed this tick chooses again, seeing those claims (a couple of rounds suffice)."""
         objects = self.layout.num_objects
@@ -194,27 +219,25 @@ class TownWorld:
             extra = np.bincount(town[kept] * objects + targets[kept], minlength=self.towns * objects)
             targets = targets.copy()
             targets[redo] = self.choose_targets(s, town[redo], agent[redo], options[redo],
-                                                extra.reshape(self.towns, objects))
+                                                extra.reshape(self.towns, objects), occupancy)
         return targets
 
     # ------------------------------------------------------------------ step
     def step(self, actions: np.ndarray, observe: bool = True) -> StepResult:
         if self.state is None:
             raise RuntimeError("call reset() before step()")
-        s, world, layout = self.state, self.config.world, self.layout
+        s, world = self.state, self.config.world
         B, N = self.towns, self.agents
-        rows = self._rows()
-        actions = np.asarray(actions)
-        if actions.shape != (B, N) or not np.issubdtype(actions.dtype, np.integer):
-            raise ValueError(f"actions: expected integer array of shape {(B, N)}, got {actions.dtype} {actions.shape}")
-        if actions.min() < 0 or actions.max() >= NUM_ACTIONS:
-            raise ValueError(f"actions: ids must lie in [0, {NUM_ACTIONS}), got {actions.min()}..{actions.max()}")
+        actions = self._checked(actions)
         t = s.tick
         tod = t % world.day_ticks
-        allowed = self.action_mask[rows, np.arange(N), actions]
-        actions = np.where(allowed, actions, WAIT).astype(np.int64)
+        allowed = np.take(self.action_mask, self._index()["mask_row"] + actions)
         tel = dict(zip(TELEMETRY_KEYS, np.zeros((len(TELEMETRY_KEYS), B), dtype=np.float64)))  # (B,) rows
-        tel["invalid_actions"] += (~allowed).sum(axis=1)
+        if allowed.all():  # the usual tick: nothing masked was chosen
+            actions = actions.astype(np.int64)
+        else:
+            tel["invalid_actions"] += (~allowed).sum(axis=1)
+            actions = np.where(allowed, actions, WAIT).astype(np.int64)
         reward = np.zeros((B, N), dtype=np.float32)
         events = EventBuffer()
 
@@ -223,13 +246,15 @@ class TownWorld:
         continuing = is_object & s.active & (s.option == actions)
         self._release(s, s.active & ~continuing)
         starting = is_object & ~continuing
-        s.option_age = np.where(continuing, s.option_age + 1, 0).astype(np.int32)
+        s.option_age = (s.option_age + 1) * continuing
         s.option = actions
+        occupancy = None  # (B, O) users and waiters per object: unchanged until the queue joins, built if needed
         if starting.any():
+            occupancy = self._occupancy(s)
             town, agent = np.nonzero(starting)
-            targets = self.choose_targets(s, town, agent, actions[town, agent])
+            targets = self.choose_targets(s, town, agent, actions[town, agent], occupancy=occupancy)
             if self.config.world.queues.claim_penalty and len(town) > 1:
-                targets = self._spread_same_tick_claims(s, t, town, agent, actions[town, agent], targets)
+                targets = self._spread_same_tick_claims(s, t, town, agent, actions[town, agent], targets, occupancy)
             s.target[town, agent] = targets
             s.active[town[targets >= 0], agent[targets >= 0]] = True
             tel["failed_actions"] += np.bincount(town[targets < 0], minlength=B)
@@ -237,23 +262,24 @@ class TownWorld:
         # 1b. Walkers re-pick: an agent still walking (not yet queued) to an object that someone now holds or
         # waits at switches to a better one of the type if there is one (claims of others count as before).
         if world.queues.retarget_walkers:
-            self._retarget_walkers(s, starting, rows)
+            self._retarget_walkers(s, starting, occupancy)
 
         # 2. Movement: explicit moves, and one step along the shortest path for walking options.
         safe_target = np.maximum(s.target, 0)
-        at_access = (s.y == layout.access_y[safe_target]) & (s.x == layout.access_x[safe_target])
-        walking = s.active & ~s.holding & ~s.queued & ~at_access
-        code = np.where(actions >= MOVE_N, actions - MOVE_N, 4)
-        path_code = layout.next_move[safe_target, s.y, s.x]
-        code = np.where(walking & (path_code >= 0), path_code, code)
-        ny, nx = s.y + _MOVE_DY[code], s.x + _MOVE_DX[code]
-        ok = self.move_ok[s.y, s.x, code]  # lands inside the town on a walkable tile
-        s.y, s.x = np.where(ok, ny, s.y).astype(np.int32), np.where(ok, nx, s.x).astype(np.int32)
+        access = np.take(self.access_tile, safe_target)
+        tile = s.y * self.layout.size + s.x
+        walking = s.active & ~s.holding & ~s.queued & (tile != access)
+        code = np.where(actions >= MOVE_N, actions - MOVE_N, _STAY)
+        if walking.any():
+            path_code = np.take(self.next_move, safe_target * self.tiles + tile)
+            code = np.where(walking & (path_code >= 0), path_code, code)
+        move = tile * (_STAY + 1) + code
+        s.y, s.x = np.take(self.dest_y, move), np.take(self.dest_x, move)
 
         # 3. Queue joins: arrivals take a ticket; older options go first, then a seeded draw.
-        at_access = (s.y == layout.access_y[safe_target]) & (s.x == layout.access_x[safe_target])
-        arrivals = s.active & ~s.holding & ~s.queued & at_access
-        if arrivals.any():
+        arrivals = s.active & ~s.holding & ~s.queued & (s.y * self.layout.size + s.x == access)
+        any_arrivals = arrivals.any()
+        if any_arrivals:
             town, agent = np.nonzero(arrivals)  # only arrivals draw and take a ticket
             draw = (rng.uniform_at(s.seeds[town], t, rng.STREAM_TIE_BREAK, agent) * 65535).astype(np.int64)
             youth = (1 << 16) - 1 - np.minimum(s.option_age[town, agent], (1 << 16) - 1).astype(np.int64)
@@ -266,8 +292,9 @@ class TownWorld:
             self._acquire(s, t, tod, reward, tel, events)
 
         # 5. Conflicts: an arrival still waiting was blocked by the holder.
-        conflicts = self._conflicts(s, arrivals & s.queued, rows, tel, events)
-        reward[conflicts.town, conflicts.blocked] -= self.config.rewards.queue_conflict_penalty
+        conflicts = self._conflicts(s, arrivals & s.queued, tel, events) if any_arrivals else self._no_conflicts()
+        if len(conflicts.town):
+            reward[conflicts.town, conflicts.blocked] -= self.config.rewards.queue_conflict_penalty
 
         # 6. Use and completion of timed affordances.
         self._use(s, t, tel, events)
@@ -276,20 +303,15 @@ class TownWorld:
         self._work(s, tod, reward, tel, events)
 
         # 8. Chat with an adjacent agent.
-        if (actions == CHAT).any():
-            self._chat(s, t, actions == CHAT, reward, tel, events)
+        chatting = actions == CHAT
+        if chatting.any():
+            self._chat(s, t, chatting, reward, tel, events)
 
         # 9. Needs decay, faints.
-        s.needs = np.clip(s.needs - self.decay, 0.0, 1.0)
-        lowest = np.minimum(np.minimum(s.needs[..., 0], s.needs[..., 1]), s.needs[..., 2])  # short-axis min is slow
-        s.starving = np.where(lowest <= 0.0, s.starving + 1, 0).astype(np.int32)
-        fainted = s.starving >= world.needs.faint_ticks
+        fainted = self._decay_needs(s)
 
         # 10. Rewards: homeostasis, survival, then the clip; the faint penalty lands after it.
-        rewards_cfg = self.config.rewards
-        deficit = np.square(1.0 - s.needs) @ self.need_weights
-        reward += -rewards_cfg.homeostasis_scale * deficit + rewards_cfg.survival
-        reward = np.clip(reward, -rewards_cfg.clip, rewards_cfg.clip) - rewards_cfg.faint_penalty * fainted
+        reward = self._rewards(s, reward, fainted)
 
         # 11. Relationships, respawn, day boundary.
         apply_events(s.rel, s.tie, s.personality, events, world.relationships)
@@ -302,7 +324,7 @@ class TownWorld:
         self.action_mask, self.observation = self.observer.mask_and_observe(s, observe)
         return StepResult(
             observation=self.observation,
-            rewards=reward.astype(np.float32),
+            rewards=reward,
             dones=fainted,
             truncated=s.tick >= world.episode_ticks,
             action_mask=self.action_mask,
@@ -310,18 +332,51 @@ class TownWorld:
             conflicts=conflicts,
         )
 
+    def _checked(self, actions) -> np.ndarray:
+        """The actions as an array, refused unless (towns, agents) integer ids of actions."""
+        actions = np.asarray(actions)
+        B, N = self.towns, self.agents
+        if actions.shape != (B, N) or actions.dtype.kind not in "iu":
+            raise ValueError(f"actions: expected integer array of shape {(B, N)}, got {actions.dtype} {actions.shape}")
+        low, high = np.minimum.reduce(actions, axis=None), np.maximum.reduce(actions, axis=None)
+        if low < 0 or high >= NUM_ACTIONS:
+            raise ValueError(f"actions: ids must lie in [0, {NUM_ACTIONS}), got {low}..{high}")
+        return actions
+
+    def _decay_needs(self, s: WorldState) -> np.ndarray:
+        """Needs fall by their decay, clamped to [0, 1] in place; (B, N) agents that starved long enough faint."""
+        needs = s.needs
+        np.subtract(needs, self.decay, out=needs)
+        np.maximum(needs, 0.0, out=needs)  # np.clip's values, without its per-call overhead
+        np.minimum(needs, 1.0, out=needs)
+        lowest = np.minimum(np.minimum(needs[..., 0], needs[..., 1]), needs[..., 2])  # short-axis min is slow
+        s.starving = (s.starving + 1) * (lowest <= 0.0)
+        return s.starving >= self.config.world.needs.faint_ticks
+
+    def _rewards(self, s: WorldState, reward: np.ndarray, fainted: np.ndarray) -> np.ndarray:
+        """(B, N) float32: the tick's reward plus homeostasis and survival, clipped; the faint penalty after."""
+        rewards_cfg = self.config.rewards
+        deficit = np.square(1.0 - s.needs) @ self.need_weights
+        reward += -rewards_cfg.homeostasis_scale * deficit + rewards_cfg.survival
+        np.maximum(reward, -rewards_cfg.clip, out=reward)
+        np.minimum(reward, rewards_cfg.clip, out=reward)
+        if not fainted.any():
+            return reward
+        return (reward - rewards_cfg.faint_penalty * fainted).astype(np.float32)
+
     # ------------------------------------------------------------------ phases
-    def _retarget_walkers(self, s: WorldState, starting: np.ndarray, rows: np.ndarray) -> None:
+    def _retarget_walkers(self, s: WorldState, starting: np.ndarray, occupancy: np.ndarray | None) -> None:
         """Walkers (not starters, not commuters to their own desk) whose target got taken choose again."""
         walkers = s.active & ~s.holding & ~s.queued & ~starting & (s.option != WORK)
         if not walkers.any():
             return
+        occupancy = self._occupancy(s) if occupancy is None else occupancy
         safe_target = np.maximum(s.target, 0)
-        taken = ((s.holder >= 0) | (self.observer.queue_counts(s) > 0))[rows, safe_target]
+        taken = occupancy[self._index()["rows"], safe_target] > 0  # someone holds it or waits at it
         town, agent = np.nonzero(walkers & taken)
         if len(town):
             s.target[town, agent] = -1  # its own claim must not count against the alternatives
-            again = self.choose_targets(s, town, agent, s.option[town, agent])
+            again = self.choose_targets(s, town, agent, s.option[town, agent], occupancy=occupancy)
             s.target[town, agent] = np.where(again >= 0, again, safe_target[town, agent])
 
     def _acquire(self, s, t, tod, reward, tel, events) -> None:
@@ -375,14 +430,12 @@ class TownWorld:
             tel["late_arrivals"] += np.bincount(town[late], minlength=self.towns)
             tel["on_time_arrivals"] += np.bincount(town[~late], minlength=self.towns)
 
-    def _conflicts(self, s, blocked_now, rows, tel, events) -> ConflictEvents:
+    def _conflicts(self, s, blocked_now, tel, events) -> ConflictEvents:
         if not blocked_now.any():  # the usual tick: nobody arrived at a held object
-            none = np.zeros(0, dtype=np.intp)
-            return ConflictEvents(town=none, blocked=none.copy(), blocker=np.zeros(0, dtype=s.holder.dtype),
-                                  queue_length=np.zeros(0, dtype=np.intp), intensity=np.zeros(0, dtype=np.float32))
+            return self._no_conflicts()
         queues, rel_cfg = self.config.world.queues, self.config.world.relationships
         safe_target = np.maximum(s.target, 0)
-        blocker = s.holder[rows, safe_target]
+        blocker = s.holder[self._index()["rows"], safe_target]
         blocked = blocked_now & (blocker >= 0)
         town, agent = np.nonzero(blocked)
         obj = s.target[town, agent]
@@ -410,7 +463,7 @@ class TownWorld:
         if len(town) == 0:
             return
         option, obj = s.option[town, agent], s.target[town, agent]
-        s.needs[town, agent] = np.clip(s.needs[town, agent] + self.effects[option], 0.0, 1.0)
+        s.needs[town, agent] = np.minimum(np.maximum(s.needs[town, agent] + self.effects[option], 0.0), 1.0)
         eaten = option == EAT
         if eaten.any():
             # A shared meal: an eater finishing while another eats (pairs finishing together count once).
@@ -426,22 +479,22 @@ class TownWorld:
             meal = self.config.world.relationships.shared_meal.vector()
             events.add(np.concatenate([pair_town, pair_town]), np.concatenate([i, j]), np.concatenate([j, i]), meal)
             tel["shared_meal_events"] += np.bincount(pair_town, minlength=self.towns)
+        completed = np.bincount(town * NUM_ACTIONS + option, minlength=self.towns * NUM_ACTIONS)  # one count for all
+        completed = completed.reshape(self.towns, NUM_ACTIONS)
         for key, done_option in (("meals_eaten", EAT), ("meals_cooked", COOK), ("showers", SHOWER), ("sleeps", SLEEP)):
-            tel[key] += np.bincount(town[option == done_option], minlength=self.towns)
-        s.meals += np.bincount(town[option == COOK], minlength=self.towns).astype(np.int32)
+            tel[key] += completed[:, done_option]
+        s.meals += completed[:, COOK].astype(np.int32)
         s.cooldown_until[town, agent, obj] = t + 1 + self.config.world.queues.cooldown_ticks
-        done = np.zeros_like(timed)
-        done[town, agent] = True
-        self._release(s, done)
+        self._release_at(s, town, agent)
 
     def _work(self, s, tod, reward, tel, events) -> None:
         world = self.config.world
-        on_shift = self.on_shift[tod]  # (N,)
-        working = s.holding & (s.option == WORK) & on_shift[None, :]
-        wages = np.where(working, self.wage[None, :], 0.0).astype(np.float32)
-        s.wallet = s.wallet + wages
-        reward += self.config.rewards.wage_scale * wages
-        tel["wages"] += wages.sum(axis=1)
+        if self.any_on_shift[tod]:  # off every shift, nobody earns (most of the day)
+            working = s.holding & (s.option == WORK) & self.on_shift[tod][None, :]
+            wages = np.where(working, self.wage[None, :], 0.0).astype(np.float32)
+            s.wallet = s.wallet + wages
+            reward += self.config.rewards.wage_scale * wages
+            tel["wages"] += wages.sum(axis=1)
 
         if self.any_cover_tick[tod]:
             cover_tick = self.cover_tick[tod]  # (N,)

@@ -128,3 +128,17 @@ def move_table(layout: Layout) -> np.ndarray:
         inside = (ny >= 0) & (ny < size) & (nx >= 0) & (nx < size)
         table[..., code] = inside & layout.passable[np.clip(ny, 0, size - 1), np.clip(nx, 0, size - 1)]
     return table
+
+
+def move_destinations(layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column an agent ends on after move code 0..4 from each tile, as flat (H * W * 5,) int32 tables
+    indexed by `tile * 5 + code` (tile = y * size + x): the target tile where `move_table` allows the move,
+    the agent's own tile where it does not. Movement is then two gathers instead of a dozen array operations."""
+    ok = move_table(layout)  # (H, W, 5)
+    size = layout.size
+    y, x = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    dy = np.array([d[0] for d in MOVE_DELTAS] + [0])
+    dx = np.array([d[1] for d in MOVE_DELTAS] + [0])
+    dest_y = np.where(ok, y[..., None] + dy, y[..., None]).astype(np.int32)
+    dest_x = np.where(ok, x[..., None] + dx, x[..., None]).astype(np.int32)
+    return dest_y.reshape(-1), dest_x.reshape(-1)

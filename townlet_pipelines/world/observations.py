@@ -158,7 +158,7 @@ class ObservationBuilder:
         self.shift_start, self.shift_end = self.rules.shift_start, self.rules.shift_end
         self._moves_by_tile = move_table(layout).reshape(layout.size * layout.size, -1)  # (tiles, 5)
         side = layout.size + 2  # of the padded per-town grid that counts agents per tile
-        self._around = np.array([0, -side, side, -1, 1], dtype=np.int32)
+        self._around = np.array([0, -side, side, -1, 1], dtype=np.int32)[:, None, None]  # (5, 1, 1)
         self._objects_of_type = np.bincount(layout.object_type, minlength=len(OBJECT_TYPES))  # (T,)
         self._nearest()
         self._clocks()
@@ -282,10 +282,9 @@ class ObservationBuilder:
         side = self.layout.size + 2
         cells = self._index(B, N)["count_cell"] + s.y * side + s.x  # (B, N)
         counts = np.bincount(cells.ravel(), minlength=B * side * side)
-        around = counts[cells[..., None] + self._around]  # (B, N, 5): own tile, then n, s, w, e
-        here = around[..., 0]
-        near = (here > 1) | (around[..., 1] + around[..., 2] + around[..., 3] + around[..., 4] > 0)
-        return near, here
+        around = np.take(counts, cells + self._around)  # (5, B, N): own tile, then n, s, w, e
+        here = around[0]  # counts the agent itself, so another agent is near when the five cells hold two
+        return around.sum(axis=0) > 1, here
 
     def has_neighbour(self, s: WorldState) -> np.ndarray:
         """(B, N): another agent stands on the agent's tile or next to it (a chat partner)."""

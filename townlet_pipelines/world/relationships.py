@@ -56,16 +56,18 @@ def apply_events(
 
     was_tie = tie[town, source, other]
     np.add.at(rel, (town, source, other), delta.astype(rel.dtype))
-    np.clip(rel, -1.0, 1.0, out=rel)
+    # Only the touched entries can leave [-1, 1] (decay and eviction shrink toward 0), so only they are clipped.
+    rel[town, source, other] = np.minimum(np.maximum(rel[town, source, other], -1.0), 1.0)
     tie[town, source, other] = True
 
     touched = np.zeros(tie.shape[:2], dtype=bool)
     touched[town, source] = True
-    counts = tie.sum(axis=2)
-    over = touched & (counts > config.max_ties)
+    towns, agents = np.nonzero(touched)  # only agents that gained a tie can be over the cap
+    counts = tie[towns, agents].sum(axis=1)
+    over = counts > config.max_ties
     if not over.any():
         return
-    towns, agents = np.nonzero(over)
+    towns, agents, counts = towns[over], agents[over], counts[over]
     strength = np.abs(rel[towns, agents]).sum(axis=-1)  # (M, N)
     strength = np.where(tie[towns, agents], strength, np.inf)
     new = np.zeros(tie.shape, dtype=bool)
@@ -74,7 +76,7 @@ def apply_events(
     order = np.argsort(strength, axis=1, kind="stable")
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(order.shape[1])[None, :].repeat(len(order), 0), axis=1)
-    evict = rank < (counts[towns, agents] - config.max_ties)[:, None]
+    evict = rank < (counts - config.max_ties)[:, None]
     evict_town, evict_other = np.nonzero(evict)
     tie[towns[evict_town], agents[evict_town], evict_other] = False
     rel[towns[evict_town], agents[evict_town], evict_other] = 0.0
