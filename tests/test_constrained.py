@@ -261,7 +261,7 @@ def test_a_sampled_evaluation_replays_its_draws_and_a_town_draws_the_same_alone_
     def rewards(towns):
         per_town: dict = {}
         torch.manual_seed(len(towns))  # the global generator must not matter
-        evaluate(config, evaluation_policy(model, device, config).act, seeds=towns, per_town=per_town)
+        evaluate(config, evaluation_policy(model, device, config).actions, seeds=towns, per_town=per_town)
         return per_town["reward_per_agent_day"]
 
     batched = rewards(seeds)
@@ -269,7 +269,7 @@ def test_a_sampled_evaluation_replays_its_draws_and_a_town_draws_the_same_alone_
     assert rewards(seeds[1:2])[0] == batched[1]
     other = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"sample_seed": 1})})
     per_town: dict = {}
-    evaluate(other, evaluation_policy(model, device, other).act, seeds=seeds, per_town=per_town)
+    evaluate(other, evaluation_policy(model, device, other).actions, seeds=seeds, per_town=per_town)
     assert not np.array_equal(per_town["reward_per_agent_day"], batched)  # another seed, other draws
 
 
@@ -409,3 +409,73 @@ def test_a_snapshot_with_no_more_conflicts_than_its_start_qualifies_even_above_t
     assert selector.best_update == 8
     fresh = SnapshotSelector(expert, ratio=0.85, wage_ratio=0.96)  # no start offered: the ratio alone
     assert not fresh.feasible(scores(-2.30, 0.127))
+
+
+def test_the_evaluation_fast_path_scores_exactly_what_the_full_policy_path_scored():
+    """`TorchPolicy.actions` (inference mode, the map scaled in numpy, no argument checks, no log-probabilities)
+    is a cheaper way to the same actions: every KPI of a sampled and of a greedy evaluation equals, bit for bit,
+    what the path every evaluation took before it gives (uint8 maps scaled in torch, a checked Categorical)."""
+    from townlet_pipelines.training.checkpoints import model_for
+    from townlet_pipelines.training.device import device_context, to_tensors
+    from townlet_pipelines.training.evaluation import evaluate
+    from townlet_pipelines.training.policy import TorchPolicy, evaluation_policy, observation_batch
+    from townlet_pipelines.world.engine import TownWorld
+    from tests.test_training import tiny
+
+    torch.manual_seed(5)
+    device = device_context("cpu", False, 1)
+    seeds = (90_000_010, 90_000_011)
+    for greedy in (False, True):
+        config = tiny()
+        config = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"greedy": greedy})})
+        model, _ = model_for(TownWorld(config, 1).spec, config.model, "cpu")
+        reference = TorchPolicy(model, device, greedy=greedy, seed=config.evaluation.sample_seed)
+
+        def full_path(world):
+            with torch.no_grad():
+                batch = to_tensors(observation_batch(world), device, ("map", "features", "action_mask"))
+                assert batch["map"].dtype == torch.uint8
+                logits, _ = model(batch["features"], batch["action_mask"], batch["map"])
+                probs = torch.distributions.Categorical(logits=logits, validate_args=True).probs
+                chosen = probs.argmax(dim=1) if greedy else reference._inverse_cdf(world, probs)
+            return chosen.numpy().reshape(world.towns, world.agents)
+
+        before, after = {}, {}
+        expected = evaluate(config, full_path, seeds=seeds, per_town=before)
+        assert evaluate(config, evaluation_policy(model, device, config).actions, seeds=seeds, per_town=after) == expected
+        for key in before:
+            np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+        assert expected["reward_per_agent_day"] != 0.0  # the towns were played, not skipped
+
+
+def test_an_evaluation_split_across_processes_scores_the_same_numbers(monkeypatch):
+    """The towns of one evaluation shared between this process and a worker (evaluation.processes 2) give every
+    KPI and every per-town value that one batched world gives, for a network's seeded draws and the expert; a
+    policy whose draws depend on the batch (random, or torch's generator) is never split."""
+    from townlet_pipelines.training import town_processes
+    from townlet_pipelines.training.checkpoints import model_for
+    from townlet_pipelines.training.device import device_context
+    from townlet_pipelines.training.evaluation import evaluate
+    from townlet_pipelines.training.policy import TorchPolicy, evaluation_policy
+    from townlet_pipelines.world.engine import TownWorld
+    from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
+    from tests.test_training import tiny
+
+    monkeypatch.setattr(town_processes, "MIN_TOWNS_PER_PROCESS", 2)
+    config = tiny()
+    alone = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"processes": 1})})
+    split = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"processes": 2})})
+    torch.manual_seed(7)
+    model, _ = model_for(TownWorld(config, 1).spec, config.model, "cpu")
+    device = device_context("cpu", False, 1)
+    seeds = (90_000_020, 90_000_021, 90_000_022, 90_000_023, 90_000_024)
+    assert [len(part) for part in town_processes.shares(seeds, 2)] == [3, 2]
+    for act in (evaluation_policy(model, device, config).actions, ScriptedExpert(config.expert).act):
+        one, two = {}, {}
+        expected = evaluate(alone, act, seeds=seeds, per_town=one)
+        assert evaluate(split, act, seeds=seeds, per_town=two) == expected
+        for key in one:
+            np.testing.assert_array_equal(two[key], one[key], err_msg=key)
+    assert town_processes._pool is not None  # a worker played a share
+    assert not town_processes.splittable(RandomPolicy(0).act)
+    assert not town_processes.splittable(TorchPolicy(model, device).actions)  # torch's generator: batch-dependent

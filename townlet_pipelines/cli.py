@@ -299,7 +299,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     model, record = load_checkpoint(args.checkpoint, TownWorld(config, 1).spec, device=device.device)
     rows = {
         f"checkpoint {record.checkpoint_id}": evaluate(
-            config, evaluation_policy(model, device, config).act, seeds=seeds),
+            config, evaluation_policy(model, device, config).actions, seeds=seeds),
         **reference_scores(config, seeds),
     }
     if args.json:

@@ -81,7 +81,7 @@ def main(args) -> None:
     for name, path in checkpoints.items():
         model, record = load_checkpoint(path, device=device.device)
         towns[name] = {}
-        rows[f"{name}"] = evaluate(config, evaluation_policy(model, device, config).act, seeds=seeds,
+        rows[f"{name}"] = evaluate(config, evaluation_policy(model, device, config).actions, seeds=seeds,
                                    per_town=towns[name])
     header = f"  {'policy':<30}" + "".join(f"{key.removesuffix('_per_agent_day')[:16]:>20}" for key in KEYS)
     print(header)

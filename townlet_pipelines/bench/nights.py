@@ -56,7 +56,7 @@ class HeldOut:
         key = read_record(path).checkpoint_id
         if key not in self.rows:
             model, _ = load_checkpoint(path, device=self.device.device)
-            self.score(key, evaluation_policy(model, self.device, self.config).act)
+            self.score(key, evaluation_policy(model, self.device, self.config).actions)
         return self.rows[key] | {"name": key}
 
     def versus(self, name: str, reference: str, key: str = "reward_per_agent_day") -> tuple[float, float]:

@@ -47,7 +47,7 @@ def main(args) -> None:
         seeds = config.seeds.test.seeds()
         for name, checkpoint in (("bc", bc.checkpoint_path), ("ppo (from bc)", ppo.checkpoint_path)):
             model, _ = load_checkpoint(checkpoint, device=context.device.device)
-            rows[name] = evaluate(config, evaluation_policy(model, context.device, config).act, seeds=seeds)
+            rows[name] = evaluate(config, evaluation_policy(model, context.device, config).actions, seeds=seeds)
         rows["scripted expert"] = evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds)
         rows["random"] = evaluate(config, RandomPolicy(0).act, seeds=seeds)
         print(f"held-out towns seeds.test ({len(seeds)} towns), {config.evaluation.ticks} ticks, "

@@ -23,7 +23,7 @@ def town_day(training, release, town_days: dict[str, str]) -> str:
     except (KeyError, OSError):
         config = training.config
         model, _ = load_checkpoint(release.path, TownWorld(config, 1).spec, device=training.device.device)
-        return town_day_svg(config, evaluation_policy(model, training.device, config).act, config.seeds.test.start)
+        return town_day_svg(config, evaluation_policy(model, training.device, config).actions, config.seeds.test.start)
 
 
 def promote(night: NightContext, summary_record: dict, say: Callable[[str], None]) -> ReleaseOutcome:

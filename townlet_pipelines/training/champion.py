@@ -46,7 +46,7 @@ def compare_with_champion(context: TrainingContext, candidate, release) -> dict:
     config, device = context.config, context.device
     model, _ = load_checkpoint(release.path, TownWorld(config, 1).spec, device=device.device)
     per_town: dict = {}
-    champion = evaluate(config, evaluation_policy(model, device, config).act, per_town=per_town)
+    champion = evaluate(config, evaluation_policy(model, device, config).actions, per_town=per_town)
     rewards = np.asarray(candidate.evaluation_town_rewards)
     if len(rewards) != len(per_town["reward_per_agent_day"]):
         raise ValueError(f"champion comparison: the candidate was scored on {len(rewards)} towns, the champion on "

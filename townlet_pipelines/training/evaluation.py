@@ -16,6 +16,7 @@ from townlet_pipelines.pictures import FirstDay
 from townlet_pipelines.training.checkpoints import load_checkpoint
 from townlet_pipelines.training.device import device_context
 from townlet_pipelines.training.policy import evaluation_policy
+from townlet_pipelines.training.town_processes import auto_processes, play_split, splittable
 from townlet_pipelines.world.engine import TELEMETRY_KEYS, TownWorld
 from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
 
@@ -46,34 +47,46 @@ def half_width(values) -> float:
 REFERENCES = ("scripted expert", "random")  # the held-out report's fixed rows, in the order they are shown
 
 
+def play_towns(config: TownletConfig, act, seeds: tuple[int, ...], ticks: int, on_tick=None) -> dict[str, np.ndarray]:
+    """Play one town per seed for `ticks` ticks in one batched world: per town, the total of every telemetry
+    key and of the reward."""
+    world = TownWorld(config, len(seeds))
+    world.reset(np.asarray(seeds, dtype=np.uint64))
+    totals = {key: np.zeros(len(seeds)) for key in (*TELEMETRY_KEYS, "reward")}
+    for _ in range(ticks):
+        if on_tick is not None:
+            on_tick(world)
+        actions = act(world)
+        result = world.step(getattr(actions, "actions", actions))
+        totals["reward"] += result.rewards.sum(axis=1)
+        for key in TELEMETRY_KEYS:
+            totals[key] += result.telemetry[key]
+        if result.truncated:
+            world.reset(np.asarray(seeds, dtype=np.uint64) + 7919)
+    return totals
+
+
 def evaluate(config: TownletConfig, act, seeds: tuple[int, ...] | None = None, ticks: int | None = None,
              per_town: dict | None = None, on_tick=None) -> dict[str, float]:
     """Run `act(world) -> actions` on one town per seed; KPIs per agent-day with `<kpi>_ci95` half-widths.
 
     `seeds` defaults to the guardrail evaluation towns (`config.seeds.guardrail`). `act` may be a world
-    `Policy.act` or a `TorchPolicy.act` (its `.actions` are used). Pass a dict as `per_town` to receive the
-    per-town arrays behind each KPI (paired comparisons use them). `on_tick(world)` runs before each tick
-    (a picture watches a town through it).
+    `Policy.act`, a `TorchPolicy.actions` or `.act` (its `.actions` are used). When `act`'s policy plays each
+    town the same alone or batched, its towns are shared among `evaluation.processes` processes
+    (training/town_processes.py; the same numbers). Pass a dict as `per_town` to receive the per-town arrays
+    behind each KPI (paired comparisons use them). `on_tick(world)` runs before each tick (a picture watches a
+    town through it; the towns then play here, in one world).
     """
     seeds = tuple(config.seeds.guardrail.seeds() if seeds is None else seeds)
     if not seeds:
         raise UsageError("evaluation: no towns to evaluate on (the seed range is empty)")
     ticks = config.evaluation.ticks if ticks is None else ticks
-    world = TownWorld(config, len(seeds))
-    world.reset(np.asarray(seeds, dtype=np.uint64))
-    totals = {key: np.zeros(len(seeds)) for key in TELEMETRY_KEYS}
-    reward = np.zeros(len(seeds))
-    for _ in range(ticks):
-        if on_tick is not None:
-            on_tick(world)
-        actions = act(world)
-        actions = getattr(actions, "actions", actions)
-        result = world.step(actions)
-        reward += result.rewards.sum(axis=1)
-        for key in TELEMETRY_KEYS:
-            totals[key] += result.telemetry[key]
-        if result.truncated:
-            world.reset(np.asarray(seeds, dtype=np.uint64) + 7919)
+    processes = config.evaluation.processes or auto_processes()
+    if on_tick is None and processes > 1 and splittable(act):
+        totals = play_split(play_towns, config, act, seeds, ticks, processes)
+    else:
+        totals = play_towns(config, act, seeds, ticks, on_tick)
+    reward = totals.pop("reward")
     town_days = config.world.agents_per_town * ticks / config.world.day_ticks  # agent-days of one town
     towns = {f"{key}_per_agent_day": value / town_days for key, value in totals.items()
              if key not in ("chat_quality_sum", "invalid_actions")}
@@ -117,7 +130,7 @@ def held_out_comparison(config: TownletConfig, candidate, champion=None, device=
         if path is not None:
             model, _ = load_checkpoint(path, spec, device=device.device)
             watch = FirstDay(config.world.day_ticks) if strips is not None and whole_day else None
-            rows[name] = evaluate(config, evaluation_policy(model, device, config).act, seeds=seeds, on_tick=watch)
+            rows[name] = evaluate(config, evaluation_policy(model, device, config).actions, seeds=seeds, on_tick=watch)
             if watch is not None and watch.strip is not None:
                 strips[name] = watch.strip
     references = cached_reference_scores(config, seeds, REFERENCES, lambda: reference_scores(config, seeds),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from townlet_pipelines.config import ModelConfig
+from townlet_pipelines.training.inputs import MAP_SCALE
 from townlet_pipelines.training.torch_support import require_torch
 from townlet_pipelines.world.actions import (
     ACTION_NAMES, COOK, EAT, OBJECT_TYPES, OPTION_OBJECT_TYPE, SHOWER, SLEEP,
@@ -19,7 +20,6 @@ from townlet_pipelines.world.observations import ObservationSpec
 torch = require_torch()
 nn = torch.nn
 
-MAP_SCALE = 8.0  # map cells are small counts and codes (0..6): scale to about [0, 1]
 SHIELDED_OPTIONS = ((EAT, "hunger"), (COOK, "hunger"), (SHOWER, "hygiene"), (SLEEP, "energy"))  # option, its need
 
 
@@ -80,20 +80,23 @@ class PolicyNetwork(nn.Module):
         return shielded
 
     def forward(self, features, action_mask, map=None, shield: bool = True):
-        """Masked logits (float32) and values for a batch; `shield=False` leaves the conflict shield out."""
+        """Masked logits (float32) and values for a batch; `shield=False` leaves the conflict shield out. `map`
+        is the world's uint8 cells, or already `scaled_map` (float)."""
         if shield:
             action_mask = self.shield_mask(features, action_mask)
         parts = [self.features(features)]
         if self.encoder is not None:
-            parts.insert(0, self.encoder(map.float() / MAP_SCALE))
+            parts.insert(0, self.encoder(map.float() / MAP_SCALE if map.dtype == torch.uint8 else map))
         hidden = self.trunk(torch.cat(parts, dim=1))
         logits = self.policy_head(hidden).float()
         logits = logits.masked_fill(~action_mask, torch.finfo(logits.dtype).min)
         return logits, self.value_head(hidden).float().squeeze(-1)
 
     def distribution(self, features, action_mask, map=None):
+        """The masked policy and the values. The distribution skips torch's argument checks (a scan of every
+        logit per call): the logits are finite by construction, masked ones the dtype's minimum."""
         logits, value = self(features, action_mask, map)
-        return torch.distributions.Categorical(logits=logits), value
+        return torch.distributions.Categorical(logits=logits, validate_args=False), value
 
 
 class CostCritic(nn.Module):

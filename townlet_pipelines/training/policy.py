@@ -7,6 +7,7 @@ import numpy as np
 from townlet_pipelines.data.capture import PolicyOutput
 from townlet_pipelines.data.manifest import Generator
 from townlet_pipelines.training.device import DeviceContext, to_tensors
+from townlet_pipelines.training.inputs import scaled_map
 from townlet_pipelines.training.torch_support import require_torch
 from townlet_pipelines.world import rng
 from townlet_pipelines.world.engine import TownWorld
@@ -24,6 +25,14 @@ def observation_batch(world: TownWorld) -> dict[str, np.ndarray]:
     return batch
 
 
+def network_inputs(observed: dict[str, np.ndarray], device: DeviceContext) -> dict:
+    """An observation batch as the network's tensors. On the CPU the map goes in already scaled and contiguous
+    (`scaled_map`: one numpy pass); on a GPU its uint8 cells cross (a quarter of the bytes) and scale there."""
+    if device.name == "cpu" and "map" in observed:
+        observed = {**observed, "map": scaled_map(observed["map"])}
+    return to_tensors(observed, device, ("map", "features", "action_mask"))
+
+
 class TorchPolicy:
     """Samples (or, greedy, takes the most likely) legal action; reports log-probs and values.
 
@@ -39,26 +48,42 @@ class TorchPolicy:
         self.model, self.device, self.greedy = model, device, greedy
         self.generator = Generator(kind="checkpoint", checkpoint_id=checkpoint_id)
         self.stream = None if seed is None or greedy else rng.STREAM_POLICY + 16 * seed
+        self.model.eval()  # no layer of the network behaves differently in training; said once, not every tick
+
+    @property
+    def towns_independent(self) -> bool:
+        """Each town plays the same alone or batched (greedy, or the seeded per-town draws), on the CPU: an
+        evaluation may then split its towns across processes (training/town_processes.py)."""
+        return (self.greedy or self.stream is not None) and self.device.name == "cpu"
 
     def _forward(self, world: TownWorld):
-        batch = to_tensors(observation_batch(world), self.device, ("map", "features", "action_mask"))
+        batch = network_inputs(observation_batch(world), self.device)
         return self.model.distribution(batch["features"], batch["action_mask"], batch.get("map"))
+
+    def _choose(self, world: TownWorld, distribution):
+        if self.greedy:
+            return distribution.probs.argmax(dim=1)
+        if self.stream is not None:
+            return self._inverse_cdf(world, distribution.probs)
+        return distribution.sample()
 
     def act(self, world: TownWorld) -> PolicyOutput:
         torch = require_torch()
-        self.model.eval()
-        with torch.no_grad():
+        with torch.inference_mode():
             distribution, values = self._forward(world)
-            if self.greedy:
-                actions = distribution.probs.argmax(dim=1)
-            elif self.stream is not None:
-                actions = self._inverse_cdf(world, distribution.probs)
-            else:
-                actions = distribution.sample()
+            actions = self._choose(world, distribution)
             log_probs = distribution.log_prob(actions)
         shape = (world.towns, world.agents)
         return PolicyOutput(actions.cpu().numpy().reshape(shape), log_probs.cpu().numpy().reshape(shape).astype(np.float32),
                             values.cpu().numpy().reshape(shape).astype(np.float32))
+
+    def actions(self, world: TownWorld) -> np.ndarray:
+        """The actions alone, (towns, agents): what an evaluation reads, without the log-probabilities and
+        values `act` reports for a dataset. The same actions as `act`'s."""
+        torch = require_torch()
+        with torch.inference_mode():
+            distribution, _ = self._forward(world)
+            return self._choose(world, distribution).cpu().numpy().reshape(world.towns, world.agents)
 
     def _inverse_cdf(self, world: TownWorld, probs):
         """The action whose cumulative probability first exceeds the agent's counter-based uniform draw (scaled
@@ -71,13 +96,13 @@ class TorchPolicy:
 
     def bootstrap_values(self, world: TownWorld) -> np.ndarray:
         torch = require_torch()
-        with torch.no_grad():
+        with torch.inference_mode():
             _, values = self._forward(world)
         return values.cpu().numpy().reshape(world.towns, world.agents).astype(np.float32)
 
 
 def evaluation_policy(model, device: DeviceContext, config) -> TorchPolicy:
     """How every evaluation plays a network (validation, guardrails, champion, held-out report, `townlet
-    evaluate`): as `config.evaluation` says, greedy or sampled with its seed."""
+    evaluate`): as `config.evaluation` says, greedy or sampled with its seed. Pass its `.actions` to `evaluate`."""
     evaluation = config.evaluation
     return TorchPolicy(model, device, greedy=evaluation.greedy, seed=evaluation.sample_seed)

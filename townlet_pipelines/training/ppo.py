@@ -310,7 +310,7 @@ class PPORun:
         """The starting weights (the champion's or the BC clone's) compete as update 0: a stage that finds no
         snapshot better under the constraints returns its start, never a worse snapshot. Their conflicts set
         the first price when λ follows the validation towns."""
-        scores = broadcast(validation_scores(self.config, evaluation_policy(self.model, self.device, self.config).act),
+        scores = broadcast(validation_scores(self.config, evaluation_policy(self.model, self.device, self.config).actions),
                            self.ranks)
         selector.offer(0, scores, self.model, start=True)
         if self.price_on_validation:
@@ -469,7 +469,7 @@ class PPORun:
     def _validate(self, update: int) -> None:
         """Score the policy on the validation towns and offer it to the snapshot choice (rank 0's scores: one
         choice on every rank)."""
-        scores = broadcast(validation_scores(self.config, evaluation_policy(self.model, self.device, self.config).act),
+        scores = broadcast(validation_scores(self.config, evaluation_policy(self.model, self.device, self.config).actions),
                            self.ranks)
         chosen = self.selector.offer(update + 1, scores, self.model)
         if self.price_on_validation:
@@ -492,7 +492,7 @@ class PPORun:
         duration = time.perf_counter() - self.start
         evaluation, towns = {}, {}
         if self.strategy.evaluate_towns:
-            evaluation = evaluate(self.config, evaluation_policy(self.model, self.device, self.config).act,
+            evaluation = evaluate(self.config, evaluation_policy(self.model, self.device, self.config).actions,
                                   per_town=towns)
         last = _recent(self.state.stats, self.ppo)
         metrics = {**{f"eval_{k}": v for k, v in evaluation.items()}, "loss_total": last["loss_total"],

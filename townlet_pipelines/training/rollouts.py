@@ -19,8 +19,8 @@ import numpy as np
 
 from townlet_pipelines.config import PPOConfig
 from townlet_pipelines.data.replay import ReplayDataset
-from townlet_pipelines.training.device import DeviceContext, to_tensors
-from townlet_pipelines.training.policy import observation_batch
+from townlet_pipelines.training.device import DeviceContext
+from townlet_pipelines.training.policy import network_inputs, observation_batch
 from townlet_pipelines.training.torch_support import require_torch
 from townlet_pipelines.world.engine import TELEMETRY_KEYS, TownWorld
 
@@ -66,8 +66,8 @@ def collect_rollout(model, world: TownWorld, ticks: int, device: DeviceContext, 
     model.eval()
     for tick in range(ticks):
         observed = observation_batch(world)
-        with torch.no_grad():
-            batch = to_tensors(observed, device, OBS_KEYS)
+        with torch.inference_mode():
+            batch = network_inputs(observed, device)
             distribution, values = model.distribution(batch["features"], batch["action_mask"], batch.get("map"))
             actions = distribution.sample()
             log_probs, entropy = distribution.log_prob(actions), distribution.entropy()
@@ -93,8 +93,8 @@ def collect_rollout(model, world: TownWorld, ticks: int, device: DeviceContext, 
         if restart:
             world.reset(next_seed())
     final = {key: value.copy() for key, value in observation_batch(world).items()}
-    with torch.no_grad():
-        batch = to_tensors(final, device, OBS_KEYS)
+    with torch.inference_mode():
+        batch = network_inputs(final, device)
         _, bootstrap = model(batch["features"], batch["action_mask"], batch.get("map"))
     assert buffer.arrays["actions"].shape[:2] == (ticks, agents)
     return Rollout(dict(buffer.arrays), bootstrap.cpu().numpy(), totals, ticks, time.perf_counter() - start, final)

@@ -34,6 +34,7 @@ class ScriptedExpert:
     """
 
     name = "scripted"
+    towns_independent = True  # no draws: each town plays the same alone or batched (evaluations may split them)
 
     def __init__(self, config: ExpertConfig) -> None:
         self.config = config
