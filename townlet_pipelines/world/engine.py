@@ -131,13 +131,16 @@ class TownWorld:
 
     # ------------------------------------------------------------------ helpers
     def _index(self) -> dict[str, np.ndarray]:
-        """Index arrays of the batch, built once: `rows` (B, 1) for fancy indexing, `mask_row` (B, N) each
-        agent's first entry in the flattened action mask, and an empty `ConflictEvents`' arrays."""
+        """Arrays of the batch's shape, built once: `rows` (B, 1) for fancy indexing, `mask_row` (B, N) each
+        agent's first entry in the flattened action mask, `object_base` (B, 1) each town's first entry in
+        flattened (B, O) arrays, the needs' `decay` (B, N, 3), and an empty `ConflictEvents`' arrays."""
         if self._index_cache is None:
             B, N = self.towns, self.agents
             none = np.zeros(0, dtype=np.intp)
             self._index_cache = dict(
                 rows=np.arange(B)[:, None], mask_row=np.arange(B * N).reshape(B, N) * NUM_ACTIONS,
+                object_base=np.arange(B)[:, None] * self.layout.num_objects,
+                decay=np.broadcast_to(self.decay, (B, N, len(self.decay))).copy(),  # full size: no short-axis broadcast
                 no_conflicts=dict(town=none, blocked=none, blocker=np.zeros(0, dtype=np.int32), queue_length=none,
                                   intensity=np.zeros(0, dtype=np.float32)),
             )
@@ -189,7 +192,7 @@ class TownWorld:
         score = dist + queues.busy_penalty * occupancy[town[:, None], safe] + queues.rival_penalty * rival_at
         if queues.claim_penalty:
             walking = s.active & (s.target >= 0) & ~s.holding & ~s.queued  # (B, N)
-            flat = (np.arange(self.towns)[:, None] * layout.num_objects + s.target)[walking]
+            flat = (self._index()["object_base"] + s.target)[walking]
             claims = np.bincount(flat, minlength=self.towns * layout.num_objects).reshape(self.towns, -1)
             if extra_claims is not None:
                 claims = claims + extra_claims
@@ -346,7 +349,7 @@ class TownWorld:
     def _decay_needs(self, s: WorldState) -> np.ndarray:
         """Needs fall by their decay, clamped to [0, 1] in place; (B, N) agents that starved long enough faint."""
         needs = s.needs
-        np.subtract(needs, self.decay, out=needs)
+        np.subtract(needs, self._index()["decay"], out=needs)
         np.maximum(needs, 0.0, out=needs)  # np.clip's values, without its per-call overhead
         np.minimum(needs, 1.0, out=needs)
         lowest = np.minimum(np.minimum(needs[..., 0], needs[..., 1]), needs[..., 2])  # short-axis min is slow
@@ -371,13 +374,14 @@ class TownWorld:
         if not walkers.any():
             return
         occupancy = self._occupancy(s) if occupancy is None else occupancy
-        safe_target = np.maximum(s.target, 0)
-        taken = occupancy[self._index()["rows"], safe_target] > 0  # someone holds it or waits at it
-        town, agent = np.nonzero(walkers & taken)
+        town, agent = np.nonzero(walkers)
+        target = np.maximum(s.target[town, agent], 0)
+        taken = occupancy[town, target] > 0  # someone holds it or waits at it
+        town, agent, target = town[taken], agent[taken], target[taken]
         if len(town):
             s.target[town, agent] = -1  # its own claim must not count against the alternatives
             again = self.choose_targets(s, town, agent, s.option[town, agent], occupancy=occupancy)
-            s.target[town, agent] = np.where(again >= 0, again, safe_target[town, agent])
+            s.target[town, agent] = np.where(again >= 0, again, target)
 
     def _acquire(self, s, t, tod, reward, tel, events) -> None:
         """Queued agents with nobody ahead of them take their free object; only queued agents are examined."""

@@ -239,9 +239,9 @@ class ObservationBuilder:
         self._work_window = (tod >= start - world.jobs.work_window_before) & (tod < end)  # (day, N)
 
     def _index(self, B: int, N: int) -> dict[str, np.ndarray]:
-        """Index arrays for a batch of B towns of N agents, built once per batch shape: `rows` (B, 1) and
-        `cols` (1, N) for fancy indexing, and each town's offset into flattened per-town arrays (int32, as
-        the positions are, so index arithmetic needs no casts)."""
+        """Index arrays for a batch of B towns of N agents, built once per batch shape: `rows` (B, 1) for fancy
+        indexing, `mask_row` (B, N) each agent's first entry in the flattened action mask, and each town's
+        offset into flattened per-town arrays (int32, as the positions are, so index arithmetic needs no casts)."""
         cache = self._index_cache
         if cache.get("shape") != (B, N):
             side, padded = self.layout.size + 2, self.layout.size + 2 * self.pad
@@ -249,7 +249,8 @@ class ObservationBuilder:
             town = np.arange(B, dtype=np.int32 if small else np.int64)[:, None]
             cache.clear()
             cache.update(
-                shape=(B, N), rows=np.arange(B)[:, None], cols=np.arange(N)[None, :],
+                shape=(B, N), rows=np.arange(B)[:, None],
+                mask_row=np.arange(B * N).reshape(B, N) * NUM_ACTIONS,
                 count_cell=town * (side * side) + side + 1,  # tile (0, 0) of the padded neighbour count grid
                 object_base=town * self.layout.num_objects,  # (B, 1) into (B * O,)
                 map_cell=town * (padded * padded) + self.pad * padded + self.pad,  # tile (0, 0) of the map grid
@@ -306,7 +307,7 @@ class ObservationBuilder:
         mask[..., EAT] &= (s.meals > 0)[:, None]
         mask[..., WORK] = self._work_window[s.tick % self.config.world.day_ticks]
         # An option in progress may always be continued (its cost is already paid).
-        mask[index["rows"], index["cols"], s.option] |= s.active
+        mask.reshape(-1)[index["mask_row"] + s.option] |= s.active
         mask[..., CHAT] = (s.chat_ready_at <= s.tick) & shared.neighbour
         return mask
 
