@@ -234,7 +234,7 @@ class TownWorld:
         actions = self._checked(actions)
         t = s.tick
         tod = t % world.day_ticks
-        allowed = np.take(self.action_mask, self._index()["mask_row"] + actions)
+        allowed = self.action_mask.take(self._index()["mask_row"] + actions)
         tel = dict(zip(TELEMETRY_KEYS, np.zeros((len(TELEMETRY_KEYS), B), dtype=np.float64)))  # (B,) rows
         if allowed.all():  # the usual tick: nothing masked was chosen
             actions = actions.astype(np.int64)
@@ -269,15 +269,15 @@ class TownWorld:
 
         # 2. Movement: explicit moves, and one step along the shortest path for walking options.
         safe_target = np.maximum(s.target, 0)
-        access = np.take(self.access_tile, safe_target)
+        access = self.access_tile.take(safe_target)
         tile = s.y * self.layout.size + s.x
         walking = s.active & ~s.holding & ~s.queued & (tile != access)
         code = np.where(actions >= MOVE_N, actions - MOVE_N, _STAY)
         if walking.any():
-            path_code = np.take(self.next_move, safe_target * self.tiles + tile)
+            path_code = self.next_move.take(safe_target * self.tiles + tile)
             code = np.where(walking & (path_code >= 0), path_code, code)
         move = tile * (_STAY + 1) + code
-        s.y, s.x = np.take(self.dest_y, move), np.take(self.dest_x, move)
+        s.y, s.x = self.dest_y.take(move), self.dest_x.take(move)
 
         # 3. Queue joins: arrivals take a ticket; older options go first, then a seeded draw.
         arrivals = s.active & ~s.holding & ~s.queued & (s.y * self.layout.size + s.x == access)

@@ -283,7 +283,7 @@ class ObservationBuilder:
         side = self.layout.size + 2
         cells = self._index(B, N)["count_cell"] + s.y * side + s.x  # (B, N)
         counts = np.bincount(cells.ravel(), minlength=B * side * side)
-        around = np.take(counts, cells + self._around)  # (5, B, N): own tile, then n, s, w, e
+        around = counts.take(cells + self._around)  # (5, B, N): own tile, then n, s, w, e
         here = around[0]  # counts the agent itself, so another agent is near when the five cells hold two
         return around.sum(axis=0) > 1, here
 
@@ -301,7 +301,7 @@ class ObservationBuilder:
         index = self._index(B, N)
         mask = np.zeros((B, N, NUM_ACTIONS), dtype=bool)
         mask[..., WAIT] = True
-        moves = np.take(self._moves_by_tile, shared.tile, axis=0)  # (B, N, 5)
+        moves = self._moves_by_tile.take(shared.tile, axis=0)  # (B, N, 5)
         mask[..., MOVE_N : MOVE_N + len(MOVE_DELTAS)] = moves[..., : len(MOVE_DELTAS)]
         mask[..., _SHOP] = self._shop_options(s, shared).transpose(1, 2, 0)
         mask[..., EAT] &= (s.meals > 0)[:, None]
@@ -389,7 +389,7 @@ class ObservationBuilder:
         out = np.repeat(per_town, N, axis=1)
         out[town, agent, kind] -= 1.0  # others only
         if len(shared.cooling_agent):  # free objects on the agent's cooldown are not free to it
-            weights = np.take(free_objects, shared.cooling_town_object)
+            weights = free_objects.take(shared.cooling_town_object)
             keys = shared.cooling_agent * (2 * types) + types + shared.cooling_type
             out -= np.bincount(keys, weights, B * N * 2 * types).astype(np.float32).reshape(B, N, 2 * types)
         out /= self._index(B, N)["contention_scale"]  # full size: a (2T,) divisor would broadcast slowly
@@ -466,9 +466,9 @@ class ObservationBuilder:
         free; and the pantry."""
         B, N = s.y.shape
         key = self._agent_tiles + shared.tile  # (B, N) row of the nearest-object tables
-        f[..., _NEAREST] = np.take(self._nearest_features, key, axis=0)
-        nearest = np.take(self._nearest_ids, key, axis=0)  # (B, N, T)
-        f[..., _QUEUE] = np.take(shared.occupancy, self._index(B, N)["object_base"][..., None] + nearest)
+        f[..., _NEAREST] = self._nearest_features.take(key, axis=0)
+        nearest = self._nearest_ids.take(key, axis=0)  # (B, N, T)
+        f[..., _QUEUE] = shared.occupancy.take(self._index(B, N)["object_base"][..., None] + nearest)
         f[..., _HEADING.start : _FREE.stop] = self._contention(s, shared)
         f[..., _COLUMN["meals_in_stock"]] = s.meals[:, None] / 10.0
 
@@ -485,7 +485,7 @@ class ObservationBuilder:
     def _option_features(self, f: np.ndarray, s: WorldState) -> None:
         """The option in progress (one-hot, all zeros when none), its use progress, queue/use flags, and
         the episode's progress."""
-        f[..., _OPTION] = np.take(self._option_rows, s.option + NUM_ACTIONS * s.active, axis=0)
+        f[..., _OPTION] = self._option_rows.take(s.option + NUM_ACTIONS * s.active, axis=0)
         duration = self.rules.duration[s.option]
         f[..., _COLUMN["option_progress"]] = np.where(s.holding, s.progress / duration, 0.0)
         f[..., _COLUMN["queued"]] = s.queued
