@@ -63,3 +63,17 @@ def test_bench_nights_reports_the_distribution_and_draws_the_champion_across_nig
     root = ET.fromstring(picture(rows, expert))
     keys = {line.get("data-key") for line in root.iter("{http://www.w3.org/2000/svg}polyline")}
     assert {"champion_reward", "candidate_reward", "champion_conflicts"} <= keys
+
+
+def test_bench_evaluation_times_the_three_paths_and_finds_their_kpis_identical(capsys):
+    """`bench evaluation` scores one network the old way, the fast way and split across processes, and refuses
+    (exit) when their KPIs differ; on 4 smoke towns it must report all three identical."""
+    import argparse
+
+    from townlet_pipelines.bench import evaluation
+
+    evaluation.main(argparse.Namespace(config="smoke", checkpoint=None, towns=4, first_seed=60_000_000,
+                                       processes=2, rounds=1))
+    out = capsys.readouterr().out
+    assert out.count("identical KPIs") == 3 and "DIFFER" not in out
+    assert "full path" in out and "fast, 2 processes" in out

@@ -57,6 +57,14 @@ def main(argv: list[str] | None = None) -> None:
     nights.add_argument("--artifacts", default=None, help="where the nights' roots go (default $TOWNLET_ARTIFACTS "
                         "or dagster_home/artifacts)")
     nights.add_argument("--out", default="bench-nights", help="folder for nights.md, nights.json and nights.svg")
+    scoring = commands.add_parser("evaluation", help="seconds per 64 towns of a network's evaluation: the full "
+                                  "policy path against the shipped fast path, in 1 and N processes (same KPIs)")
+    scoring.add_argument("--config", default="default")
+    scoring.add_argument("--checkpoint", default=None, help="the network to score (default: a fresh one)")
+    scoring.add_argument("--towns", type=int, default=64)
+    scoring.add_argument("--first-seed", type=int, default=60_000_000, help="first town (outside every training range)")
+    scoring.add_argument("--processes", type=int, default=0, help="processes of the split run (0: one per core)")
+    scoring.add_argument("--rounds", type=int, default=3)
     pipeline = commands.add_parser("pipeline", help="nightly_anneal through Dagster against the CLI")
     pipeline.add_argument("--profiles", type=lambda text: text.split(","), default=["smoke", "default"])
     pipeline.add_argument("--rounds", type=int, default=5, help="CLI/Dagster pairs per profile, order alternating")
@@ -73,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     versus.add_argument("--sb3-conv-channels", default=None, help="SB3's map encoder, e.g. 16,32 (default: the "
                         "network SB3 was measured with when the speed issue was filed); the project's own network "
                         "inside SB3 is measured too")
+    versus.add_argument("--same-network", action="store_true", help="the headline: SB3 with the project's own "
+                        "network only (engine against engine; the same as --sb3-conv-channels '')")
     versus.add_argument("--sb3-init-checkpoint", default=None, help="SB3's start when its network differs from "
                         "the project's (e.g. the BC clone of that network)")
     versus.add_argument("--profile", action="store_true", help="instead: cProfile the project's PPO on the same budget")
@@ -95,10 +105,12 @@ def main(argv: list[str] | None = None) -> None:
         world_bench.main(args)
         return
     # Loaded here: world-one's peak memory is the world's own, without the training stack and the nightly.
-    from townlet_pipelines.bench import data, learning, nights, pipeline, sb3, scaling, training
+    from townlet_pipelines.bench import data, evaluation, learning, nights, pipeline, sb3, scaling, training
 
     if args.command == "data":
         data.main(args)
+    elif args.command == "evaluation":
+        evaluation.main(args)
     elif args.command == "training":
         training.main(args)
     elif args.command == "bc-overhead":

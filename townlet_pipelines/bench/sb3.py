@@ -214,12 +214,12 @@ def measure(config: TownletConfig, rounds: int = 3, steps: int = DEFAULT_STEPS,
 
 PROFILE_PHASES = (  # (label, file suffix, function): the phases of the project's PPO, by cumulative time
     ("PPOStrategy.run (the whole loop)", "training/ppo.py", "run"),
-    ("  collect_rollout", "training/ppo.py", "collect_rollout"),
+    ("  collect_rollout", "training/rollouts.py", "collect_rollout"),
     ("    TownWorld.step (incl. observations)", "world/engine.py", "step"),
     ("      ObservationBuilder.mask_and_observe", "world/observations.py", "mask_and_observe"),
     ("    observation_batch", "training/policy.py", "observation_batch"),
     ("    to_tensors", "training/device.py", "to_tensors"),
-    ("  gae", "training/ppo.py", "gae"),
+    ("  gae", "training/rollouts.py", "gae"),
     ("  ppo_losses (update forward + loss)", "training/ppo.py", "ppo_losses"),
     ("  backward", "torch/_tensor.py", "backward"),
     ("  clip_grad_norm_", "torch/nn/utils/clip_grad.py", "clip_grad_norm_"),
@@ -283,6 +283,8 @@ def main(args) -> None:
           f"from {getattr(args, 'init_checkpoint', None) or 'a fresh network'}")
     sb3_net = tuple(int(v) for v in args.sb3_conv_channels.split(",") if v) if getattr(
         args, "sb3_conv_channels", None) is not None else SB3_NETWORK
+    if getattr(args, "same_network", False):
+        sb3_net = tuple(prepared.model.conv_channels)
     report = measure(config, args.rounds, args.steps, args.eval_towns, getattr(args, "init_checkpoint", None),
                      sb3_net, getattr(args, "sb3_init_checkpoint", None))
     rate, collect = report["rate"], report["collect_rate"]
@@ -319,6 +321,7 @@ if __name__ == "__main__":  # standalone use until the subcommand is wired into 
     parser.add_argument("--init-checkpoint", default=None)
     parser.add_argument("--sb3-conv-channels", default=None)
     parser.add_argument("--sb3-init-checkpoint", default=None)
+    parser.add_argument("--same-network", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", action="store_true")
     main(parser.parse_args())
