@@ -450,8 +450,10 @@ def test_the_evaluation_fast_path_scores_exactly_what_the_full_policy_path_score
 
 def test_an_evaluation_split_across_processes_scores_the_same_numbers(monkeypatch):
     """The towns of one evaluation shared between this process and a worker (evaluation.processes 2) give every
-    KPI and every per-town value that one batched world gives, for a network's seeded draws and the expert; a
-    policy whose draws depend on the batch (random, or torch's generator) is never split."""
+    KPI and every per-town value that one batched world gives, for a network's seeded draws and the expert, and
+    the same picture of town 0; a policy whose draws depend on the batch (random, or torch's generator) is never
+    split."""
+    from townlet_pipelines.pictures import FirstDay
     from townlet_pipelines.training import town_processes
     from townlet_pipelines.training.checkpoints import model_for
     from townlet_pipelines.training.device import device_context
@@ -472,10 +474,12 @@ def test_an_evaluation_split_across_processes_scores_the_same_numbers(monkeypatc
     assert [len(part) for part in town_processes.shares(seeds, 2)] == [3, 2]
     for act in (evaluation_policy(model, device, config).actions, ScriptedExpert(config.expert).act):
         one, two = {}, {}
-        expected = evaluate(alone, act, seeds=seeds, per_town=one)
-        assert evaluate(split, act, seeds=seeds, per_town=two) == expected
+        watch_one, watch_two = FirstDay(config.world.day_ticks), FirstDay(config.world.day_ticks)
+        expected = evaluate(alone, act, seeds=seeds, per_town=one, on_tick=watch_one)
+        assert evaluate(split, act, seeds=seeds, per_town=two, on_tick=watch_two) == expected
         for key in one:
             np.testing.assert_array_equal(two[key], one[key], err_msg=key)
+        assert watch_two.strip.svg() == watch_one.strip.svg()  # the picture watches town 0, in this process's share
     assert town_processes._pool is not None  # a worker played a share
     assert not town_processes.splittable(RandomPolicy(0).act)
     assert not town_processes.splittable(TorchPolicy(model, device).actions)  # torch's generator: batch-dependent

@@ -499,7 +499,7 @@ class EvaluationConfig(_Strict):
     processes: int = Field(
         0, ge=0, description="processes that play one evaluation's towns at once (0: one per core, at most 8; 1: "
         "this process alone). Only a policy that plays each town the same alone or batched is split (a network "
-        "played greedy or with its seeded draws, the scripted expert), in shares of at least 32 towns: the KPIs "
+        "played greedy or with its seeded draws, the scripted expert), in shares of at least 16 towns: the KPIs "
         "are the same numbers either way")
     report_towns: int = Field(
         32, ge=0, description="held-out towns (the first of seeds.test) on which each passing nightly shows the "

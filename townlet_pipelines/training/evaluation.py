@@ -74,16 +74,16 @@ def evaluate(config: TownletConfig, act, seeds: tuple[int, ...] | None = None, t
     `Policy.act`, a `TorchPolicy.actions` or `.act` (its `.actions` are used). When `act`'s policy plays each
     town the same alone or batched, its towns are shared among `evaluation.processes` processes
     (training/town_processes.py; the same numbers). Pass a dict as `per_town` to receive the per-town arrays
-    behind each KPI (paired comparisons use them). `on_tick(world)` runs before each tick (a picture watches a
-    town through it; the towns then play here, in one world).
+    behind each KPI (paired comparisons use them). `on_tick(world)` runs before each tick (a picture watches
+    town 0 through it) on the world of this process's towns: all of them, or the first share when split.
     """
     seeds = tuple(config.seeds.guardrail.seeds() if seeds is None else seeds)
     if not seeds:
         raise UsageError("evaluation: no towns to evaluate on (the seed range is empty)")
     ticks = config.evaluation.ticks if ticks is None else ticks
     processes = config.evaluation.processes or auto_processes()
-    if on_tick is None and processes > 1 and splittable(act):
-        totals = play_split(play_towns, config, act, seeds, ticks, processes)
+    if processes > 1 and splittable(act):
+        totals = play_split(play_towns, config, act, seeds, ticks, processes, on_tick)
     else:
         totals = play_towns(config, act, seeds, ticks, on_tick)
     reward = totals.pop("reward")

@@ -25,7 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 LOG = logging.getLogger(__name__)
-MIN_TOWNS_PER_PROCESS = 32  # below this a share's fixed cost per tick outweighs the second core
+MIN_TOWNS_PER_PROCESS = 16  # below this a share's fixed cost per tick outweighs the second core
 _pool: ProcessPoolExecutor | None = None
 _pool_size = 0
 
@@ -76,19 +76,21 @@ def _forget_workers() -> None:
 atexit.register(_forget_workers)
 
 
-def play_split(play, config, act, seeds: tuple[int, ...], ticks: int, processes: int) -> dict[str, np.ndarray]:
-    """`play(config, act, seeds, ticks) -> {key: per-town array}` over shares of `seeds` played at once, this
-    process taking the first; the arrays joined in town order. A worker pool that broke (a worker killed) is
-    replaced by playing its shares here, with a warning: the evaluation is slower, never different."""
+def play_split(play, config, act, seeds: tuple[int, ...], ticks: int, processes: int,
+               on_tick=None) -> dict[str, np.ndarray]:
+    """`play(config, act, seeds, ticks, on_tick) -> {key: per-town array}` over shares of `seeds` played at
+    once, this process taking the first (the share `on_tick` watches: town 0 is in it); the arrays joined in
+    town order. A worker pool that broke (a worker killed) is replaced by playing its shares here, with a
+    warning: the evaluation is slower, never different."""
     parts = shares(seeds, processes)
     if len(parts) == 1:
-        return play(config, act, seeds, ticks)
+        return play(config, act, seeds, ticks, on_tick)
     try:
         futures = [_workers(len(parts) - 1).submit(play, config, act, part, ticks) for part in parts[1:]]
     except BrokenProcessPool:
         _forget_workers()
         futures = []
-    results = [play(config, act, parts[0], ticks)]
+    results = [play(config, act, parts[0], ticks, on_tick)]
     for part, future in zip(parts[1:], futures):
         try:
             results.append(future.result())
