@@ -483,3 +483,33 @@ def test_an_evaluation_split_across_processes_scores_the_same_numbers(monkeypatc
     assert town_processes._pool is not None  # a worker played a share
     assert not town_processes.splittable(RandomPolicy(0).act)
     assert not town_processes.splittable(TorchPolicy(model, device).actions)  # torch's generator: batch-dependent
+
+
+def test_an_evaluation_worker_leaves_when_its_parent_is_killed(tmp_path):
+    """A killed night must not leave idle forked evaluation workers behind: a worker whose parent died with
+    SIGKILL exits within seconds."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, signal\n"
+        "from townlet_pipelines.training import town_processes\n"
+        "print(town_processes._workers(1).submit(os.getpid).result(), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == -9, run.stderr
+    worker = int(run.stdout.split()[0])
+
+    def alive() -> bool:
+        try:
+            with open(f"/proc/{worker}/status") as status:
+                return "\nState:\tZ" not in status.read()
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 15
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(), f"evaluation worker {worker} outlived its killed parent"

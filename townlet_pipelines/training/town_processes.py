@@ -19,6 +19,8 @@ import atexit
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -46,7 +48,16 @@ def shares(seeds: tuple[int, ...], processes: int) -> list[tuple[int, ...]]:
     return [tuple(int(seed) for seed in part) for part in np.array_split(np.asarray(seeds), count)]
 
 
-def _worker_start() -> None:
+def _exit_with_parent(parent: int) -> None:
+    """A forked worker outlives a killed parent (its pipes stay open in the worker itself): leave when the
+    parent is gone, so a killed night leaves no idle worker behind."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _worker_start(parent: int) -> None:
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="townlet-parent-watch").start()
     try:
         from townlet_pipelines.training.device import configure_threads  # torch, when the policy is a network
 
@@ -61,7 +72,8 @@ def _workers(count: int) -> ProcessPoolExecutor:
         if _pool is not None:
             _pool.shutdown(wait=False, cancel_futures=True)
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        _pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context(method), initializer=_worker_start)
+        _pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context(method), initializer=_worker_start,
+                                    initargs=(os.getpid(),))
         _pool_size = count
     return _pool
 
