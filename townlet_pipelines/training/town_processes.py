@@ -33,7 +33,8 @@ _pool_size = 0
 
 
 def auto_processes() -> int:
-    """`evaluation.processes` 0: one per core, at most 8 (each holds its own torch, ~300 MB)."""
+    """`evaluation.processes` 0: one per core, at most 8 (each worker a fork of this process: its pages shared
+    until written, its world and batch its own)."""
     return max(1, min(os.cpu_count() or 1, 8))
 
 
