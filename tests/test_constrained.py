@@ -513,3 +513,21 @@ def test_an_evaluation_worker_leaves_when_its_parent_is_killed(tmp_path):
     while alive() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not alive(), f"evaluation worker {worker} outlived its killed parent"
+
+
+def test_the_network_reads_a_contiguous_scaled_map_on_the_cpu():
+    """`network_inputs` hands the encoder the map as float32 cells / 8 in a contiguous (rows, C, w, w) array: the
+    world's cells are channel-last, and a layout-preserving scale would make the flatten copy it again."""
+    from townlet_pipelines.training.device import device_context
+    from townlet_pipelines.training.inputs import MAP_SCALE
+    from townlet_pipelines.training.policy import network_inputs, observation_batch
+    from townlet_pipelines.world.engine import TownWorld
+    from tests.test_training import tiny
+
+    world = TownWorld(tiny(), 2)
+    world.reset(np.arange(2, dtype=np.uint64))
+    observed = observation_batch(world)
+    assert not observed["map"].flags["C_CONTIGUOUS"]  # the case that matters
+    scaled = network_inputs(observed, device_context("cpu", False, 1))["map"]
+    assert scaled.dtype == torch.float32 and scaled.is_contiguous()
+    assert torch.equal(scaled, torch.from_numpy(np.ascontiguousarray(observed["map"])).float() / MAP_SCALE)

@@ -13,4 +13,4 @@ def scaled_map(map_cells: np.ndarray) -> np.ndarray:
     The same numbers as `map.float() / MAP_SCALE` in torch (a power of two divides exactly), in one pass over the
     world's channel-last cells instead of torch's two strided passes and the flatten's copy: acting on the CPU
     hands the network this, so the encoder's matrix product sees a contiguous input of the same values."""
-    return np.multiply(map_cells, np.float32(1.0 / MAP_SCALE), dtype=np.float32)
+    return np.multiply(map_cells, np.float32(1.0 / MAP_SCALE), dtype=np.float32, order="C")  # not the cells' layout

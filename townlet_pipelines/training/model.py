@@ -56,12 +56,14 @@ class PolicyNetwork(nn.Module):
         names = spec.feature_names
         if config.conflict_shield and all(f"{kind}_free" in names for kind in OBJECT_TYPES):
             options = [(action, need) for action, need in SHIELDED_OPTIONS if f"option_{ACTION_NAMES[action]}" in names]
-            self._shield = (
+            # Index tensors made once (plain attributes, not buffers: the checkpoint format is unchanged); a Python
+            # list as an index is converted to a tensor on every call, most of the shield's time on small batches.
+            self._shield = tuple(torch.tensor(columns, dtype=torch.long) for columns in (
                 [action for action, _ in options],
                 [names.index(f"option_{ACTION_NAMES[action]}") for action, _ in options],
                 [names.index(need) for _, need in options],
                 [names.index(f"{OBJECT_TYPES[OPTION_OBJECT_TYPE[action]]}_free") for action, _ in options],
-            )
+            ))
 
     def shield_mask(self, features, action_mask):
         """The action mask with the conflict shield applied (see `ModelConfig.conflict_shield`).
@@ -72,9 +74,12 @@ class PolicyNetwork(nn.Module):
         """
         if self._shield is None:
             return action_mask
+        if self._shield[0].device != features.device:  # once per device (the model moved to a GPU)
+            self._shield = tuple(columns.to(features.device) for columns in self._shield)
         actions, active, needs, free = self._shield
-        starting = features[:, active] < 0.5  # (R, S): this option is not already in progress
-        blocked = starting & (features[:, free] <= 0.0) & (features[:, needs] > self.model_config.shield_floor)
+        starting = features.index_select(1, active) < 0.5  # (R, S): this option is not already in progress
+        blocked = (starting & (features.index_select(1, free) <= 0.0)
+                   & (features.index_select(1, needs) > self.model_config.shield_floor))
         shielded = action_mask.clone()
         shielded[:, actions] &= ~blocked
         return shielded
