@@ -414,34 +414,28 @@ def test_a_snapshot_with_no_more_conflicts_than_its_start_qualifies_even_above_t
 def test_the_evaluation_fast_path_scores_exactly_what_the_full_policy_path_scored():
     """`TorchPolicy.actions` (inference mode, the map scaled in numpy, no argument checks, no log-probabilities)
     is a cheaper way to the same actions: every KPI of a sampled and of a greedy evaluation equals, bit for bit,
-    what the path every evaluation took before it gives (uint8 maps scaled in torch, a checked Categorical)."""
+    what the path every evaluation took before it gives (`bench.evaluation.full_path`: uint8 maps scaled in torch,
+    a checked Categorical, log-probabilities and values)."""
+    from townlet_pipelines.bench.evaluation import full_path
     from townlet_pipelines.training.checkpoints import model_for
-    from townlet_pipelines.training.device import device_context, to_tensors
+    from townlet_pipelines.training.device import device_context
     from townlet_pipelines.training.evaluation import evaluate
-    from townlet_pipelines.training.policy import TorchPolicy, evaluation_policy, observation_batch
+    from townlet_pipelines.training.policy import evaluation_policy, observation_batch
     from townlet_pipelines.world.engine import TownWorld
     from tests.test_training import tiny
 
     torch.manual_seed(5)
     device = device_context("cpu", False, 1)
     seeds = (90_000_010, 90_000_011)
+    world = TownWorld(tiny(), 1)
+    world.reset(0)
+    assert observation_batch(world)["map"].dtype == np.uint8  # the full path scales the world's cells in torch
     for greedy in (False, True):
         config = tiny()
         config = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"greedy": greedy})})
         model, _ = model_for(TownWorld(config, 1).spec, config.model, "cpu")
-        reference = TorchPolicy(model, device, greedy=greedy, seed=config.evaluation.sample_seed)
-
-        def full_path(world):
-            with torch.no_grad():
-                batch = to_tensors(observation_batch(world), device, ("map", "features", "action_mask"))
-                assert batch["map"].dtype == torch.uint8
-                logits, _ = model(batch["features"], batch["action_mask"], batch["map"])
-                probs = torch.distributions.Categorical(logits=logits, validate_args=True).probs
-                chosen = probs.argmax(dim=1) if greedy else reference._inverse_cdf(world, probs)
-            return chosen.numpy().reshape(world.towns, world.agents)
-
         before, after = {}, {}
-        expected = evaluate(config, full_path, seeds=seeds, per_town=before)
+        expected = evaluate(config, full_path(model, device, config), seeds=seeds, per_town=before)
         assert evaluate(config, evaluation_policy(model, device, config).actions, seeds=seeds, per_town=after) == expected
         for key in before:
             np.testing.assert_array_equal(after[key], before[key], err_msg=key)

@@ -120,7 +120,7 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 def score(config: TownletConfig, network, seeds: tuple[int, ...]) -> dict[str, float]:
     """A network's greedy reward (and faints, wages, conflicts) per agent-day on the given towns."""
-    report = evaluate(config, TorchPolicy(network, device_context("cpu", False, 1), greedy=True).act, seeds=seeds)
+    report = evaluate(config, TorchPolicy(network, device_context("cpu", False, 1), greedy=True).actions, seeds=seeds)
     keys = ("reward_per_agent_day", "faints_per_agent_day", "wages_per_agent_day",
             "queue_conflict_events_per_agent_day")
     return {key: report[key] for key in keys} | {"reward_per_agent_day_ci95": report["reward_per_agent_day_ci95"]}

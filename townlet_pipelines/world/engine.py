@@ -131,15 +131,15 @@ class TownWorld:
 
     # ------------------------------------------------------------------ helpers
     def _index(self) -> dict[str, np.ndarray]:
-        """Arrays of the batch's shape, built once: `rows` (B, 1) for fancy indexing, `mask_row` (B, N) each
-        agent's first entry in the flattened action mask, `object_base` (B, 1) each town's first entry in
-        flattened (B, O) arrays, the needs' `decay` (B, N, 3), and an empty `ConflictEvents`' arrays."""
+        """Arrays of the batch's shape, built once: the observer's `rows` (B, 1), `mask_row` (B, N) and
+        `object_base` (B, 1) (one set for the step and the observations), the needs' `decay` (B, N, 3), and an
+        empty `ConflictEvents`' arrays."""
         if self._index_cache is None:
             B, N = self.towns, self.agents
+            shared = self.observer.batch_index(B, N)
             none = np.zeros(0, dtype=np.intp)
             self._index_cache = dict(
-                rows=np.arange(B)[:, None], mask_row=np.arange(B * N).reshape(B, N) * NUM_ACTIONS,
-                object_base=np.arange(B)[:, None] * self.layout.num_objects,
+                rows=shared["rows"], mask_row=shared["mask_row"], object_base=shared["object_base"],
                 decay=np.broadcast_to(self.decay, (B, N, len(self.decay))).copy(),  # full size: no short-axis broadcast
                 no_conflicts=dict(town=none, blocked=none, blocker=np.zeros(0, dtype=np.int32), queue_length=none,
                                   intensity=np.zeros(0, dtype=np.float32)),

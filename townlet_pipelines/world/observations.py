@@ -238,6 +238,10 @@ class ObservationBuilder:
         self._clock = clock
         self._work_window = (tod >= start - world.jobs.work_window_before) & (tod < end)  # (day, N)
 
+    def batch_index(self, B: int, N: int) -> dict[str, np.ndarray]:
+        """The index arrays of `_index`, for the world's step to share rather than build a second set."""
+        return self._index(B, N)
+
     def _index(self, B: int, N: int) -> dict[str, np.ndarray]:
         """Index arrays for a batch of B towns of N agents, built once per batch shape: `rows` (B, 1) for fancy
         indexing, `mask_row` (B, N) each agent's first entry in the flattened action mask, and each town's
