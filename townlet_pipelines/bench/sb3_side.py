@@ -15,6 +15,7 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3 import __version__ as SB3_VERSION
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -171,6 +172,7 @@ def run_sb3(config: TownletConfig, updates: int, init_checkpoint: str | Path | N
         max_grad_norm=ppo.max_grad_norm, seed=ppo.seed, device="cpu", verbose=0,
         policy_kwargs={"network": initial_network(config, init_checkpoint)},
     )
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default makes a /tmp/SB3-<time> folder per run
     clock = RolloutClock()
     model.learn(total_timesteps=updates * rows, callback=clock, progress_bar=False)
     seconds = time.perf_counter() - start
