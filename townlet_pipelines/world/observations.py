@@ -76,7 +76,6 @@ _PERSONALITY = _span(PERSONALITY_NAMES[0], PERSONALITY_NAMES[-1])
 _OPTION = _span(f"option_{ACTION_NAMES[0]}", f"option_{ACTION_NAMES[-1]}")
 assert _NEAREST.stop - _NEAREST.start == 3 * len(OBJECT_TYPES) and _TIES.stop - _TIES.start == 13
 assert _OPTION.stop - _OPTION.start == NUM_ACTIONS and _HEADING.stop == _FREE.start
-assert _FREE.stop == _COLUMN["meals_in_stock"]
 # Options priced and gated by an eligible object (all object options but work), as one block of the mask.
 _SHOP = slice(EAT, SLEEP + 1)
 assert tuple(range(EAT, SLEEP + 1)) == tuple(option for option in OBJECT_OPTIONS if option != WORK)
@@ -92,12 +91,6 @@ def _rows_differ(differ: np.ndarray) -> np.ndarray:
     if padded != width:
         differ = np.pad(differ, ((0, 0), (0, padded - width)))
     return differ.view(np.uint64).reshape(len(differ), -1).max(axis=1) > 0
-
-
-def _word(row_bytes: int) -> np.dtype:
-    """The widest unsigned word that splits a row of `row_bytes` evenly: rows compared as words (equal words,
-    equal bits) cost fewer comparisons than rows compared as floats."""
-    return np.dtype(f"u{next(size for size in (8, 4, 2, 1) if row_bytes % size == 0)}")
 
 
 class ObservationSpec(BaseModel):
@@ -158,7 +151,7 @@ class ObservationBuilder:
                 map_channels=channels, feature_names=FEATURE_NAMES,
             )
         self._static_grid()
-        self._tie_cache: tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._tie_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._index_cache: dict = {}
         self._grid_cache: tuple[np.ndarray, np.ndarray] | None = None
         self.rules = rule_tables(world, layout)
@@ -266,9 +259,8 @@ class ObservationBuilder:
                 object_base=town * self.layout.num_objects,  # (B, 1) into (B * O,)
                 map_cell=town * (padded * padded) + self.pad * padded + self.pad,  # tile (0, 0) of the map grid
                 # Divisors of the contention block: heading by the agents per town, free by the objects per type.
-                rel_word=_word(N * 3 * 4), tie_word=_word(N),  # rows of `rel` (float32) and `tie` (bool)
-                contention_scale=np.concatenate([np.full(len(OBJECT_TYPES), N, dtype=np.float32),
-                                                 self._objects_per_type]),
+                contention_scale=np.tile(np.concatenate([np.full(len(OBJECT_TYPES), N, dtype=np.float32),
+                                                         self._objects_per_type]), (B, N, 1)),
             )
         return cache
 
@@ -378,42 +370,34 @@ class ObservationBuilder:
         out[:, :, 1, r, r] -= 1  # the agents channel counts others
         return out
 
-    def _contention(self, f: np.ndarray, s: WorldState, shared: TickShared) -> None:
-        """Writes the heading and free blocks and the pantry: per agent and object type, other agents walking
-        to or queued for that type (`heading`), then the share of the type's objects that nobody holds or heads
-        for and that the agent may use now (not on its fairness cooldown): `free`. These let a policy see a
-        conflict coming; the queue count alone shows only who has already arrived.
+    def _contention(self, s: WorldState, shared: TickShared) -> np.ndarray:
+        """(B, N, 2T): per agent and object type, other agents walking to or queued for that type (`heading`),
+        then the share of the type's objects that nobody holds or heads for and that the agent may use now
+        (not on its fairness cooldown): `free`. These let a policy see a conflict coming; the queue count
+        alone shows only who has already arrived.
 
         Both are a per-town count less a per-agent correction (the agent's own heading; free objects on its
-        cooldown). Few agents walk or cool down at once, so every agent gets its town's row (with the pantry,
-        the next column, in the same write) and only those few rows are recomputed with their corrections.
-        Counts are small integers, exact in float32, so the order of the subtractions cannot change a bit.
+        cooldown), applied to a contiguous block, which keeps every step one cheap array operation.
         """
         B, N = s.y.shape
         types = len(OBJECT_TYPES)
         walking = s.active & (s.target >= 0) & ~s.holding  # (B, N)
-        town, agent = np.nonzero(walking)
+        town, agent = np.nonzero(walking)  # few agents walk or wait at once: work on them alone
         target = s.target[town, agent]
         kind = self.layout.object_type[target]
         free_objects = s.holder < 0  # (B, O): nobody holds it ...
         free_objects[town, target] = False  # ... nor heads for it
-        counts = np.empty((B, 2 * types), dtype=np.float32)
-        counts[:, :types] = np.bincount(town * types + kind, minlength=B * types).reshape(B, types)
-        counts[:, types:] = free_objects.astype(np.float32) @ self._objects_by_type
-        scale = self._index(B, N)["contention_scale"]  # (2T,)
-        per_town = np.empty((B, 1, 2 * types + 1), dtype=np.float32)
-        np.divide(counts, scale, out=per_town[:, 0, : 2 * types])
-        per_town[:, 0, -1] = s.meals / 10.0
-        f[..., _HEADING.start : _COLUMN["meals_in_stock"] + 1] = per_town
-        flat, width = f.reshape(-1), f.shape[-1]
-        # A walker sees the others heading for its type: its town's count less itself.
-        flat[(town * N + agent) * width + (_HEADING.start + kind)] = (counts[town, kind] - 1.0) / scale[kind]
+        per_town = np.empty((B, 1, 2 * types), dtype=np.float32)
+        per_town[:, 0, :types] = np.bincount(town * types + kind, minlength=B * types).reshape(B, types)
+        per_town[:, 0, types:] = free_objects.astype(np.float32) @ self._objects_by_type
+        out = np.repeat(per_town, N, axis=1)
+        out[town, agent, kind] -= 1.0  # others only
         if len(shared.cooling_agent):  # free objects on the agent's cooldown are not free to it
-            at = shared.cooling_agent * width + (_FREE.start + shared.cooling_type)  # cells may repeat: one
-            column = types + shared.cooling_type  # per object of the type on the agent's cooldown
-            flat[at] = counts[shared.cooling_agent // N, column]
-            np.subtract.at(flat, at, free_objects.take(shared.cooling_town_object).astype(np.float32))
-            flat[at] = flat[at] / scale[column]
+            weights = free_objects.take(shared.cooling_town_object)
+            keys = shared.cooling_agent * (2 * types) + types + shared.cooling_type
+            out -= np.bincount(keys, weights, B * N * 2 * types).astype(np.float32).reshape(B, N, 2 * types)
+        out /= self._index(B, N)["contention_scale"]  # full size: a (2T,) divisor would broadcast slowly
+        return out
 
     def queue_counts(self, s: WorldState) -> np.ndarray:
         """(B, O) agents waiting in each object's queue."""
@@ -423,35 +407,28 @@ class ObservationBuilder:
         return np.bincount(flat, minlength=B * objects).reshape(B, objects)
 
     def _tie_features(self, s: WorldState) -> np.ndarray:
-        """(B, N, 13): top-2 friends and rivals (trust, familiarity, rivalry) and the max rivalry; and
-        (B * N, N8) bool each agent's rivals (rivalry over the queues' threshold), padded with False to whole
-        8-byte words for `_rival_counts`. Both depend on `rel` and `tie` alone.
+        """(B, N, 13): top-2 friends and rivals (trust, familiarity, rivalry) and the max rivalry.
 
-        Ties change for a few agents a tick, so rows are recomputed only where the bits of `rel` or `tie`
-        differ from the snapshot of the last recomputation (compared as whole words: cheaper than comparing
-        floats); comparing against a snapshot (not a dirty flag) can never go stale, and a row whose bits are
-        unchanged keeps exactly what a recomputation would give.
+        Ties change for a few agents a tick, so rows are recomputed only where `rel` or `tie` differ from
+        the snapshot of the last recomputation; comparing against a snapshot (not a dirty flag) can never go
+        stale. A row that compares equal keeps its snapshot row, which is then equal as a float to the new one
+        (no NaN compares equal), so every later comparison comes out as it would against the new one.
         """
         B, N = s.tie.shape[:2]
         flat_rel, flat_tie = s.rel.reshape(B * N, N, 3), s.tie.reshape(B * N, N)
-        index = self._index(B, N)
-        rel_bits = s.rel.reshape(B * N, -1).view(index["rel_word"])
-        tie_bits = s.tie.reshape(B * N, -1).view(index["tie_word"])
         cache = self._tie_cache
-        if cache is not None and cache[0] == (B, N):
-            _, old_rel, old_tie, values, rivals = cache
-            rel_differ, tie_differ = rel_bits != old_rel, tie_bits != old_tie
-            if not (rel_differ.any() or tie_differ.any()):  # the usual tick
-                return values.reshape(B, N, 13), rivals
+        if cache is not None and cache[0].shape == flat_rel.shape:
+            old_rel, old_tie, values = cache
+            rel_differ, tie_differ = flat_rel != old_rel, flat_tie != old_tie
+            if not (rel_differ.any() or tie_differ.any()):  # the usual tick in a small batch
+                return values.reshape(B, N, 13)
             rows = np.flatnonzero(_rows_differ(rel_differ) | _rows_differ(tie_differ))
-            old_rel[rows], old_tie[rows] = rel_bits[rows], tie_bits[rows]
+            old_rel[rows], old_tie[rows] = flat_rel[rows], flat_tie[rows]
         else:
             values = np.zeros((B * N, 13), dtype=np.float32)
-            rivals = np.zeros((B * N, -(-N // 8) * 8), dtype=bool)
             rows = np.arange(B * N)
-            self._tie_cache = ((B, N), rel_bits.copy(), tie_bits.copy(), values, rivals)
+            self._tie_cache = (flat_rel.copy(), flat_tie.copy(), values)
         rel = flat_rel[rows]  # (M, N, 3)
-        rivals[rows, :N] = rel[..., RIVALRY] > self.config.world.queues.rival_threshold
         # Ties hold values only where `tie` is set (eviction zeroes them), never toward oneself.
         others = flat_tie[rows] & (np.arange(N)[None, :] != (rows % N)[:, None])
         count = others.sum(axis=1)
@@ -464,18 +441,7 @@ class ObservationBuilder:
                 score[np.arange(len(rows)), best] = -np.inf
         picked.append(np.maximum(rel[..., RIVALRY].max(axis=1), 0.0)[:, None])
         values[rows] = np.concatenate(picked, axis=1)
-        return values.reshape(B, N, 13), rivals
-
-    def _rival_counts(self, s: WorldState, rivals: np.ndarray) -> np.ndarray:
-        """(B, N): each agent's rivals that hold or queue for an object (`rivalry_avoid_count`). Rival and busy
-        flags are 0/1 bytes, so AND-ing them a word (8 agents) at a time and summing a word's bytes (a multiply
-        by 0x0101..01 brings the sum, at most 8, to the top byte) counts them without a (B, N, N) product."""
-        B, N = s.y.shape
-        busy = np.zeros((B, rivals.shape[1]), dtype=bool)
-        busy[:, :N] = s.holding | s.queued
-        words = rivals.view(np.uint64).reshape(B, N, -1) & busy.view(np.uint64)[:, None, :]
-        counts = (words * np.uint64(0x0101010101010101)) >> np.uint64(56)
-        return counts.sum(axis=2) if counts.shape[2] > 1 else counts[..., 0]
+        return values.reshape(B, N, 13)
 
     # ------------------------------------------------------------------ features
     def features(self, s: WorldState, shared: TickShared | None = None) -> np.ndarray:
@@ -507,13 +473,15 @@ class ObservationBuilder:
         f[..., _NEAREST] = self._nearest_features.take(key, axis=0)
         nearest = self._nearest_ids.take(key, axis=0)  # (B, N, T)
         f[..., _QUEUE] = shared.occupancy.take(self._index(B, N)["object_base"][..., None] + nearest)
-        self._contention(f, s, shared)
+        f[..., _HEADING.start : _FREE.stop] = self._contention(s, shared)
+        f[..., _COLUMN["meals_in_stock"]] = s.meals[:, None] / 10.0
 
     def _social_features(self, f: np.ndarray, s: WorldState, shared: TickShared) -> None:
         """Ties, rivals at objects, chat readiness and partners, personality."""
-        ties, rivals = self._tie_features(s)
-        f[..., _TIES] = ties
-        f[..., _COLUMN["rivalry_avoid_count"]] = self._rival_counts(s, rivals)
+        f[..., _TIES] = self._tie_features(s)
+        rivals = (s.rel[..., RIVALRY] > self.config.world.queues.rival_threshold).astype(np.float32)
+        busy = (s.holding | s.queued).astype(np.float32)
+        f[..., _COLUMN["rivalry_avoid_count"]] = np.einsum("bij,bj->bi", rivals, busy)
         f[..., _COLUMN["chat_ready"]] = s.chat_ready_at <= s.tick
         f[..., _COLUMN["neighbour_adjacent"]] = shared.neighbour
         f[..., _PERSONALITY] = s.personality
