@@ -73,13 +73,8 @@ def test_the_experts_scores_are_kept_per_config_and_towns_and_rescored_when_dama
 
 def test_scores_played_ahead_are_the_numbers_a_reader_would_have_played(tmp_path):
     config = load_config("smoke")
-    guardrail_only = expert_scores.score_ahead(config, tmp_path / "guardrail-only", ("guardrail",))
-    guardrail_only.join(60)
-    assert expert_scores.missing(config, tmp_path / "guardrail-only") == [
-        expert_scores.validation_path(config, tmp_path / "guardrail-only"),
-        expert_scores.references_path(config, tmp_path / "guardrail-only")], "only the entries asked for"
     ahead = expert_scores.score_ahead(config, tmp_path)
-    assert ahead is not None and expert_scores.score_ahead(config, tmp_path) is ahead, "one process at a time"
+    assert ahead is not None
     validation = expert_scores.expert_validation(config, tmp_path)  # waits for the process where it is scoring
     report, towns = expert_scores.expert_guardrail(config, tmp_path)
     references = expert_scores.held_out_references(config, tmp_path)

@@ -33,7 +33,7 @@ from townlet_pipelines.training.champion import compare_with_champion, current_c
 from townlet_pipelines.training.namespaces import namespace
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.evaluation import paired_difference
-from townlet_pipelines.training.expert_scores import expert_guardrail, score_ahead
+from townlet_pipelines.training.expert_scores import expert_guardrail
 from townlet_pipelines.training.guardrails import champion as champion_verdict
 from townlet_pipelines.training.guardrails import expert as expert_verdict
 from townlet_pipelines.training.guardrails import (
@@ -304,14 +304,10 @@ class AnnealStrategy:
             outcome.checkpoint, outcome.checkpoint_id = release.path, release.checkpoint_id
         outcome.started_from = f"{outcome.checkpoint_id}: {why}"
         outcome.baseline_label = self.baseline_label(context, release.checkpoint_id if release is not None else None)
-        # The expert's guardrail towns (its queue baselines) play on the core the PPO updates leave idle; the
-        # first stage reads its validation towns itself, at once, on every core.
-        score_ahead(context.config, context.cache, ("guardrail", "references"))
-        baselines = None  # read once the first stage has trained, from the entry played meanwhile
+        baselines = self.baselines(context, outcome.baseline_label)
         bc_accuracy = bc.stages[-1].accuracy if bc.stages else None
         for index, stage in stages:
             result = _run_stage(context, stage, self._inputs(context, index, stage, outcome.checkpoint), "ppo")
-            baselines = baselines if baselines is not None else self.baselines(context, outcome.baseline_label)
             # A stage that kept its start (no snapshot did better) returns weights no PPO update touched: the loss of
             # the updates it discarded says nothing about them, so it is neither judged nor taken as a baseline.
             kept_start = result.selected_update == 0

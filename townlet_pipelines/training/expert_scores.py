@@ -95,16 +95,11 @@ def _valid_references(rows) -> bool:
     return isinstance(rows, dict) and set(rows) == set(REFERENCES) and all(map(_valid_validation, rows.values()))
 
 
-ENTRIES = ("validation", "guardrail", "references")  # in the order a night reads them
-
-
-def _entries(config: TownletConfig, cache: Path, names=ENTRIES) -> list[tuple[Path, Callable, Callable]]:
-    """The named entries: (path, how it is scored, what a sound entry looks like)."""
-    entries = {"validation": (validation_path(config, cache), _score_validation, _valid_validation),
-               "guardrail": (guardrail_path(config, cache), _score_guardrail, _valid_guardrail),
-               "references": (references_path(config, cache), lambda c: reference_scores(c, held_out_seeds(c)),
-                              _valid_references)}
-    return [entries[name] for name in names]
+def _entries(config: TownletConfig, cache: Path) -> list[tuple[Path, Callable[[TownletConfig], dict], Callable]]:
+    """Every entry in the order a night reads them: (path, how it is scored, what a sound entry looks like)."""
+    return [(validation_path(config, cache), _score_validation, _valid_validation),
+            (guardrail_path(config, cache), _score_guardrail, _valid_guardrail),
+            (references_path(config, cache), lambda c: reference_scores(c, held_out_seeds(c)), _valid_references)]
 
 
 @contextlib.contextmanager
@@ -165,35 +160,27 @@ def held_out_references(config: TownletConfig, cache: Path | None) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------------------ ahead of need
-def _score_missing(config: TownletConfig, play: TownletConfig, cache: Path, names, parent: int) -> None:
-    """The named entries of `config` that are missing, played with `play` (the same config on one core)."""
+def _score_missing(config: TownletConfig, play: TownletConfig, cache: Path, parent: int) -> None:
+    """Every entry of `config` that is missing, played with `play` (the same config on one core)."""
     threading.Thread(target=exit_with_parent, args=(parent,), daemon=True, name="townlet-parent-watch").start()
-    for path, score, valid in _entries(config, cache, names):
+    for path, score, valid in _entries(config, cache):
         _cached(play, path, score, valid)
 
 
-def missing(config: TownletConfig, cache: Path, names=ENTRIES) -> list[Path]:
-    """The named entries of `config` that `cache` does not hold (sound) yet."""
-    return [path for path, _, valid in _entries(config, cache, names) if _read(path, valid) is None]
+def missing(config: TownletConfig, cache: Path) -> list[Path]:
+    """The entries of `config` that `cache` does not hold (sound) yet."""
+    return [path for path, _, valid in _entries(config, cache) if _read(path, valid) is None]
 
 
-_ahead: multiprocessing.Process | None = None  # the scoring process this process started last
-
-
-def score_ahead(config: TownletConfig, cache: Path | None, names=ENTRIES) -> multiprocessing.Process | None:
-    """Play the named entries `cache` lacks in a forked process, on one core (its evaluations are not split
-    again), and return it; the one already running, if this process started one that still plays; None when
-    nothing is missing, there is no cache, or the platform cannot fork and lock."""
-    global _ahead
+def score_ahead(config: TownletConfig, cache: Path | None) -> multiprocessing.Process | None:
+    """Play the entries `cache` lacks in a forked process, on one core (its evaluations are not split again),
+    and return it; None when nothing is missing, there is no cache, or the platform cannot fork and lock."""
     if cache is None or fcntl is None or "fork" not in multiprocessing.get_all_start_methods():
         return None
-    if _ahead is not None and _ahead.is_alive():
-        return _ahead
-    if not missing(config, cache, names):
+    if not missing(config, cache):
         return None
     one_core = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"processes": 1})})
-    _ahead = multiprocessing.get_context("fork").Process(
-        target=_score_missing, args=(config, one_core, Path(cache), tuple(names), os.getpid()), daemon=True,
-        name="townlet-expert-scores")
-    _ahead.start()
-    return _ahead
+    process = multiprocessing.get_context("fork").Process(
+        target=_score_missing, args=(config, one_core, Path(cache), os.getpid()), daemon=True, name="townlet-expert-scores")
+    process.start()
+    return process
