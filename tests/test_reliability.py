@@ -205,9 +205,8 @@ def test_damaged_cache_entries_are_rebuilt_not_trusted(tmp_path, dataset):
     assert not reused and "$ARTIFACTS" in record.read_text()  # stored relative to the artifacts root
     weights = Path(outcome.checkpoint) / "weights.safetensors"
     weights.write_bytes(b"garbage")
-    before = len(said)
     rebuilt, _, reused = cached_bc_stages(strategy, context, again.identity, tmp_path, said.append)
-    assert not reused and "retraining" in said[before] and rebuilt.checkpoint_id == outcome.checkpoint_id
+    assert not reused and "retraining" in said[-1] and rebuilt.checkpoint_id == outcome.checkpoint_id
     moved = tmp_path.parent / (tmp_path.name + "-moved")  # the artifacts root moves: the entry still verifies
     shutil.move(str(tmp_path), str(moved))
     _, _, reused = cached_bc_stages(strategy, context, again.identity, moved, said.append)
@@ -253,9 +252,7 @@ def test_a_killed_runs_bc_cache_work_folder_is_swept_by_the_next(tmp_path, datas
     identity = ReplayDataset.open(dataset, verify="none").identity
     _, record, reused = cached_bc_stages(AnnealStrategy(dataset), context, identity, root, print)
     assert not reused and record.is_file()
-    entries = {path.name for path in (root / "cache").iterdir()}  # beside it, the expert's scores (expert_scores.py)
-    assert not work.exists() and record.parent.name in entries
-    assert [name for name in entries if name.startswith("bc-") or name.startswith(".")] == [record.parent.name]
+    assert not work.exists() and [path.name for path in (root / "cache").iterdir()] == [record.parent.name]
 
 
 def test_a_progress_step_is_only_resumed_under_the_recipe_that_wrote_it(tmp_path, dataset, capsys):

@@ -22,8 +22,7 @@ from townlet_pipelines.training import distributed, orchestrator, tensorboard
 from townlet_pipelines.training.anneal import check_schedule
 from townlet_pipelines.training.checkpoints import RECORD, load_checkpoint, read_record, verify_checkpoint
 from townlet_pipelines.training.device import device_context
-from townlet_pipelines.training.evaluation import evaluate
-from townlet_pipelines.training.expert_scores import reference_scores
+from townlet_pipelines.training.evaluation import evaluate, reference_scores
 from townlet_pipelines.training.namespaces import artifacts_root, namespace
 from townlet_pipelines.training.orchestrator import make_context, new_run_dir, state_dir
 from townlet_pipelines.training.policy import evaluation_policy

@@ -32,13 +32,13 @@ from townlet_pipelines.training import registry
 from townlet_pipelines.training.champion import compare_with_champion, current_champion
 from townlet_pipelines.training.namespaces import namespace
 from townlet_pipelines.training.context import TrainingContext
-from townlet_pipelines.training.evaluation import paired_difference
-from townlet_pipelines.training.expert_scores import expert_guardrail
+from townlet_pipelines.training.evaluation import evaluate, paired_difference
 from townlet_pipelines.training.guardrails import champion as champion_verdict
 from townlet_pipelines.training.guardrails import expert as expert_verdict
 from townlet_pipelines.training.guardrails import (
     bc_accuracy, limit_text, loss_within, ppo_loss, queue_conflicts, rate_within, resolutions,
 )
+from townlet_pipelines.world.policies import ScriptedExpert
 
 log = logging.getLogger("townlet.training")
 
@@ -271,7 +271,8 @@ class AnnealStrategy:
         guardrail towns (seeds.guardrail) exactly as a candidate is: the queue baselines of a first run, and
         the reward every candidate must not fall below (`expert_guardrail`)."""
         if self._expert_cache is None:
-            report, towns = expert_guardrail(context.config, context.cache)
+            towns: dict = {}
+            report = evaluate(context.config, ScriptedExpert(context.config.expert).act, per_town=towns)
             self._expert_cache = {"report": report, "towns": towns}
         return self._expert_cache["report"]
 

@@ -2,16 +2,19 @@
 
 The expert dataset is keyed by everything that makes it (world, rewards, observations, expert, rollout
 and the code version); the BC stages by the dataset's identity, the model and BC settings, the schedule's
-BC stages and threshold, and the code version (the scripted expert's scores are entries too:
-training/expert_scores.py). Capture and BC are deterministic for a given key, so a hit is the same result a
-re-run would produce. Entries are immutable once complete; an incomplete one (no completion record) or a
-damaged one (a file whose sha256 no longer matches) is rebuilt, never trusted.
+BC stages and threshold, and the code version; the held-out report's reference rows (the expert's and a
+random policy's scores) by world, rewards, observations, expert, evaluation, the towns and the code version.
+Capture, BC and scoring are deterministic for a given key, so a hit is the same result a re-run would
+produce. Entries are immutable once complete; an incomplete one (no completion record) or a damaged one (a
+file whose sha256 no longer matches; for the small reference rows, one that does not parse) is rebuilt,
+never trusted.
 Paths inside an entry's record are stored relative to the artifacts root, so the root can move.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -22,12 +25,15 @@ from townlet_pipelines.data.files import atomic_write_text, sweep_leftovers, tem
 from townlet_pipelines.data.manifest import DatasetError
 from townlet_pipelines.data.replay import ReplayDataset
 from townlet_pipelines.training.anneal import StagesOutcome
-from townlet_pipelines.training.checkpoints import code_version, content_key, verify_checkpoint
-from townlet_pipelines.training.expert_scores import score_ahead
+from townlet_pipelines.training.checkpoints import code_version, verify_checkpoint
 from townlet_pipelines.training.orchestrator import capture_expert
 from townlet_pipelines.training.torch_support import TrainingError
 
 ROOT_MARK = "$ARTIFACTS"
+
+
+def content_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def _code_version() -> str:
@@ -86,9 +92,6 @@ def cached_bc_stages(strategy, context, dataset_identity: str, root: Path, say: 
     # (two nights started together) each train, the first to finish publishes, the other's copy is dropped.
     # Its name carries this host and pid: the work folder of a run that was killed is swept by the next one.
     sweep_leftovers(entry.parent)
-    ahead = score_ahead(context.config, context.cache)  # on the core BC leaves idle; PPO and the report read them
-    if ahead is not None:
-        say(f"scoring the scripted expert's validation, guardrail and held-out towns meanwhile (process {ahead.pid})")
     work = temporary_sibling(entry)
     outcome = strategy.run_bc_stages(dataclasses.replace(context, artifacts=work))
     text = outcome.to_json().replace(json.dumps(str(work))[1:-1], json.dumps(str(entry))[1:-1])
@@ -98,3 +101,31 @@ def cached_bc_stages(strategy, context, dataset_identity: str, root: Path, say: 
     except OSError:  # another run published the same entry meanwhile: the same bytes, keep theirs
         shutil.rmtree(work, ignore_errors=True)
     return read_stages(record, root), record, False
+
+
+def reference_scores_key(config: TownletConfig, seeds) -> str:
+    data = config.model_dump(mode="json")
+    return content_key("reference", {key: data[key] for key in ("world", "rewards", "observations", "expert",
+                                                                "evaluation")},
+                       [int(seed) for seed in seeds], _code_version())
+
+
+def cached_reference_scores(config: TownletConfig, seeds, names: tuple[str, ...], score: Callable[[], dict],
+                            root: Path | None) -> dict:
+    """The held-out rows of the policies no training changes (the expert, a random policy): `score()` once per
+    config and towns, then read back. Without a root nothing is kept; an entry that is unreadable or lacks one
+    of `names` is scored again."""
+    if root is None:
+        return score()
+    path = Path(root) / "cache" / f"reference-{reference_scores_key(config, seeds)}.json"
+    try:
+        rows = json.loads(path.read_text())
+        if set(rows) == set(names) and all(isinstance(row, dict) and isinstance(row.get("reward_per_agent_day"), float)
+                                           for row in rows.values()):
+            return rows
+    except (OSError, ValueError, AttributeError):
+        pass
+    rows = score()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(rows, indent=2, sort_keys=True))
+    return rows

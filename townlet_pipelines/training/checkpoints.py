@@ -60,11 +60,6 @@ def code_version() -> str:
     return f"{version}+src.{source_digest(Path(__file__).resolve().parents[1])}"
 
 
-def content_key(*parts) -> str:
-    """A cache entry's key: a digest of everything that makes the entry (training/cache.py)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
 def source_digest(package: Path) -> str:
     """A hash of every `.py` file under `package` (paths and bytes)."""
     digest = hashlib.sha256()

@@ -27,7 +27,6 @@ class TrainingContext:
     baselines: "BaselineStore | None" = None
     progress: bool = False  # show progress bars on long loops
     ranks: Ranks = SINGLE  # data-parallel processes (training/distributed.py); rank 0 writes
-    cache: Path | None = None  # <artifacts root>/cache: what no training changes, kept across runs (the expert's scores)
 
     def log(self, name: str) -> JsonlLog | NullLog:
         if not self.ranks.main:

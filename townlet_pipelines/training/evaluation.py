@@ -9,8 +9,6 @@ own spread from the comparison.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from townlet_pipelines.config import TownletConfig, UsageError
@@ -20,6 +18,7 @@ from townlet_pipelines.training.device import device_context
 from townlet_pipelines.training.policy import evaluation_policy
 from townlet_pipelines.training.town_processes import auto_processes, play_split, splittable
 from townlet_pipelines.world.engine import TELEMETRY_KEYS, TownWorld
+from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
 
 Z95 = 1.959964
 # Student's t, 97.5% quantile, for 1..30 degrees of freedom; beyond 30 the Cornish-Fisher series below is
@@ -120,10 +119,10 @@ def held_out_comparison(config: TownletConfig, candidate, champion=None, device=
     once per config and read back on later nights. Pass a dict as `strips` to receive, per checkpoint name, a
     `TownStrip` of the first held-out town over its first day (the picture `town_day_svg` would draw by playing
     that town again); none when `evaluation.ticks` is shorter than a day."""
-    from townlet_pipelines.training.expert_scores import held_out_references  # above us: it scores with evaluate
+    from townlet_pipelines.training.cache import cached_reference_scores  # above us: it builds on the anneal
 
     device = device or device_context("cpu", False, config.runtime.torch_threads)
-    seeds = config.seeds.test.seeds()[:config.evaluation.report_towns]  # expert_scores.held_out_seeds
+    seeds = config.seeds.test.seeds()[:config.evaluation.report_towns]
     spec = TownWorld(config, 1).spec
     rows = {}
     whole_day = config.evaluation.ticks >= config.world.day_ticks  # else the caller plays the day itself
@@ -134,6 +133,13 @@ def held_out_comparison(config: TownletConfig, candidate, champion=None, device=
             rows[name] = evaluate(config, evaluation_policy(model, device, config).actions, seeds=seeds, on_tick=watch)
             if watch is not None and watch.strip is not None:
                 strips[name] = watch.strip
-    references = held_out_references(config, Path(cache_root) / "cache" if cache_root is not None else None)
+    references = cached_reference_scores(config, seeds, REFERENCES, lambda: reference_scores(config, seeds),
+                                         cache_root)
     rows.update((name, references[name]) for name in REFERENCES)  # the same order every night
     return rows
+
+
+def reference_scores(config: TownletConfig, seeds) -> dict[str, dict[str, float]]:
+    """The scripted expert and a random policy (seed 0) on `seeds`: the fixed ends of the held-out scale."""
+    return {"scripted expert": evaluate(config, ScriptedExpert(config.expert).act, seeds=seeds),
+            "random": evaluate(config, RandomPolicy(0).act, seeds=seeds)}

@@ -55,7 +55,6 @@ def make_context(config: TownletConfig, run_dir: Path, root: str | Path | None =
             device_for(ranks, config.runtime.device), config.runtime.amp, config.runtime.torch_threads),
         promotion=PromotionStore.for_config(state, config),
         baselines=BaselineStore(state), progress=progress and ranks.main, ranks=ranks,
-        cache=artifacts_root(root) / "cache",
     )
 
 

@@ -46,7 +46,6 @@ from townlet_pipelines.training.distributed import (
     all_sum, average_gradients, barrier, broadcast, require_rollout_mode, same_weights, verify_same_weights,
 )
 from townlet_pipelines.training.evaluation import evaluate
-from townlet_pipelines.training.expert_scores import expert_validation
 from townlet_pipelines.training.policy import evaluation_policy
 from townlet_pipelines.training.progress import LOGGER, Progress
 from townlet_pipelines.training import resume
@@ -55,6 +54,7 @@ from townlet_pipelines.training.rollouts import (
 )
 from townlet_pipelines.training.torch_support import TrainingError, require_torch
 from townlet_pipelines.world.engine import TELEMETRY_KEYS, TownWorld, town_seeds
+from townlet_pipelines.world.policies import ScriptedExpert
 
 if TYPE_CHECKING:
     from townlet_pipelines.config import AnnealStage
@@ -286,7 +286,7 @@ class PPORun:
         if not (priced or ppo.validate_every):
             return None, None
         if state.expert is None:
-            state.expert = expert_validation(self.config, self.context.cache)
+            state.expert = validation_scores(self.config, ScriptedExpert(self.config.expert).act)
             self.log.write({"update": -1, "cycle": self.strategy.cycle, "validation": "expert", **state.expert})
         multiplier = None
         if priced:

@@ -49,16 +49,16 @@ def shares(seeds: tuple[int, ...], processes: int) -> list[tuple[int, ...]]:
     return [tuple(int(seed) for seed in part) for part in np.array_split(np.asarray(seeds), count)]
 
 
-def exit_with_parent(parent: int) -> None:
+def _exit_with_parent(parent: int) -> None:
     """A forked worker outlives a killed parent (its pipes stay open in the worker itself): leave when the
-    parent is gone, so a killed night leaves no idle worker behind. Run it on a daemon thread of the worker."""
+    parent is gone, so a killed night leaves no idle worker behind."""
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(0)
 
 
 def _worker_start(parent: int) -> None:
-    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True, name="townlet-parent-watch").start()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="townlet-parent-watch").start()
     try:
         from townlet_pipelines.training.device import configure_threads  # torch, when the policy is a network
 
