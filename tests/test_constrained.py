@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -442,12 +444,15 @@ def test_the_evaluation_fast_path_scores_exactly_what_the_full_policy_path_score
         assert expected["reward_per_agent_day"] != 0.0  # the towns were played, not skipped
 
 
-def test_an_evaluation_split_across_processes_scores_the_same_numbers(monkeypatch):
-    """The towns of one evaluation shared between this process and a worker (evaluation.processes 2) give every
-    KPI and every per-town value that one batched world gives, for a network's seeded draws and the expert, and
-    the same picture of town 0; a policy whose draws depend on the batch (random, or torch's generator) is never
-    split."""
+def test_an_evaluation_split_across_processes_scores_the_same_numbers(tmp_path, monkeypatch):
+    """The towns of one evaluation shared between this process and a forked worker (evaluation.processes 2, two
+    shares of the real minimum of 16 towns) give every KPI and every per-town value that one batched world gives,
+    for a network's seeded draws and the expert, and the same picture of town 0; a policy whose draws depend on
+    the batch (random, or torch's generator) is never split."""
+    import os
+
     from townlet_pipelines.pictures import FirstDay
+    from townlet_pipelines.training import evaluation as evaluation_module
     from townlet_pipelines.training import town_processes
     from townlet_pipelines.training.checkpoints import model_for
     from townlet_pipelines.training.device import device_context
@@ -457,15 +462,23 @@ def test_an_evaluation_split_across_processes_scores_the_same_numbers(monkeypatc
     from townlet_pipelines.world.policies import RandomPolicy, ScriptedExpert
     from tests.test_training import tiny
 
-    monkeypatch.setattr(town_processes, "MIN_TOWNS_PER_PROCESS", 2)
+    players = tmp_path / "players"
+    play_towns = evaluation_module.play_towns
+
+    def play_and_say_who(config, act, seeds, ticks, on_tick=None):  # inherited by the forked worker
+        with open(players, "a") as out:
+            out.write(f"{os.getpid()}\n")
+        return play_towns(config, act, seeds, ticks, on_tick)
+
+    monkeypatch.setattr(evaluation_module, "play_towns", play_and_say_who)
     config = tiny()
     alone = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"processes": 1})})
     split = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"processes": 2})})
     torch.manual_seed(7)
     model, _ = model_for(TownWorld(config, 1).spec, config.model, "cpu")
     device = device_context("cpu", False, 1)
-    seeds = (90_000_020, 90_000_021, 90_000_022, 90_000_023, 90_000_024)
-    assert [len(part) for part in town_processes.shares(seeds, 2)] == [3, 2]
+    seeds = tuple(range(90_000_020, 90_000_020 + 2 * town_processes.MIN_TOWNS_PER_PROCESS))
+    assert [len(part) for part in town_processes.shares(seeds, 2)] == [16, 16]
     for act in (evaluation_policy(model, device, config).actions, ScriptedExpert(config.expert).act):
         one, two = {}, {}
         watch_one, watch_two = FirstDay(config.world.day_ticks), FirstDay(config.world.day_ticks)
@@ -474,39 +487,107 @@ def test_an_evaluation_split_across_processes_scores_the_same_numbers(monkeypatc
         for key in one:
             np.testing.assert_array_equal(two[key], one[key], err_msg=key)
         assert watch_two.strip.svg() == watch_one.strip.svg()  # the picture watches town 0, in this process's share
-    assert town_processes._pool is not None  # a worker played a share
+    assert len(set(players.read_text().split())) == 3, "this process, then a worker for each split evaluation"
     assert not town_processes.splittable(RandomPolicy(0).act)
     assert not town_processes.splittable(TorchPolicy(model, device).actions)  # torch's generator: batch-dependent
 
 
+def _sleepy_play(config, act, seeds, ticks, on_tick=None):
+    """A share that never ends in a worker, and `act(seeds)` in this process (the test says what it does)."""
+    import os
+    import time
+
+    if os.getpid() != act.parent:
+        print(os.getpid(), flush=True)
+        time.sleep(600)
+    return act(seeds)
+
+
+class _ParentAct:
+    def __init__(self, then):
+        import os
+
+        self.parent, self.then = os.getpid(), then
+
+    def __call__(self, seeds):
+        return self.then(seeds)
+
+
+def test_a_failed_share_fails_the_evaluation_and_ends_the_other_workers_at_once(capfd):
+    """An error in this process's share is raised at once and the workers still playing are ended (before, the
+    kept pool went on playing them, and the next evaluation and the process's exit waited for them); an error in
+    a worker's share is raised here with its type and the worker's traceback."""
+    import time
+
+    from tests.processes import gone_within
+    from townlet_pipelines.training import town_processes
+
+    def fail(seeds):
+        time.sleep(1.0)  # the worker has started its endless share
+        raise ValueError("this share failed")
+
+    seeds = tuple(range(2 * town_processes.MIN_TOWNS_PER_PROCESS))
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="this share failed"):
+        town_processes.play_split(_sleepy_play, None, _ParentAct(fail), seeds, 1, 2)
+    assert time.monotonic() - start < 30
+    worker = int(capfd.readouterr().out.split()[0])
+    assert gone_within(worker, 5), "the other share's worker was ended with the evaluation"
+
+    def worker_fails(config, act, seeds, ticks, on_tick=None):
+        import os
+
+        if os.getpid() != act.parent:
+            raise KeyError("no such town")
+        return {"reward": np.zeros(len(seeds))}
+
+    with pytest.raises(KeyError, match="no such town") as raised:
+        town_processes.play_split(worker_fails, None, _ParentAct(None), seeds, 1, 2)
+    assert "in the evaluation worker that played towns 16..31" in "".join(raised.value.__notes__)
+
+
+def test_a_process_forked_after_a_split_evaluation_can_split_its_own():
+    """Each evaluation forks its own workers: a child forked after this process split an evaluation splits its
+    own (a kept pool, inherited, hung the child's first split for ever)."""
+    import multiprocessing
+
+    from townlet_pipelines.training import town_processes
+
+    def play(config, act, seeds, ticks, on_tick=None):
+        return {"towns": np.asarray(seeds, dtype=float)}
+
+    seeds = tuple(range(2 * town_processes.MIN_TOWNS_PER_PROCESS))
+    assert town_processes.play_split(play, None, None, seeds, 1, 2)["towns"].tolist() == list(seeds)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=lambda: results.put(
+        town_processes.play_split(play, None, None, seeds, 1, 2)["towns"].tolist()))
+    child.start()
+    assert results.get(timeout=60) == list(seeds)
+    child.join(30)
+
+
 def test_an_evaluation_worker_leaves_when_its_parent_is_killed(tmp_path):
-    """A killed night must not leave idle forked evaluation workers behind: a worker whose parent died with
-    SIGKILL exits within seconds."""
+    """A killed night must not leave forked evaluation workers behind: a worker whose parent died with SIGKILL
+    exits within seconds."""
     import subprocess
     import sys
-    import time
+
+    from tests.processes import gone_within
 
     script = (
         "import os, signal\n"
         "from townlet_pipelines.training import town_processes\n"
-        "print(town_processes._workers(1).submit(os.getpid).result(), flush=True)\n"
-        "os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from tests.test_constrained import _ParentAct, _sleepy_play\n"
+        "def die(seeds):\n"
+        "    import time; time.sleep(1.0); os.kill(os.getpid(), signal.SIGKILL)\n"
+        "town_processes.play_split(_sleepy_play, None, _ParentAct(die), tuple(range(32)), 1, 2)\n"
     )
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
     assert run.returncode == -9, run.stderr
     worker = int(run.stdout.split()[0])
-
-    def alive() -> bool:
-        try:
-            with open(f"/proc/{worker}/status") as status:
-                return "\nState:\tZ" not in status.read()
-        except FileNotFoundError:
-            return False
-
-    deadline = time.monotonic() + 15
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not alive(), f"evaluation worker {worker} outlived its killed parent"
+    assert gone_within(worker, 15), f"evaluation worker {worker} outlived its killed parent"
 
 
 def test_the_network_reads_a_contiguous_scaled_map_on_the_cpu():

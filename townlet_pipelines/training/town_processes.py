@@ -7,40 +7,45 @@ or with its seeded counter-based draws, the scripted expert) can instead have it
 shares: this process plays the first share while worker processes play the others, and the per-town totals
 come back in town order, so the KPIs are the same numbers, bit for bit, as one batched world gives (a test).
 
-Workers are started once per process and kept for later evaluations; each runs torch on one thread. On Linux
-they are forked, as PyTorch's DataLoader forks its workers: no second import of torch, and a script that calls
-`evaluate` needs no `if __name__ == "__main__"` guard; elsewhere they are spawned. A policy that depends on the batch (the uniform random policy, a
-network sampling from torch's generator) or lives on a GPU always plays in this process.
+Each evaluation forks its own workers, as PyTorch's DataLoader forks its workers, and ends them before it
+returns (a fork costs about 20 ms more than a kept worker; a kept one held whatever memory its parent had when it
+was forked, inherited a pool a later fork could not use, and kept running a failed evaluation's other shares).
+A fork inherits the policy, so nothing is pickled on the way in (pickling a network through multiprocessing
+moves its weights into shared memory) and only the per-town totals come back. Where processes cannot be forked,
+and for a policy that depends on the batch (the uniform random policy, a network sampling from torch's generator)
+or lives on a GPU, the towns play in this process.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import traceback
 
 import numpy as np
 
 LOG = logging.getLogger(__name__)
 MIN_TOWNS_PER_PROCESS = 16  # below this a share's fixed cost per tick outweighs the second core
-_pool: ProcessPoolExecutor | None = None
-_pool_size = 0
 
 
 def auto_processes() -> int:
-    """`evaluation.processes` 0: one per core, at most 8 (each worker a fork of this process: its pages shared
-    until written, its world and batch its own)."""
-    return max(1, min(os.cpu_count() or 1, 8))
+    """`evaluation.processes` 0: one per core this process may run on, at most 8 (each worker a fork of this
+    process: its pages shared until written, its world and batch its own)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, 8))
 
 
 def splittable(act) -> bool:
     """Whether `act` (a policy's bound `act`/`actions`) plays each town the same alone or batched."""
     return bool(getattr(getattr(act, "__self__", None), "towns_independent", False))
+
+
+def can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
 
 
 def shares(seeds: tuple[int, ...], processes: int) -> list[tuple[int, ...]]:
@@ -49,68 +54,68 @@ def shares(seeds: tuple[int, ...], processes: int) -> list[tuple[int, ...]]:
     return [tuple(int(seed) for seed in part) for part in np.array_split(np.asarray(seeds), count)]
 
 
-def _exit_with_parent(parent: int) -> None:
+def exit_with_parent(parent: int) -> None:
     """A forked worker outlives a killed parent (its pipes stay open in the worker itself): leave when the
-    parent is gone, so a killed night leaves no idle worker behind."""
+    parent is gone, so a killed night leaves no worker behind. Run it on a daemon thread of the worker."""
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(0)
 
 
-def _worker_start(parent: int) -> None:
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="townlet-parent-watch").start()
-    try:
-        from townlet_pipelines.training.device import configure_threads  # torch, when the policy is a network
+def _play_share(send, play, config, act, seeds, ticks, parent: int) -> None:
+    """A worker: its share's totals, or the error that stopped it, sent back through `send`."""
+    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True, name="townlet-parent-watch").start()
+    if "torch" in sys.modules:  # a network's evaluation: one thread per process, as the parent runs
+        from townlet_pipelines.training.device import configure_threads
 
         configure_threads(1)
-    except ImportError:  # pragma: no cover - a torch-free install evaluates the expert only
-        pass
-
-
-def _workers(count: int) -> ProcessPoolExecutor:
-    global _pool, _pool_size
-    if _pool is None or _pool_size < count:
-        if _pool is not None:
-            _pool.shutdown(wait=False, cancel_futures=True)
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        _pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context(method), initializer=_worker_start,
-                                    initargs=(os.getpid(),))
-        _pool_size = count
-    return _pool
-
-
-def _forget_workers() -> None:
-    global _pool, _pool_size
-    if _pool is not None:
-        _pool.shutdown(wait=False, cancel_futures=True)
-    _pool, _pool_size = None, 0
-
-
-atexit.register(_forget_workers)
+    try:
+        outcome = ("done", play(config, act, seeds, ticks))
+    except BaseException as error:  # noqa: BLE001 - every failure goes back to the parent, which raises it
+        error.add_note(f"in the evaluation worker that played towns {seeds[0]}..{seeds[-1]}:\n"
+                       + "".join(traceback.format_exception(error)))
+        outcome = ("failed", error)
+    try:
+        send.send(outcome)
+    except Exception as unpicklable:  # noqa: BLE001 - an error that does not pickle goes back as its text
+        send.send(("failed", RuntimeError(f"{outcome[1]!r} ({unpicklable})")))
+    send.close()
 
 
 def play_split(play, config, act, seeds: tuple[int, ...], ticks: int, processes: int,
                on_tick=None) -> dict[str, np.ndarray]:
     """`play(config, act, seeds, ticks, on_tick) -> {key: per-town array}` over shares of `seeds` played at
     once, this process taking the first (the share `on_tick` watches: town 0 is in it); the arrays joined in
-    town order. A worker pool that broke (a worker killed) is replaced by playing its shares here, with a
-    warning: the evaluation is slower, never different."""
+    town order. A worker that died (killed) has its share played here, with a warning: the evaluation is slower,
+    never different. A share that failed fails the evaluation with its error, and the other workers are ended
+    at once."""
     parts = shares(seeds, processes)
-    if len(parts) == 1:
+    if len(parts) == 1 or not can_fork() or multiprocessing.current_process().daemon:  # a daemon may not fork
         return play(config, act, seeds, ticks, on_tick)
+    context = multiprocessing.get_context("fork")
+    workers = []
     try:
-        futures = [_workers(len(parts) - 1).submit(play, config, act, part, ticks) for part in parts[1:]]
-    except BrokenProcessPool:
-        _forget_workers()
-        futures = []
-    results = [play(config, act, parts[0], ticks, on_tick)]
-    for part, future in zip(parts[1:], futures):
-        try:
-            results.append(future.result())
-        except BrokenProcessPool:
-            LOG.warning("an evaluation worker process died; playing its %d towns in this process", len(part))
-            _forget_workers()
-            results.append(play(config, act, part, ticks))
-    if len(results) < len(parts):  # the pool could not even take the work
-        results += [play(config, act, part, ticks) for part in parts[len(results):]]
+        for part in parts[1:]:
+            receive, send = context.Pipe(duplex=False)
+            worker = context.Process(target=_play_share, args=(send, play, config, act, part, ticks, os.getpid()),
+                                     daemon=True, name="townlet-evaluation")
+            worker.start()
+            send.close()  # the worker's end: a worker that dies leaves the pipe at end of file
+            workers.append((part, worker, receive))
+        results = [play(config, act, parts[0], ticks, on_tick)]
+        for part, worker, receive in workers:
+            try:
+                status, value = receive.recv()
+            except EOFError:
+                LOG.warning("an evaluation worker process died; playing its %d towns in this process", len(part))
+                status, value = "done", play(config, act, part, ticks)
+            if status == "failed":
+                raise value
+            results.append(value)
+    finally:
+        for _, worker, receive in workers:
+            if worker.is_alive():  # a failed evaluation: its other shares are not needed
+                worker.terminate()
+            worker.join()
+            receive.close()
     return {key: np.concatenate([result[key] for result in results]) for key in results[0]}
