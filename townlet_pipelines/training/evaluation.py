@@ -117,8 +117,10 @@ def held_out_comparison(config: TownletConfig, candidate, champion=None, device=
 
     The expert's and the random policy's rows depend on the config alone, so with `cache_root` they are scored
     once per config and read back on later nights. Pass a dict as `strips` to receive, per checkpoint name, a
-    `TownStrip` of the first held-out town over its first day (the picture `town_day_svg` would draw by playing
-    that town again); none when `evaluation.ticks` is shorter than a day."""
+    `TownStrip` of the first held-out town over its first day as this evaluation played it (`town_day_svg` plays
+    that town alone: the same day for the expert; a network's logits in a batch of one town's 8 rows can round
+    differently from those of the evaluation's batch, so a rare action may differ); none when `evaluation.ticks`
+    is shorter than a day."""
     from townlet_pipelines.training.cache import cached_reference_scores  # above us: it builds on the anneal
 
     device = device or device_context("cpu", False, config.runtime.torch_threads)
