@@ -67,13 +67,18 @@ def test_bench_nights_reports_the_distribution_and_draws_the_champion_across_nig
 
 def test_bench_evaluation_times_the_three_paths_and_finds_their_kpis_identical(capsys):
     """`bench evaluation` scores one network the old way, the fast way and split across processes, and refuses
-    (exit) when their KPIs differ; on 4 smoke towns it must report all three identical."""
+    (exit) when their KPIs differ; on 32 smoke towns (two shares of 16) it must report all three identical, and
+    with too few towns to split it names no split row."""
     import argparse
 
     from townlet_pipelines.bench import evaluation
 
-    evaluation.main(argparse.Namespace(config="smoke", checkpoint=None, towns=4, first_seed=60_000_000,
+    evaluation.main(argparse.Namespace(config="smoke", checkpoint=None, towns=32, first_seed=60_000_000,
                                        processes=2, rounds=1))
     out = capsys.readouterr().out
     assert out.count("identical KPIs") == 3 and "DIFFER" not in out
     assert "full path" in out and "fast, 2 processes" in out
+    evaluation.main(argparse.Namespace(config="smoke", checkpoint=None, towns=4, first_seed=60_000_000,
+                                       processes=2, rounds=1))
+    out = capsys.readouterr().out
+    assert out.count("identical KPIs") == 2 and "processes" not in out.split("seconds per 64 towns")[1]

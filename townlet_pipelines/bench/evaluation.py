@@ -23,7 +23,7 @@ from townlet_pipelines.training.device import device_context, to_tensors
 from townlet_pipelines.training.evaluation import evaluate
 from townlet_pipelines.training.policy import TorchPolicy, evaluation_policy, observation_batch
 from townlet_pipelines.training.torch_support import require_torch
-from townlet_pipelines.training.town_processes import auto_processes
+from townlet_pipelines.training.town_processes import auto_processes, shares
 from townlet_pipelines.world.engine import TownWorld
 
 
@@ -58,13 +58,14 @@ def main(args) -> None:
         torch.manual_seed(0)
         model, _ = model_for(spec, config.model, "cpu")
     seeds = tuple(range(args.first_seed, args.first_seed + args.towns))
-    processes = args.processes or auto_processes()
+    processes = len(shares(seeds, args.processes or auto_processes()))  # what a split really uses (16 towns a share)
     ways = {
         "full path": (with_processes(config, 1), full_path(model, device, config)),
         "fast, 1 process": (with_processes(config, 1), evaluation_policy(model, device, config).actions),
-        f"fast, {processes} processes": (with_processes(config, processes),
-                                         evaluation_policy(model, device, config).actions),
     }
+    if processes > 1:
+        ways[f"fast, {processes} processes"] = (with_processes(config, processes),
+                                                evaluation_policy(model, device, config).actions)
     print(f"evaluation ({args.config}): {args.towns} towns x {config.evaluation.ticks} ticks x "
           f"{config.world.agents_per_town} agents, {'greedy' if config.evaluation.greedy else 'sampled'}, "
           f"torch {torch.__version__} on 1 thread per process; checkpoint {args.checkpoint or 'a fresh network'}")
