@@ -567,6 +567,28 @@ def test_a_process_forked_after_a_split_evaluation_can_split_its_own():
     child.join(30)
 
 
+def test_the_processes_an_evaluation_splits_into_follow_the_containers_cpu_limit(tmp_path):
+    """`evaluation.processes` 0 takes the cores this process may use, within a cgroup CPU quota (v2 `cpu.max`,
+    v1 `cfs_quota_us`), rounded up, at most 8; no quota, or an unreadable one, leaves the affinity."""
+    import os
+
+    from townlet_pipelines.training.town_processes import auto_processes, cgroup_cpu_quota
+
+    cores = min(len(os.sched_getaffinity(0)), 8)
+    assert cgroup_cpu_quota(tmp_path) is None and auto_processes(tmp_path) == cores
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None and auto_processes(tmp_path) == cores
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 0.5 and auto_processes(tmp_path) == 1
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 1.5 and auto_processes(tmp_path) == min(cores, 2)
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "no limit"
+    assert cgroup_cpu_quota(tmp_path) is None
+
+
 def test_an_evaluation_worker_leaves_when_its_parent_is_killed(tmp_path):
     """A killed night must not leave forked evaluation workers behind: a worker whose parent died with SIGKILL
     exits within seconds."""

@@ -19,12 +19,14 @@ or lives on a GPU, the towns play in this process.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 
 import numpy as np
 
@@ -32,11 +34,31 @@ LOG = logging.getLogger(__name__)
 MIN_TOWNS_PER_PROCESS = 16  # below this a share's fixed cost per tick outweighs the second core
 
 
-def auto_processes() -> int:
-    """`evaluation.processes` 0: one per core this process may run on, at most 8 (each worker a fork of this
-    process: its pages shared until written, its world and batch its own)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, 8))
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in cores (a container's CPU limit; cgroup v2's `cpu.max`, else v1's
+    `cpu.cfs_quota_us` / `cpu.cfs_period_us`), or None when there is none."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def auto_processes(root: Path = Path("/sys/fs/cgroup")) -> int:
+    """`evaluation.processes` 0: one per core this process may run on (its CPU affinity, within its container's
+    CPU limit: a pod limited to 2 CPUs on a 64-core node gets 2), at most 8 (each worker a fork of this process:
+    its pages shared until written, its world and batch its own)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota(root)
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, min(cores, 8))
 
 
 def splittable(act) -> bool:
