@@ -60,6 +60,32 @@ def _train_bandit(multiplier: ConflictMultiplier | None, updates: int = 80, agen
     return rates
 
 
+def test_advantages_that_differ_only_by_rounding_are_centred_not_scaled_to_unit_spread():
+    """A scripted expert's replay rows store their discounted returns as values, so every TD error is 0 up to
+    float rounding (~1e-7 of a return of ~1.4): such a mini-batch is only centred, where dividing by its spread
+    once made rounding into unit-variance advantages, a random policy gradient. Real advantages of small spread
+    (1e-3) are still normalised."""
+    ppo = PPOConfig()
+    model = Bandit()
+    generator = torch.Generator().manual_seed(0)
+    rows = 512
+    actions = torch.randint(0, 2, (rows,), generator=generator)
+    returns = 1.4 + torch.rand(rows, generator=generator)
+    with torch.no_grad():
+        distribution, values = model.distribution(torch.zeros(rows, 1), None)
+        log_probs = distribution.log_prob(actions)
+    base = {"features": torch.zeros(rows, 1), "action_mask": None, "actions": actions, "old_log_probs": log_probs,
+            "returns": returns, "value_preds": values.detach().clone()}
+    rounding = returns - (returns.double() - 1e-7 * torch.randn(rows, generator=generator, dtype=torch.float64)).float()
+    assert 1e-8 < float(rounding.std()) < 1e-6  # above the old absolute threshold of 1e-8
+    out = ppo_losses(model, {**base, "advantages": rounding}, ppo)
+    out["pg_loss"].backward()
+    assert out["zero_std"] and float(model.logits.grad.abs().max()) < 1e-5, "no policy gradient from rounding"
+    real = 1e-3 * torch.randn(rows, generator=generator)
+    out = ppo_losses(model, {**base, "advantages": real}, ppo)
+    assert not out["zero_std"] and float(out["adv_std"]) > 5e-4
+
+
 def test_constrained_ppo_keeps_a_cost_under_budget_that_plain_ppo_overspends():
     budget = 0.3
     plain = _train_bandit(None)

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 STAT_KEYS = ("loss_policy", "loss_value", "loss_entropy", "loss_total", "loss_bc", "clip_fraction", "kl",
              "grad_norm", "adv_std")
 COUNTER_KEYS = ("zero_std", "clip_triggered", "transitions", "steps")
+ZERO_SPREAD = 1e-6  # advantage spread, relative to 1 + mean |return|, below which a mini-batch is only centred
 
 
 # --------------------------------------------------------------------------------------- the update
@@ -79,7 +80,10 @@ def ppo_losses(model, batch: dict, ppo: PPOConfig) -> dict:
         clipfrac = ((ratio - 1.0).abs() > ppo.clip_coef).float().mean()
     mb_advantages = batch["advantages"]
     adv_std = mb_advantages.std()
-    zero_std = bool(adv_std < 1e-8)  # identical advantages carry no signal: centre only
+    # Advantages that differ only by float rounding carry no signal: centre them, never scale rounding up to unit
+    # spread. Rounding is relative to the returns' size (a scripted expert's replay rows store their discounted
+    # returns as values, so every TD error is 0 up to ~1e-7 of the return), hence a relative threshold.
+    zero_std = bool(adv_std <= ZERO_SPREAD * (1.0 + batch["returns"].abs().mean()))
     mb_advantages = mb_advantages - mb_advantages.mean()
     if not zero_std:
         mb_advantages = mb_advantages / (adv_std + 1e-8)
@@ -215,6 +219,10 @@ class PPORun:
         for source in (self.dataset, self.anchor):
             if source is not None and source.spec != self.world.spec:
                 raise TrainingError(f"ppo: dataset {source.directory} has another observation spec than the world")
+        if self.dataset is not None and self.dataset.manifest.value_source == "discounted_return":
+            LOGGER.warning("ppo: the %s rows of %s store their discounted returns as values (a policy without a "
+                           "critic captured them), so their advantages are 0: they train the value head, not the "
+                           "policy", self.mode, self.dataset.directory)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.ppo.learning_rate, eps=1e-5)
         if strategy.continue_optimizer and strategy.init_checkpoint is not None:
             restore_optimizer(strategy.init_checkpoint, self.optimizer, self.device.device)
