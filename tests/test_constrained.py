@@ -518,6 +518,23 @@ def test_an_evaluation_split_across_processes_scores_the_same_numbers(tmp_path, 
     assert not town_processes.splittable(TorchPolicy(model, device).actions)  # torch's generator: batch-dependent
 
 
+def _gone_within(pid: int, seconds: float) -> bool:
+    """Whether `pid` has stopped running within `seconds`; a zombie (exited, not yet reaped) counts as gone."""
+    import time
+
+    def alive() -> bool:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                return "\nState:\tZ" not in status.read()
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + seconds
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not alive()
+
+
 def _sleepy_play(config, act, seeds, ticks, on_tick=None):
     """A share that never ends in a worker, and `act(seeds)` in this process (the test says what it does)."""
     import os
@@ -545,7 +562,6 @@ def test_a_failed_share_fails_the_evaluation_and_ends_the_other_workers_at_once(
     a worker's share is raised here with its type and the worker's traceback."""
     import time
 
-    from tests.processes import gone_within
     from townlet_pipelines.training import town_processes
 
     def fail(seeds):
@@ -558,7 +574,7 @@ def test_a_failed_share_fails_the_evaluation_and_ends_the_other_workers_at_once(
         town_processes.play_split(_sleepy_play, None, _ParentAct(fail), seeds, 1, 2)
     assert time.monotonic() - start < 30
     worker = int(capfd.readouterr().out.split()[0])
-    assert gone_within(worker, 5), "the other share's worker was ended with the evaluation"
+    assert _gone_within(worker, 5), "the other share's worker was ended with the evaluation"
 
     def worker_fails(config, act, seeds, ticks, on_tick=None):
         import os
@@ -621,7 +637,6 @@ def test_an_evaluation_worker_leaves_when_its_parent_is_killed(tmp_path):
     import subprocess
     import sys
 
-    from tests.processes import gone_within
 
     script = (
         "import os, signal\n"
@@ -635,7 +650,7 @@ def test_an_evaluation_worker_leaves_when_its_parent_is_killed(tmp_path):
                          cwd=Path(__file__).resolve().parents[1])
     assert run.returncode == -9, run.stderr
     worker = int(run.stdout.split()[0])
-    assert gone_within(worker, 15), f"evaluation worker {worker} outlived its killed parent"
+    assert _gone_within(worker, 15), f"evaluation worker {worker} outlived its killed parent"
 
 
 def test_the_network_reads_a_contiguous_scaled_map_on_the_cpu():

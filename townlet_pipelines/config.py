@@ -497,10 +497,10 @@ class EvaluationConfig(_Strict):
         0, ge=0, description="the seed of a sampled evaluation's draws: every policy scored on the same towns gets "
         "the same random numbers, so an evaluation is reproducible and a paired comparison compares policies")
     processes: int = Field(
-        0, ge=0, description="processes that play one evaluation's towns at once (0: one per core this process may use, "
-        "within its container's CPU limit, at most 8; 1: this process alone). Only a policy that plays each town the same alone or batched is split (a network "
-        "played greedy or with its seeded draws, the scripted expert), in shares of at least 16 towns: the KPIs "
-        "are the same numbers either way")
+        0, ge=0, description="processes that play one evaluation's towns at once (0: one per core this process may "
+        "use, within its container's CPU limit, at most 8; 1: this process alone). Only a policy that plays each "
+        "town the same alone or batched is split (a network played greedy or with its seeded draws, the scripted "
+        "expert), in shares of at least 16 towns: the KPIs are the same numbers either way")
     report_towns: int = Field(
         32, ge=0, description="held-out towns (the first of seeds.test) on which each passing nightly shows the "
         "candidate beside the champion, the expert and a random policy; a report only, nothing is judged or tuned "

@@ -76,7 +76,7 @@ def shares(seeds: tuple[int, ...], processes: int) -> list[tuple[int, ...]]:
     return [tuple(int(seed) for seed in part) for part in np.array_split(np.asarray(seeds), count)]
 
 
-def exit_with_parent(parent: int) -> None:
+def _exit_with_parent(parent: int) -> None:
     """A forked worker outlives a killed parent (its pipes stay open in the worker itself): leave when the
     parent is gone, so a killed night leaves no worker behind. Run it on a daemon thread of the worker."""
     while os.getppid() == parent:
@@ -86,7 +86,7 @@ def exit_with_parent(parent: int) -> None:
 
 def _play_share(send, play, config, act, seeds, ticks, parent: int) -> None:
     """A worker: its share's totals, or the error that stopped it, sent back through `send`."""
-    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True, name="townlet-parent-watch").start()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="townlet-parent-watch").start()
     if "torch" in sys.modules:  # a network's evaluation: one thread per process, as the parent runs
         from townlet_pipelines.training.device import configure_threads
 

@@ -239,13 +239,10 @@ class ObservationBuilder:
         self._work_window = (tod >= start - world.jobs.work_window_before) & (tod < end)  # (day, N)
 
     def batch_index(self, B: int, N: int) -> dict[str, np.ndarray]:
-        """The index arrays of `_index`, for the world's step to share rather than build a second set."""
-        return self._index(B, N)
-
-    def _index(self, B: int, N: int) -> dict[str, np.ndarray]:
         """Index arrays for a batch of B towns of N agents, built once per batch shape: `rows` (B, 1) for fancy
         indexing, `mask_row` (B, N) each agent's first entry in the flattened action mask, and each town's
-        offset into flattened per-town arrays (int32, as the positions are, so index arithmetic needs no casts)."""
+        offset into flattened per-town arrays (int32, as the positions are, so index arithmetic needs no casts).
+        Public: the world's step uses the same arrays rather than a second set."""
         cache = self._index_cache
         if cache.get("shape") != (B, N):
             side, padded = self.layout.size + 2, self.layout.size + 2 * self.pad
@@ -285,7 +282,7 @@ class ObservationBuilder:
         """
         B, N = s.y.shape
         side = self.layout.size + 2
-        cells = self._index(B, N)["count_cell"] + s.y * side + s.x  # (B, N)
+        cells = self.batch_index(B, N)["count_cell"] + s.y * side + s.x  # (B, N)
         counts = np.bincount(cells.ravel(), minlength=B * side * side)
         around = counts.take(cells + self._around)  # (5, B, N): own tile, then n, s, w, e
         here = around[0]  # counts the agent itself, so another agent is near when the five cells hold two
@@ -302,7 +299,7 @@ class ObservationBuilder:
         window; an option in progress; chat off cooldown next to someone; wait always."""
         shared = self.shared(s) if shared is None else shared
         B, N = s.y.shape
-        index = self._index(B, N)
+        index = self.batch_index(B, N)
         mask = np.zeros((B, N, NUM_ACTIONS), dtype=bool)
         mask[..., WAIT] = True
         moves = self._moves_by_tile.take(shared.tile, axis=0)  # (B, N, 5)
@@ -354,7 +351,7 @@ class ObservationBuilder:
         shared = self.shared(s) if shared is None else shared
         r, padded = self.pad, self.layout.size + 2 * self.pad
         B, N = s.y.shape
-        index = self._index(B, N)
+        index = self.batch_index(B, N)
         rows = index["rows"]
         grid, view = self._grid(B)
         flat = grid.reshape(B * padded * padded, -1)
@@ -396,14 +393,14 @@ class ObservationBuilder:
             weights = free_objects.take(shared.cooling_town_object)
             keys = shared.cooling_agent * (2 * types) + types + shared.cooling_type
             out -= np.bincount(keys, weights, B * N * 2 * types).astype(np.float32).reshape(B, N, 2 * types)
-        out /= self._index(B, N)["contention_scale"]  # full size: a (2T,) divisor would broadcast slowly
+        out /= self.batch_index(B, N)["contention_scale"]  # full size: a (2T,) divisor would broadcast slowly
         return out
 
     def queue_counts(self, s: WorldState) -> np.ndarray:
         """(B, O) agents waiting in each object's queue."""
         B, N = s.y.shape
         objects = self.layout.num_objects
-        flat = (self._index(B, N)["object_base"] + s.target)[s.queued]
+        flat = (self.batch_index(B, N)["object_base"] + s.target)[s.queued]
         return np.bincount(flat, minlength=B * objects).reshape(B, objects)
 
     def _tie_features(self, s: WorldState) -> np.ndarray:
@@ -472,7 +469,7 @@ class ObservationBuilder:
         key = self._agent_tiles + shared.tile  # (B, N) row of the nearest-object tables
         f[..., _NEAREST] = self._nearest_features.take(key, axis=0)
         nearest = self._nearest_ids.take(key, axis=0)  # (B, N, T)
-        f[..., _QUEUE] = shared.occupancy.take(self._index(B, N)["object_base"][..., None] + nearest)
+        f[..., _QUEUE] = shared.occupancy.take(self.batch_index(B, N)["object_base"][..., None] + nearest)
         f[..., _HEADING.start : _FREE.stop] = self._contention(s, shared)
         f[..., _COLUMN["meals_in_stock"]] = s.meals[:, None] / 10.0
 
