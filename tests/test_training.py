@@ -106,6 +106,24 @@ def test_ppo_from_bc_has_finite_losses_and_moving_ratios(bc_run, expert_dataset)
     assert result.env_steps_per_sec > 0 and result.evaluation["agent_days"] > 0
 
 
+def test_ppo_warns_of_critic_less_replay_rows_only_where_it_trains_on_them(bc_run, expert_dataset, caplog):
+    """The expert's rows store discounted returns as values, so their advantages are 0: `replay` and `mixed` say
+    so; `rollout`, the nightly's mode, is handed the same dataset but trains on none of its rows and stays quiet."""
+    import logging
+
+    from townlet_pipelines.training.ppo import PPORun, PPOStrategy
+
+    context, bc = bc_run
+    warned = {}
+    for mode in ("rollout", "mixed", "replay"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="townlet.training"):
+            PPORun(PPOStrategy(init_checkpoint=bc.checkpoint_path, replay_dataset=expert_dataset, data_mode=mode,
+                               out=context.artifacts / f"warn-{mode}"), context)
+        warned[mode] = any("train the value head" in record.getMessage() for record in caplog.records)
+    assert warned == {"rollout": False, "mixed": True, "replay": True}
+
+
 def test_gae_bootstraps_from_the_state_after_the_last_step_and_stops_at_dones():
     rewards = np.array([[1.0], [0.0], [2.0]], dtype=np.float32)
     values = np.array([[0.5], [0.2], [0.1]], dtype=np.float32)

@@ -219,7 +219,8 @@ class PPORun:
         for source in (self.dataset, self.anchor):
             if source is not None and source.spec != self.world.spec:
                 raise TrainingError(f"ppo: dataset {source.directory} has another observation spec than the world")
-        if self.dataset is not None and self.dataset.manifest.value_source == "discounted_return":
+        if (self.mode in ("replay", "mixed") and self.dataset is not None
+                and self.dataset.manifest.value_source == "discounted_return"):  # rollout mode trains on none of them
             LOGGER.warning("ppo: the %s rows of %s store their discounted returns as values (a policy without a "
                            "critic captured them), so their advantages are 0: they train the value head, not the "
                            "policy", self.mode, self.dataset.directory)
