@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -209,7 +208,7 @@ def _run_strategy(args: argparse.Namespace, context, dataset):
 
 def _train(args: argparse.Namespace) -> int:
     if getattr(args, "tensorboard", None) is not None:
-        os.environ[tensorboard.ENV] = "1" if args.tensorboard else "0"
+        tensorboard.switch(args.tensorboard)
         if args.tensorboard and not tensorboard.enabled():
             raise UsageError("--tensorboard: the tensorboard package is not installed "
                              "(pip install -e '.[tensorboard]')")

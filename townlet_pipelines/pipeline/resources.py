@@ -72,11 +72,11 @@ class TownletResource(ConfigurableResource):
         is not the code location's (the step's asset key), the night's config derived from it once, the run's
         folder. Each step starts here, so a config of another profile is refused before anything is made."""
         from townlet_pipelines.nightly.context import NightContext  # the core: loaded by steps, not by the location
-        from townlet_pipelines.training.tensorboard import ENV
+        from townlet_pipelines.training import tensorboard
 
         recipe = self.load_config()
         refuse_another_profile(context.asset_key, recipe, self.config_source())
-        os.environ[ENV] = "1" if self.tensorboard else "0"  # read where BC and PPO open their logs (and by ranks)
+        tensorboard.switch(self.tensorboard)
         night = NightContext(recipe, context.partition_key, self.root(), context.run.run_id, self.named_source())
         night.config  # noqa: B018 - derived now, once: a night that cannot run is refused before anything is made
         return night
@@ -93,10 +93,9 @@ class TownletResource(ConfigurableResource):
         return path
 
     def training_context(self, run_id: str, night: str | None = None):
-        from townlet_pipelines.training.orchestrator import make_context  # the core: when a step asks
+        from townlet_pipelines.training import tensorboard  # the core: when a step asks
+        from townlet_pipelines.training.orchestrator import make_context
 
-        from townlet_pipelines.training.tensorboard import ENV  # when a step asks
-
-        os.environ[ENV] = "1" if self.tensorboard else "0"  # read where BC and PPO open their logs (and by ranks)
+        tensorboard.switch(self.tensorboard)
         config = self.load_config(night)
         return make_context(config, self.run_dir(run_id), self.root())

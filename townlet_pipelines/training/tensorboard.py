@@ -21,6 +21,12 @@ FOLDER = "tensorboard"
 STEP_KEYS = ("epoch", "update")  # BC logs an epoch per entry, PPO an update
 
 
+def switch(on: bool) -> None:
+    """Turn event files on or off for this process and the ones it starts (torchrun ranks inherit it): read
+    where BC and PPO open their logs."""
+    os.environ[ENV] = "1" if on else "0"
+
+
 def enabled() -> bool:
     """Whether to write event files: not switched off, and the `tensorboard` package is installed."""
     if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
