@@ -13,13 +13,11 @@ export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/dagster_home}"  # an existing instance
 # default night never overwrite each other's records or catalog entries (pipeline/definitions.py).
 export TOWNLET_CONFIG="${1:-${TOWNLET_CONFIG:-default}}"
 export TOWNLET_ARTIFACTS="${TOWNLET_ARTIFACTS:-$PWD/dagster_home/artifacts}"
-NIGHT="${2:-${TOWNLET_NIGHT:-$(.venv/bin/python -c \
-  'from townlet_pipelines.pipeline.records import NIGHTS; print(NIGHTS.get_last_partition_key())')}}"
+# The night checked (a date, not before the first night, ended; none given: the last that ended), the instance's
+# storage made once (two first runs at once would both create its tables), and the runs a killed job left STARTED
+# failed, with their `gpu` pool slot freed, so this run does not wait on them for ever; the launcher prints the night.
+NIGHT="$(.venv/bin/python -m townlet_pipelines.pipeline.launcher "${2:-${TOWNLET_NIGHT:-}}")"
 echo "nightly_anneal for night $NIGHT with config $TOWNLET_CONFIG"
-# The night checked (a date, not before the first night, ended), the instance's storage made once (two first runs
-# at once would both create its tables), and the runs a killed job left STARTED failed, with their `gpu` pool slot
-# freed, so this run does not wait on them for ever.
-.venv/bin/python -m townlet_pipelines.pipeline.launcher "$NIGHT"
 # Dagster's own output (every event, and the stack traces of a held candidate's stopped steps) goes to a log file;
 # the run is tagged with it, and the console says the verdict and its sentence, where the summary and the promoted
 # policy are, and exits as `townlet train anneal` does: 0 PASS, 3 FAIL, 4 HOLD (1: failed before judging).

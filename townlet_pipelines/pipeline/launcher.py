@@ -247,14 +247,18 @@ def prepare(home: str | None = None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m townlet_pipelines.pipeline.launcher [NIGHT]`: check the night, then `prepare`."""
+    """`python -m townlet_pipelines.pipeline.launcher [NIGHT]`: check the night (none or empty: the last that
+    ended, as the schedule runs it), `prepare`, and print the night: `scripts/run.sh` reads it from here rather
+    than paying a second process's Dagster import (about 2 s) to ask."""
+    from townlet_pipelines.pipeline.records import NIGHTS  # records imports this module
+
     try:
-        for night in argv:
-            check_night(night)
+        night = check_night(argv[0] if argv and argv[0] else NIGHTS.get_last_partition_key() or "")
     except UsageError as error:
         print(f"townlet: error: {error}", file=sys.stderr)
         return 2
     prepare()
+    print(night)
     return 0
 
 
