@@ -199,3 +199,23 @@ def test_release_paths_are_relative_so_the_artifacts_root_can_move(tmp_path):
     moved = PromotionStore(tmp_path / "new" / "state").status().current_release
     assert moved.path == str(tmp_path / "new" / "state" / "releases" / release.release_id)
     assert (tmp_path / "new" / "state" / "releases" / release.release_id / "weights.safetensors").exists()
+
+
+def test_a_streak_counts_each_night_once_across_reruns_and_rollbacks(tmp_path):
+    """Re-runs of counted nights never lengthen the streak, however many come between, and an operator's
+    rollback (which leaves the streak as it is) does not make it forget the nights it counted."""
+    store = PromotionStore(tmp_path / "reruns", required_passes=3)
+    for run, night in enumerate(("2026-11-01", "2026-11-02", "2026-11-02", "2026-11-01")):
+        status = store.record_evaluation("c", "PASS", checkpoint={"checkpoint_id": f"k{run}"}, run_id=f"r{run}",
+                                         night=night)
+    assert status.pass_streak == 2 and not status.ready  # two nights, four runs
+    assert store.record_evaluation("c", "PASS", checkpoint={"checkpoint_id": "k9"}, run_id="r9",
+                                   night="2026-11-03").ready
+
+    store = PromotionStore(tmp_path / "rollback", required_passes=2)
+    store.promote("old", "k-old", first_release=True)
+    store.promote("older", "k-older", override="a second release to roll back from")
+    store.record_evaluation("c", "PASS", checkpoint={"checkpoint_id": "k1"}, run_id="r1", night="2026-11-01")
+    store.rollback(store.releases()[0].release_id)
+    status = store.record_evaluation("c", "PASS", checkpoint={"checkpoint_id": "k2"}, run_id="r2", night="2026-11-01")
+    assert status.pass_streak == 1 and not status.ready

@@ -195,15 +195,17 @@ class PromotionStore:
 
     @staticmethod
     def _streak_events(state: PromotionState) -> list[Event]:
-        """The PASS evaluations the current streak counted (newest last)."""
+        """The PASS evaluations since the current streak began (newest last): back to the last promotion, or to
+        an evaluation that was not this candidate's PASS. Re-runs of a counted night are among them, and count
+        no new night. A failed run judged nothing and a rollback does not reset the streak: both are passed over."""
         events = []
         for event in reversed(state.history):
-            if event.kind == "failure":  # a crashed run judged nothing
+            if event.kind in ("failure", "rollback"):
                 continue
             if event.kind != "evaluation" or event.status != "PASS" or event.candidate_id != state.candidate_id:
                 break
             events.append(event)
-        return events[::-1][-state.pass_streak:] if state.pass_streak else []
+        return events[::-1] if state.pass_streak else []
 
     def promote(self, candidate_id: str, checkpoint_id: str, hashes: dict[str, str] | None = None,
                 metrics: dict[str, float] | None = None, path: str | Path | None = None,
