@@ -180,6 +180,30 @@ def test_a_promotion_that_runs_out_of_disk_keeps_the_previous_release(tmp_path, 
     assert json.loads(store.path.read_bytes())["releases"] == json.loads(state_before)["releases"]
 
 
+def test_cache_keys_follow_the_towns_the_cached_work_played_and_stay_the_same_across_nights():
+    """An expert dataset captured on other towns (seeds.expert) or BC stages whose DAgger rounds played other
+    towns (seeds.dagger) are other entries, never a stale hit; a night's own towns (PPO, validation, guardrail)
+    are not in either key, so every night of a recipe reuses the same entries."""
+    from townlet_pipelines.training.cache import bc_stages_key, expert_dataset_key
+    from townlet_pipelines.training.nights import night_config
+
+    base = config_from_mapping(TINY, "tiny")
+
+    def moved(name: str):
+        data = base.model_dump(mode="json")
+        seeds = data["seeds"][name]
+        data["seeds"][name] = {"start": seeds["start"] + 7, "count": seeds["count"] - 7}  # within its own range
+        return config_from_mapping(data, f"tiny, seeds.{name} moved")
+
+    assert expert_dataset_key(moved("expert")) != expert_dataset_key(base)
+    assert bc_stages_key(moved("dagger"), "d") != bc_stages_key(base, "d")
+    assert expert_dataset_key(moved("dagger")) == expert_dataset_key(base)
+    nights = [night_config(base, night) for night in ("2026-11-25", "2026-11-26")]
+    assert nights[0].seeds.ppo != nights[1].seeds.ppo
+    assert {expert_dataset_key(config) for config in nights} == {expert_dataset_key(base)}
+    assert {bc_stages_key(config, "d") for config in nights} == {bc_stages_key(base, "d")}
+
+
 def test_damaged_cache_entries_are_rebuilt_not_trusted(tmp_path, dataset):
     import shutil
 

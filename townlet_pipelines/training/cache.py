@@ -41,16 +41,21 @@ def _code_version() -> str:
 
 
 def expert_dataset_key(config: TownletConfig) -> str:
+    """Everything the expert's capture reads: the world and its rewards and observations, the expert, the
+    capture's size and noise, and its towns (`seeds.expert`)."""
     data = config.model_dump(mode="json")
     return content_key("expert", {key: data[key] for key in ("world", "rewards", "observations", "expert",
-                                                             "rollout")}, _code_version())
+                                                             "rollout")}, data["seeds"]["expert"], _code_version())
 
 
 def bc_stages_key(config: TownletConfig, dataset_identity: str) -> str:
+    """Everything BC's stages read beside their dataset: the model, BC's settings and stages, and the DAgger
+    rounds' captures (their length and shards, `rollout`, and their towns, `seeds.dagger`)."""
     data = config.model_dump(mode="json")
     stages = [stage.model_dump(mode="json") for stage in config.anneal.ordered() if stage.mode == "bc"]
-    return content_key("bc", dataset_identity, data["model"], data["bc"], stages,
-                       config.anneal.bc_accuracy_threshold, config.runtime.device, _code_version())
+    return content_key("bc", dataset_identity, data["model"], data["bc"], stages, data["rollout"],
+                       data["seeds"]["dagger"], config.anneal.bc_accuracy_threshold, config.runtime.device,
+                       _code_version())
 
 
 def cached_expert_dataset(config: TownletConfig, root: Path, say: Callable[[str], None] = print):
