@@ -241,19 +241,26 @@ def test_a_passing_challenger_that_is_not_better_is_not_released(tmp_path):
     from townlet_pipelines.training.orchestrator import apply_promotion
 
     store = PromotionStore(tmp_path, required_passes=1)
-    store.promote("c", "champion-id", first_release=True)
+    champion = store.promote("c", "champion-id", first_release=True).release_id
     store.record_evaluation("c", "PASS", night="2026-11-26")
 
-    def summary(difference: float) -> AnnealSummary:
+    def summary(difference: float, night: str = "2026-11-26") -> AnnealSummary:
         return AnnealSummary(
             stages=[], status="PASS", dataset_label="expert", dataset_identity="d", baselines={},
             promotion_pass_streak=1, promotion_candidate_ready=True, candidate_id="c",
             final_checkpoint_id=f"challenger{difference}", final_checkpoint_path=None, duration_sec=1.0,
-            champion={"release_id": "r0001", "difference": difference, "difference_ci95": 0.3})
+            champion={"release_id": champion, "difference": difference, "difference_ci95": 0.3}, night=night)
 
     kept = apply_promotion(store, summary(-0.05))
     assert not kept.promoted and "must improve" in kept.reason and store.status().releases == 1
-    assert apply_promotion(store, summary(0.4)).promoted and store.status().releases == 2
+    released = apply_promotion(store, summary(0.4))
+    assert released.promoted and store.status().releases == 2
+    # A second night judged against the same champion (a backfill) comes after the first's release: it was never
+    # compared with that release, so it is not released over it, however far it beat the old champion.
+    store.record_evaluation("c", "PASS", night="2026-11-27")
+    late = apply_promotion(store, summary(0.9, night="2026-11-27"))
+    assert not late.promoted and "the champion moved on" in late.reason
+    assert store.status().current_release.release_id == released.release_id
 
 
 # ------------------------------------------------------------------------------------------- honest intervals

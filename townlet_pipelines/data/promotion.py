@@ -209,12 +209,16 @@ class PromotionStore:
 
     def promote(self, candidate_id: str, checkpoint_id: str, hashes: dict[str, str] | None = None,
                 metrics: dict[str, float] | None = None, path: str | Path | None = None,
-                first_release: bool = False, override: str | None = None, proven_better: bool = False) -> Release:
+                first_release: bool = False, override: str | None = None, proven_better: bool = False,
+                replaces: str | None = None) -> Release:
         """Promote when the candidate is ready, or (`first_release`) when nothing was ever released, or
         (`proven_better`, the caller having judged the challenger better than the champion beyond the paired
         interval) when a release exists and this candidate's latest evaluation passed.
 
-        A checkpoint an operator rolled back is refused unless `override` says why; the reason is recorded.
+        `replaces` names the release the candidate was compared with: it is refused when another is current by
+        the time it would be released (two nights judged against the same champion, the first released), since
+        it was never compared with that one. A checkpoint an operator rolled back is refused unless `override`
+        says why; the reason is recorded.
         """
         if override is not None and not override.strip():
             raise PromotionError(f"checkpoint {checkpoint_id}: an operator override needs a reason (it was blank)")
@@ -229,6 +233,10 @@ class PromotionStore:
                         f"checkpoint {checkpoint_id} was rolled back at {withdrawn.at} (to release "
                         f"{withdrawn.release_id}); it is not promoted again unless an operator overrides: townlet "
                         f"promotion promote --candidate {candidate_id} --checkpoint CHECKPOINT_FOLDER --override 'why'")
+                if not override and replaces is not None and state.current_release_id != replaces:
+                    raise PromotionError(
+                        f"candidate {candidate_id} was compared with release {replaces}, but the current release is "
+                        f"{state.current_release_id} now: the champion moved on since this night was judged")
                 if override:
                     pass  # the operator's explicit decision replaces the readiness rule
                 elif first_release:

@@ -166,7 +166,8 @@ def apply_promotion(store: PromotionStore, summary: AnnealSummary) -> PromotionO
     has no release yet and this run passed every guardrail (the first release), or (`promotion.release_proven`)
     this passing night's challenger beat the champion beyond the 95% paired interval. A later release must also
     have scored more than the champion it would replace on the night's guardrail towns: `champion_guardrail`
-    holds a challenger that is worse beyond the interval, and this keeps one that is merely no worse.
+    holds a challenger that is worse beyond the interval, and this keeps one that is merely no worse; and the
+    champion it was compared with must still be the current release when it is released.
     """
     status = store.status()
     current = status.current_release.release_id if status.current_release else None
@@ -200,7 +201,8 @@ def apply_promotion(store: PromotionStore, summary: AnnealSummary) -> PromotionO
     try:
         release = store.promote(summary.candidate_id, summary.final_checkpoint_id, hashes, metrics,
                                 path=summary.final_checkpoint_path, first_release=first,
-                                proven_better=proven and not summary.promotion_candidate_ready)
+                                proven_better=proven and not summary.promotion_candidate_ready,
+                                replaces=None if first or champion is None else champion["release_id"])
     except PromotionError as error:  # the ledger moved on since this run judged (two nights at once): the rule,
         now = store.status().current_release  # checked again under the store's lock, refuses; nothing changes
         return PromotionOutcome(False, f"not promoted: {error}", now.release_id if now else None,
