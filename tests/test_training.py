@@ -187,6 +187,26 @@ def test_anneal_fails_when_bc_misses_the_threshold(tmp_path, expert_dataset):
     assert not outcome.promoted and outcome.release_id is None
 
 
+def test_the_nightly_ppo_step_refuses_a_night_whose_bc_failed_in_one_sentence(tmp_path, expert_dataset):
+    """A failed BC's record is the night's latest (its blocking check stops the run after it is written): a
+    partial re-run of ppo_checkpoint alone says so, naming the record, instead of an IndexError's traceback."""
+    from townlet_pipelines.config import UsageError
+    from townlet_pipelines.nightly.candidate import ppo_stages
+    from townlet_pipelines.nightly.context import NightContext
+    from townlet_pipelines.training.anneal import AnnealStrategy
+
+    config = tiny(bc={"epochs": 1, "dagger_rounds": 0}, anneal={"bc_accuracy_threshold": 1.01})
+    context = orchestrator.make_context(config, orchestrator.new_run_dir(tmp_path), tmp_path)
+    failed = AnnealStrategy(expert_dataset).run_bc_stages(context)
+    assert failed.failed
+    record = tmp_path / "bc_stages.json"
+    record.write_text(failed.to_json())
+    night = NightContext(config, "2026-11-25", tmp_path, "run-1", "tiny")
+    with pytest.raises(UsageError, match=r"night 2026-11-25: its BC stages failed \(BC validation accuracy .*< "
+                                         r"threshold 1\.010: .*; .*bc_stages\.json\), so PPO has no clone"):
+        ppo_stages(night, {"path": str(expert_dataset)}, {"path": None}, {"stages_record": str(record)}, 1)
+
+
 def test_anneal_holds_when_a_tolerance_is_zero(tmp_path, expert_dataset):
     summary, context = _anneal(tmp_path, expert_dataset, anneal={"loss_tolerance": 0.0})
     assert summary.status == "HOLD"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from townlet_pipelines.config import UsageError
 from townlet_pipelines.data.files import atomic_write_text
 from townlet_pipelines.nightly.context import NightContext
 from townlet_pipelines.nightly.describe import curve, log_entries, picture, stage_table, tensorboard
@@ -65,6 +66,10 @@ def ppo_stages(night: NightContext, replay: dict, rollouts: dict, bc_record: dic
                in_processes: InProcesses | None = None) -> StepOutcome:
     """The anneal's PPO stages on the night's towns, judged against the baseline, the expert and the champion."""
     bc = read_stages(bc_record["stages_record"], night.root)
+    if bc.failed:  # its blocking check stopped the night's run; a partial re-run of this step alone arrives here
+        judged = bc_verdict(bc, night.config.anneal).sentence
+        raise UsageError(f"night {night.night}: its BC stages failed ({judged}; {bc_record['stages_record']}), so "
+                         "PPO has no clone to start from: materialize bc_checkpoint for this night again first")
     strategy = AnnealStrategy(replay["path"], rollout_dataset=rollouts["path"])
     record = night.run_dir / "ppo_stages.json"
     if in_processes is not None:  # each rank on its own towns
