@@ -207,6 +207,44 @@ def test_the_nightly_ppo_step_refuses_a_night_whose_bc_failed_in_one_sentence(tm
         ppo_stages(night, {"path": str(expert_dataset)}, {"path": None}, {"stages_record": str(record)}, 1)
 
 
+def test_a_hold_names_the_loss_baseline_its_stage_was_judged_against(tmp_path, expert_dataset, monkeypatch):
+    """Two PPO stages against a stored loss baseline of 1.0: the first keeps its start (not judged, its discarded
+    updates' loss 5.0), the second (loss 2.0) is held against 1.0. The verdict's sentence says 1.0, as the
+    ppo_loss_guardrail does, not the first stage's discarded 5.0."""
+    from types import SimpleNamespace
+
+    from townlet_pipelines.data.baselines import BaselineStore
+    from townlet_pipelines.training import anneal
+    from townlet_pipelines.training.anneal import AnnealStrategy, StagesOutcome, verdict_reason
+
+    config = tiny(anneal={"loss_tolerance": 0.5, "schedule": [
+        {"cycle": 0, "mode": "bc", "epochs": 1}, {"cycle": 1, "mode": "ppo", "epochs": 1, "bc_weight": 0.0},
+        {"cycle": 2, "mode": "ppo", "epochs": 1, "bc_weight": 0.0}]})
+    baselines = BaselineStore(tmp_path)
+    baselines.accept("expert", loss_total=1.0, queue_conflict_events=0.1, queue_conflict_intensity=0.1, source="t")
+    context = SimpleNamespace(config=config, artifacts=tmp_path, promotion=None, baselines=baselines)
+    scores = {"queue_conflict_events_per_agent_day": 0.0, "queue_conflict_intensity_per_agent_day": 0.0,
+              "queue_conflict_events_per_agent_day_ci95": 0.0, "queue_conflict_intensity_per_agent_day_ci95": 0.0,
+              "agent_days": 4.0, "towns": 4.0, "reward_per_agent_day": -6.0}
+    stages = iter([(0, 5.0), (3, 2.0)])  # (the update the snapshot choice kept, the stage's loss)
+
+    def trained(context, stage, inputs, phase):
+        selected, loss = next(stages)
+        return PPOTrainingResult.model_construct(
+            selected_update=selected, loss_total=loss, loss_policy=0.0, loss_value=0.0, loss_entropy=0.0,
+            evaluation=dict(scores), evaluation_town_rewards=[], checkpoint_id=f"k{selected}",
+            checkpoint_path=f"/nowhere/k{selected}", updates=3, epoch_duration_sec=0.1)
+
+    monkeypatch.setattr(anneal, "_run_stage", trained)
+    strategy = AnnealStrategy(expert_dataset)
+    strategy._expert_cache = {"report": scores, "towns": {"reward_per_agent_day": []}}
+    bc = StagesOutcome([], [], None, None)
+    summary = strategy.summarize(context, bc, strategy.run_ppo_stages(context, bc), 1.0)
+    assert summary.status == "HOLD" and summary.baselines["loss"] == 1.0
+    assert verdict_reason(summary, config.anneal) == ("PPO stage (cycle 2): loss 2 is +100% from the baseline 1 "
+                                                      "(tolerance 50%)")
+
+
 def test_anneal_holds_when_a_tolerance_is_zero(tmp_path, expert_dataset):
     summary, context = _anneal(tmp_path, expert_dataset, anneal={"loss_tolerance": 0.0})
     assert summary.status == "HOLD"

@@ -263,8 +263,11 @@ class AnnealStrategy:
         if not ppo.results:
             return {"loss": None, "queue_events": None, "queue_intensity": None}
         first = ppo.results[0]
-        return {"loss": first.baseline_loss if first.baseline_loss is not None else first.loss_total,
-                "queue_events": first.baseline_queue_events, "queue_intensity": first.baseline_queue_intensity}
+        # The loss baseline the stages were judged against: the first a stage carries (a stage that kept its start
+        # is not judged and carries none); none at all, the first stage's own loss, which set it.
+        judged = next((r.baseline_loss for r in ppo.results if r.baseline_loss is not None), first.loss_total)
+        return {"loss": judged, "queue_events": first.baseline_queue_events,
+                "queue_intensity": first.baseline_queue_intensity}
 
     def _expert_evaluation(self, context: TrainingContext) -> dict[str, float]:
         """The dataset's generator — the scripted expert, without the capture's DART noise — scored on the
