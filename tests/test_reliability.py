@@ -313,3 +313,20 @@ def test_a_progress_step_is_only_resumed_under_the_recipe_that_wrote_it(tmp_path
         load_progress(folder, model, torch.optim.Adam(model.parameters(), lr=0.002), "cpu", config=other)
     state, _ = load_progress(folder, model, torch.optim.Adam(model.parameters(), lr=0.002), "cpu", config=tiny())
     assert state == {"next": 1, "step": 1} and recipe(folder, optimizer, tiny())["config"]
+
+
+def test_files_and_folders_written_atomically_get_the_modes_of_any_new_ones(tmp_path):
+    """mkstemp and mkdtemp make 0600 and 0700: the promotion state, records and datasets are written through
+    them and must be as readable as any file this process makes (another user, a reader in another container)."""
+    from townlet_pipelines.data.files import atomic_directory, atomic_write_text
+
+    previous = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "state.json", "{}")
+        with atomic_directory(tmp_path / "dataset") as folder:
+            (folder / "shard").write_text("x")
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "state.json").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "dataset").stat().st_mode & 0o777 == 0o750

@@ -78,11 +78,28 @@ def temporary_sibling(final: str | Path) -> Path:
     return final.with_name(f"{_prefix(final.name)}{os.urandom(4).hex()}.tmp")
 
 
+def _umask() -> int:
+    """This process's umask: read from /proc where Linux shows it, since setting it to read it back would, for
+    that instant, give any file another thread creates a mode of 0666."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `path` whole or not at all, with the mode any new file gets (mkstemp's own is 0600: another user,
+    a web server or a reader in another container, could not read the promotion state or a record)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()
@@ -121,9 +138,7 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(final.parent)
     temporary = Path(tempfile.mkdtemp(prefix=_prefix(final.name), suffix=".tmp", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any new folder
+    os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like any new folder
     try:
         yield temporary
         try:
