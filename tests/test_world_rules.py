@@ -106,6 +106,22 @@ def test_two_arrivals_conflict_and_older_option_wins_the_tie():
         assert s.rel[0, 1, 0, RIVALRY] == pytest.approx(0.15 * 1.5)
 
 
+def test_the_older_option_wins_the_tie_in_towns_of_every_allowed_size():
+    """The seeded draw breaks ties of equal age only: in a town of 64 agents (the most agents_per_town allows)
+    the draw times the agent count once spilled into the age field, so a younger option won 10 races in 40."""
+    for agents, grid in ((17, 24), (64, 48)):
+        for seed in range(12):
+            env = make_world({"agents_per_town": agents, "grid_size": grid, "objects": {"showers": 1}}, seed=seed)
+            calm(env)
+            shower = env.layout.type_slots[2, 0]
+            ay, ax = env.layout.access_y[shower], env.layout.access_x[shower]
+            place(env, 0, ay, ax - 2)  # agent 0 sets out a tick earlier, from two tiles away
+            place(env, 1, ay, ax + 1)
+            env.step(act(env, a0=SHOWER))
+            env.step(act(env, a0=SHOWER, a1=SHOWER))
+            assert env.state.holder[0, shower] == 0, (agents, seed)
+
+
 def test_equal_age_arrivals_are_broken_by_a_seeded_draw():
     winners = {seed: int(np.flatnonzero(_shower_race(seed, None)[0].state.holding[0])[0]) for seed in range(16)}
     assert set(winners.values()) == {0, 1}  # the draw really decides

@@ -38,7 +38,10 @@ _IS_OBJECT_OPTION = np.zeros(NUM_ACTIONS, dtype=bool)
 _IS_OBJECT_OPTION[list(OBJECT_OPTIONS)] = True
 _OPTION_TYPE = np.array(OPTION_OBJECT_TYPE, dtype=np.int64)
 _STAY = 4  # move code of no move (codes 0..3: n, e, s, w)
-_TICKET_TICK = np.int64(1 << 36)  # ticket = tick * 2^36 + (older first) * 2^20 + seeded draw * N + agent
+# ticket = tick * 2^38 + (older first) * 2^22 + seeded draw * N + agent: the draw (< 2^16) times up to 64 agents
+# (< 2^22) stays below the age field, so age decides before the draw in towns of any allowed size
+_TICKET_AGE_SHIFT = 22
+_TICKET_TICK = np.int64(1 << (_TICKET_AGE_SHIFT + 16))
 
 
 @dataclass
@@ -287,7 +290,7 @@ class TownWorld:
             draw = (rng.uniform_at(s.seeds[town], t, rng.STREAM_TIE_BREAK, agent) * 65535).astype(np.int64)
             youth = (1 << 16) - 1 - np.minimum(s.option_age[town, agent], (1 << 16) - 1).astype(np.int64)
             s.ticket = s.ticket.copy()
-            s.ticket[town, agent] = t * _TICKET_TICK + (youth << 20) + draw * N + agent
+            s.ticket[town, agent] = t * _TICKET_TICK + (youth << _TICKET_AGE_SHIFT) + draw * N + agent
             s.queued = s.queued | arrivals
 
         # 4. Acquisition: the head of each free object's queue takes it (costs charged now).
