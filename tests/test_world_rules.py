@@ -377,3 +377,29 @@ def test_a_walker_whose_object_is_taken_re_picks_a_free_one():
     env.step(act(env, a1=SHOWER))
     steps(env, 2, a0=SHOWER, a1=SHOWER)
     assert env.state.target[0, 1] == first  # without the rule it walks on into the queue
+
+
+def test_the_attendance_ratio_counts_the_current_shift_once_the_agent_arrives():
+    """Attended over the shifts that count: the ended ones and, once the agent has arrived, the current one. It
+    was attended over ended shifts alone, so an arrival counted before its shift did: 2.0 mid-way through a
+    second attended shift, and 1.0 for an agent that had missed one of three."""
+    from townlet_pipelines.world.observations import FEATURE_NAMES
+
+    jobs = {"jobs": [{"name": "shop", "shift_start": 100, "shift_end": 200, "wage": 0.02}], "work_window_before": 30}
+    env = make_world({"agents_per_town": 1, "day_ticks": 300, "jobs": jobs})
+    calm(env)
+    s, column = env.state, FEATURE_NAMES.index("attendance_ratio")
+    desk = env.layout.desk_of_agent[0]
+    place(env, 0, env.layout.access_y[desk], env.layout.access_x[desk])
+    read = []
+    for day, action in enumerate((WORK, WAIT, WORK)):  # attend, miss, attend
+        s.needs[:] = 1.0
+        s.tick = day * 300 + 95
+        env.action_mask = env.observer.action_mask(s)
+        for _ in range(10):
+            env.step(act(env, a0=action))
+        read.append(float(env.observation.features[0, 0, column]))  # mid-shift
+        while s.tick % 300 != 200:
+            env.step(act(env, a0=action))
+        read.append(float(env.observation.features[0, 0, column]))  # the shift over
+    assert read == pytest.approx([1.0, 1.0, 1.0, 0.5, 2 / 3, 2 / 3])

@@ -459,7 +459,10 @@ class ObservationBuilder:
         f[..., _CLOCK] = self._clock[s.tick % self.config.world.day_ticks]  # (N, 6), the same in every town
         f[..., _COLUMN["arrived_this_shift"]] = s.arrived
         f[..., _COLUMN["lateness_count"]] = s.lateness / 10.0
-        attendance = np.where(s.shifts_elapsed > 0, s.shifts_attended / np.maximum(s.shifts_elapsed, 1), 1.0)
+        # Attended over the shifts that count so far: the ended ones, and this one once the agent has arrived (its
+        # arrival is counted as attended at once, its shift as elapsed only when it ends): a ratio in [0, 1].
+        counted = s.shifts_elapsed + s.arrived
+        attendance = np.where(counted > 0, s.shifts_attended / np.maximum(counted, 1), 1.0)
         f[..., _COLUMN["attendance_ratio"]] = attendance
 
     def _object_features(self, f: np.ndarray, s: WorldState, shared: TickShared) -> None:
