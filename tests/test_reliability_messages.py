@@ -93,7 +93,58 @@ def test_a_truncated_progress_archive_is_one_line_naming_the_file(tmp_path):
     with pytest.raises(TrainingError) as raised:  # before: zipfile.BadZipFile and its traceback
         load_progress(tmp_path, model, optimizer, "cpu")
     told = one_line(raised.value)
-    assert told.startswith(f"{archive}: damaged progress checkpoint (") and f"remove {step}" in told
+    assert told.startswith(f"{archive}: damaged progress checkpoint (") and "the run must start again" in told
+    assert [path.name for path in tmp_path.iterdir()] == [step.name]  # no step before it to fall back on
+
+
+def test_a_progress_step_without_its_optimizer_is_refused_not_resumed_with_fresh_moments(tmp_path):
+    from townlet_pipelines.training.resume import OPTIMIZER, load_progress, save_progress
+
+    model = _model()
+    optimizer = torch.optim.Adam(model.parameters())
+    step = save_progress(tmp_path, 1, model, optimizer, {"epoch": 1}, {"x": torch.zeros(5).numpy()})
+    (step / OPTIMIZER).unlink()
+    with pytest.raises(TrainingError, match=f"{step / OPTIMIZER}: damaged progress checkpoint \\(.*missing"):
+        load_progress(tmp_path, model, optimizer, "cpu")
+
+
+def _trained_checkpoint(folder: Path, learning_rate: float, hidden: int = 64):
+    """A checkpoint with Adam moments after one step, saved at `learning_rate`."""
+    from townlet_pipelines.training.model import PolicyNetwork
+    from townlet_pipelines.world.engine import TownWorld
+
+    model = PolicyNetwork(TownWorld(SMOKE, 1).spec, SMOKE.model.model_copy(update={"hidden": hidden}))
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    sum(parameter.sum() for parameter in model.parameters()).backward()
+    optimizer.step()
+    save_checkpoint(folder, model, "bc", {}, None, None, {}, optimizer=optimizer)
+    return model, optimizer
+
+
+def test_continuing_an_optimizer_keeps_this_runs_settings_and_refuses_foreign_or_changed_moments(tmp_path):
+    """--continue-optimizer takes the moments alone: PPO continued from BC trains at PPO's rate, not BC's. Moments
+    of another model, or bytes changed since the record was written, are refused in one line naming the file."""
+    from townlet_pipelines.training.checkpoints import OPTIMIZER, restore_optimizer
+
+    saved, old = _trained_checkpoint(tmp_path / "bc", 2e-3)
+    optimizer = torch.optim.Adam(saved.parameters(), lr=1e-4, eps=1e-5, weight_decay=0.01)
+    assert restore_optimizer(tmp_path / "bc", optimizer)
+    assert {key: optimizer.param_groups[0][key] for key in ("lr", "eps", "weight_decay")} == {
+        "lr": 1e-4, "eps": 1e-5, "weight_decay": 0.01}  # before: 2e-3, 1e-8 and 0.0, the checkpoint's
+    first = next(iter(saved.parameters()))
+    assert torch.equal(optimizer.state[first]["exp_avg"], old.state[first]["exp_avg"])
+
+    _trained_checkpoint(tmp_path / "small", 2e-3, hidden=32)
+    with pytest.raises(TrainingError, match=f"{tmp_path / 'small' / OPTIMIZER}: optimizer moments for another "
+                                            "model"):  # before: a RuntimeError's traceback, mid-step
+        restore_optimizer(tmp_path / "small", torch.optim.Adam(saved.parameters()))
+
+    path = tmp_path / "bc" / OPTIMIZER
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # a moment's bytes changed: the file still reads, and once trained on silently
+    path.write_bytes(bytes(data))
+    with pytest.raises(TrainingError, match="sha256 does not match the checkpoint record"):
+        restore_optimizer(tmp_path / "bc", torch.optim.Adam(saved.parameters()))
 
 
 @pytest.mark.parametrize("content, why", [("", "the file is empty"), ("{}", "no run_id or night"),

@@ -46,6 +46,7 @@ class CheckpointRecord(BaseModel):
     progress: dict[str, int] = {}  # epochs/updates done
     weights_sha256: str
     code_version: str
+    optimizer_sha256: str | None = None  # the optimizer's moments, when saved (records before it carry none)
 
 
 @functools.lru_cache(maxsize=1)
@@ -135,15 +136,17 @@ def save_checkpoint(
     with atomic_directory(directory) as temporary:
         write_tensors(weights, temporary / WEIGHTS)
         digest = sha256_file(temporary / WEIGHTS)
-        layout = None
+        layout, optimizer_digest = None, None
         if optimizer is not None:
             tensors, layout = _optimizer_tensors(optimizer)
             write_tensors(tensors, temporary / OPTIMIZER, metadata={"layout": json.dumps(layout)})
+            optimizer_digest = sha256_file(temporary / OPTIMIZER)
         record = CheckpointRecord(
             checkpoint_id=digest[:16], kind=kind, created_at=datetime.now(timezone.utc).isoformat(),
             observation=model.spec, model=model.model_config, config=config, dataset_identity=dataset_identity,
             parent_checkpoint_id=parent_checkpoint_id, metrics={k: float(v) for k, v in metrics.items()},
             progress=progress or {}, weights_sha256=digest, code_version=code_version(),
+            optimizer_sha256=optimizer_digest,
         )
         (temporary / RECORD).write_text(record.model_dump_json(indent=2))
     return record
@@ -196,10 +199,19 @@ def load_checkpoint(directory: str | Path, expected_spec: ObservationSpec | None
 
 
 def restore_optimizer(directory: str | Path, optimizer, device="cpu") -> bool:
-    """Load the optimizer's saved moments (to resume training); False when the checkpoint has none."""
+    """Load the optimizer's saved moments (to resume or continue training); False when the checkpoint has none.
+
+    Only the moments: the optimizer keeps its own settings (learning rate, eps, weight decay), so PPO continued
+    from a BC checkpoint trains at PPO's rate. Refused in one line naming the file: moments whose sha256 is not
+    the one the checkpoint's record holds, or that belong to parameters of other shapes (another model's)."""
     path = Path(directory) / OPTIMIZER
     if not path.is_file():
         return False
+    record = Path(directory) / RECORD
+    expected = read_record(directory).optimizer_sha256 if record.is_file() else None
+    if expected is not None and sha256_file(path) != expected:
+        raise TrainingError(f"{path}: its sha256 does not match the checkpoint record; re-create it or restore it "
+                            "from its release copy")
     try:
         with safe_open(str(path), framework="pt") as handle:
             layout = json.loads(handle.metadata()["layout"])
@@ -211,7 +223,21 @@ def restore_optimizer(directory: str | Path, optimizer, device="cpu") -> bool:
                 }
     except (SafetensorError, ValueError, KeyError, TypeError) as error:
         raise damaged_file(path, error) from None
-    optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    for index, values in state.items():
+        for name, value in values.items():
+            shape = tuple(value.shape) if hasattr(value, "shape") and value.dim() > 0 else None
+            if shape is not None and (index >= len(parameters) or shape != tuple(parameters[index].shape)):
+                found = tuple(parameters[index].shape) if index < len(parameters) else "no such parameter"
+                raise TrainingError(f"{path}: optimizer moments for another model (parameter {index}'s {name} has "
+                                    f"shape {shape}, the model's {found})")
+    settings = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+    except (ValueError, RuntimeError, KeyError) as error:
+        raise damaged_file(path, error) from None
+    for group, own in zip(optimizer.param_groups, settings):
+        group.update(own)
     return True
 
 

@@ -168,14 +168,14 @@ def load_progress(directory: Path, model, optimizer, device, config=None,
     """
     torch = require_torch()
     path = require_progress(directory)  # refuses a data-parallel resume, either way
-    resuming = recipe(directory, optimizer, config)  # before the step's optimizer settings replace this run's
+    resuming = recipe(directory, optimizer, config)  # this run's settings, to compare with the step's
     damages = (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile, TrainingError,
                SafetensorError)
 
     def damaged(reading: Path, error: BaseException) -> TrainingError:
         told = " ".join(str(error).split()).removeprefix(f"{reading}: ")[:200] or type(error).__name__
-        return TrainingError(f"{reading}: damaged progress checkpoint ({told}); remove {path} to resume from the "
-                             "step before")
+        return TrainingError(f"{reading}: damaged progress checkpoint ({told}); it is the run's only step (each "
+                             "replaces the one before), so the run must start again")
 
     try:
         state = json.loads((path / STATE).read_text())
@@ -192,7 +192,8 @@ def load_progress(directory: Path, model, optimizer, device, config=None,
     try:
         model.load_state_dict(read_tensors(reading))
         reading = path / OPTIMIZER
-        restore_optimizer(path, optimizer, device)
+        if not restore_optimizer(path, optimizer, device):  # fresh moments would not reach the uninterrupted run
+            raise FileNotFoundError(f"{reading}: missing")
         reading = path / ARRAYS
         with np.load(reading, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
