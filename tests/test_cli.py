@@ -106,3 +106,65 @@ def test_the_removed_render_png_flag_is_refused_and_render_svg_is_offered(tmp_pa
 
     help_text = build_parser()._subparsers._group_actions[0].choices["simulate"].format_help()
     assert "--render-svg FILE" in help_text and "--render-png" not in help_text
+
+
+@pytest.mark.parametrize("argv", [
+    ["simulate", "--config", "smoke", "--towns", "1", "--ticks", "0"],
+    ["simulate", "--config", "smoke", "--towns", "1", "--ticks", "5", "--render", "--render-every", "0"],
+    ["capture", "--config", "smoke", "--towns", "1", "--ticks", "5", "--out", "/proc/unused", "--shard-rows", "-5"],
+    ["soak", "--cycles", "0"],
+])
+def test_a_count_below_one_is_refused_by_name(argv, capsys):
+    """Before: a traceback (no ticks, a modulo by zero), or exit 0 with nothing done (no cycles, a shard a tick)."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"argument {argv[-2]}: at least 1, got {argv[-1]}")
+
+
+def test_training_refuses_another_worlds_data_and_checkpoint_before_making_its_run_folder(tmp_path, capsys):
+    """Smoke data and a smoke checkpoint with the default config would train a network for the wrong towns; each
+    is refused in one line, and no run folder is left behind."""
+    from townlet_pipelines.config import load_config
+    from townlet_pipelines.training.checkpoints import new_network, save_checkpoint
+    from townlet_pipelines.world.engine import TownWorld
+
+    smoke = load_config("smoke")
+    run(capsys, "capture", "--config", "smoke", "--towns", "1", "--ticks", "5", "--out", str(tmp_path / "smoke-data"))
+    save_checkpoint(tmp_path / "smoke-bc", new_network(TownWorld(smoke, 1).spec, smoke.model), "bc",
+                    smoke.model_dump(mode="json"), None, None, {})
+    root = str(tmp_path / "artifacts")
+    assert main(["train", "bc", "--dataset", str(tmp_path / "smoke-data"), "--artifacts", root]) == 2
+    assert "captured in another world" in capsys.readouterr().err
+    assert main(["train", "ppo", "--init", str(tmp_path / "smoke-bc"), "--mode", "rollout", "--artifacts", root]) == 2
+    assert "trained for the world of profile 'smoke'" in capsys.readouterr().err
+    assert not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.parametrize("night, told", [("2999-01-01", "it has not ended yet"), ("20261130", "not a date"),
+                                         ("2001-01-01", "before the first night")])
+def test_train_anneal_night_refuses_the_nights_run_sh_refuses(night, told, tmp_path, capsys):
+    """Before: a future night, one before the first and a date without dashes each ran, and could promote."""
+    assert main(["train", "anneal", "--config", "smoke", "--night", night, "--artifacts", str(tmp_path)]) == 2
+    assert told in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def test_report_skips_a_summary_it_cannot_read(tmp_path, capsys):
+    for run_id, text in (("r1", "[1]"), ("r2", "{}")):
+        (tmp_path / "runs" / run_id).mkdir(parents=True)
+        (tmp_path / "runs" / run_id / "anneal_summary.json").write_text(text)
+    assert main(["report", "--config", "smoke", "--artifacts", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("not a readable anneal summary") == 2 and "no anneal summary" in captured.out
+
+
+@pytest.mark.parametrize("text, told", [("", "the config file is empty"),
+                                        ("profile: ../../etc\n", "profile: String should match pattern"),
+                                        ("model: {conv_channels: [0]}\n", "model.conv_channels.0")])
+def test_a_config_that_would_misplace_or_break_a_run_is_refused_by_field(text, told, tmp_path):
+    from townlet_pipelines.config import ConfigError, load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=told.replace(".", r"\.")):
+        load_config(path)

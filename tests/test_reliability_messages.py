@@ -184,3 +184,22 @@ def test_a_seed_range_too_large_to_hold_is_refused_with_a_sentence():
     assert str(raised.value) == (f"--seeds 0:2000000: 2,000,000 towns; at most {MAX_EVALUATION_TOWNS:,} are scored at "
                                  "once (all of them share one batched world in memory): choose a shorter range")
     assert len(parse_seeds(f"5:{5 + MAX_EVALUATION_TOWNS}", SMOKE)) == MAX_EVALUATION_TOWNS
+
+
+def test_the_cores_last_ended_night_is_the_nightly_partitions_last_key():
+    """`run.sh` and `townlet train anneal --night` check nights in the core (no Dagster there); the schedule's
+    partitions must agree on which night ended last, on both sides of 02:00."""
+    import datetime
+    import zoneinfo
+
+    from townlet_pipelines.pipeline.records import NIGHTS
+    from townlet_pipelines.training.nights import TIMEZONE, last_ended_night
+
+    assert last_ended_night() == NIGHTS.get_last_partition_key()
+    zone = zoneinfo.ZoneInfo(TIMEZONE)
+    for moment in (datetime.datetime(2026, 12, 3, 1, 59, tzinfo=zone), datetime.datetime(2026, 12, 3, 2, 0, tzinfo=zone),
+                   datetime.datetime(2026, 12, 3, 23, 30, tzinfo=zone)):
+        night = last_ended_night(moment)  # the partition that ended last: its end passed, the next one's not
+        ended = NIGHTS.end_time_for_partition_key(night)
+        assert ended <= moment < ended + datetime.timedelta(days=1), moment
+    assert last_ended_night(datetime.datetime(2026, 12, 3, 1, 59, tzinfo=zone)) == "2026-12-01"

@@ -23,6 +23,7 @@ from townlet_pipelines.training.checkpoints import RECORD, load_checkpoint, read
 from townlet_pipelines.training.device import device_context
 from townlet_pipelines.training.evaluation import evaluate, reference_scores
 from townlet_pipelines.training.namespaces import artifacts_root, namespace
+from townlet_pipelines.training.nights import check_night
 from townlet_pipelines.training.orchestrator import make_context, new_run_dir, state_dir
 from townlet_pipelines.training.policy import evaluation_policy
 from townlet_pipelines.training.ppo import PPOStrategy
@@ -158,6 +159,7 @@ def _night(args: argparse.Namespace) -> int:
     if args.dataset is not None or args.no_promote:
         raise UsageError("--night runs the nightly's own steps: it captures (or reuses) the expert data itself and "
                          "applies the promotion rule; drop --dataset and --no-promote")
+    check_night(args.night)  # the nights run.sh and the schedule may run: a date, ended, not before the first
     outcome = run_night(load_config(args.config), args.night, artifacts_root(args.artifacts),
                         say=lambda line: print(line, file=sys.stderr))
     if args.json:
@@ -168,6 +170,24 @@ def _night(args: argparse.Namespace) -> int:
         print(f"  promotion: {outcome.promotion}; current release {outcome.release_id}")
         print(f"  run folder {outcome.run_dir}  ({outcome.seconds:.0f} s)")
     return ANNEAL_EXIT_CODES[outcome.status]
+
+
+def _check_training_inputs(args: argparse.Namespace) -> None:
+    """What a training run is given, checked before its run folder is made (a refused run leaves none): the
+    schedule's strategies, and a `--dataset` or `--init` made for this config's world (another profile's data
+    or checkpoint would train a network for the wrong towns)."""
+    config = load_config(args.config)
+    if getattr(args, "kind", None) == "anneal":
+        check_schedule(config)  # every stage's strategy is known, before the expert data is captured
+    if getattr(args, "dataset", None) is not None:
+        manifest = ReplayDataset.open(args.dataset, verify="none").manifest  # names a path that is not a dataset
+        if manifest.world_config_hash != config.world_hash():
+            raise UsageError(f"--dataset {args.dataset}: captured in another world (world "
+                             f"{manifest.world_config_hash[:12]}) than --config {args.config or 'default'}'s (world "
+                             f"{config.world_hash()[:12]}); capture one with this config, or pass the config it used")
+    if getattr(args, "init", None) is not None:
+        _trained_for(read_record(args.init), args.init, config, args.config,
+                     "start from a checkpoint of this world, or pass the config it was trained with")
 
 
 def _training_context(args: argparse.Namespace):
@@ -216,14 +236,14 @@ def _train(args: argparse.Namespace) -> int:
         return _resume(args)
     if getattr(args, "night", None):
         return _night(args)
+    _check_training_inputs(args)
     config, context = _training_context(args)
-    if args.kind == "anneal":
-        check_schedule(config)  # every stage's strategy is known, before the expert data is captured
     if not args.json and context.ranks.main:
         print(f"run folder {context.artifacts}  (device {context.device.name})", file=sys.stderr)
     ranks = context.ranks
     dataset = args.dataset
-    if dataset is None and (args.kind != "ppo" or getattr(args, "mode", None) in ("replay", "mixed")):
+    mode = (getattr(args, "mode", None) or config.ppo.data_mode) if args.kind == "ppo" else None
+    if dataset is None and (args.kind != "ppo" or mode in ("replay", "mixed")):
         made = orchestrator.capture_expert(config, context.artifacts / "expert").path if ranks.main else None
         dataset = distributed.broadcast(made, ranks)
     if ranks.active and args.kind == "anneal":
@@ -379,6 +399,7 @@ def _promotion(args: argparse.Namespace) -> int:
 
 
 def _soak(args: argparse.Namespace) -> int:
+    _check_training_inputs(args)
     config, context = _training_context(args)
     dataset = args.dataset or orchestrator.capture_expert(config, context.artifacts / "expert").path
     checkpoint = args.init
@@ -408,11 +429,15 @@ def _report(args: argparse.Namespace) -> int:
     root = artifacts_root(args.artifacts)
     own = namespace(config)
 
-    def mine(path) -> bool:  # summaries of this profile's namespace (older ones carry none)
+    def mine(path) -> bool:  # readable summaries of this profile's namespace (older ones carry none)
         try:
-            return json.loads(path.read_text()).get("namespace", own) == own
+            summary = json.loads(path.read_text())
         except (OSError, ValueError):
+            summary = None
+        if not (isinstance(summary, dict) and {"status", "promotion_pass_streak"} <= set(summary)):
+            print(f"skipping {path}: not a readable anneal summary", file=sys.stderr)
             return False
+        return summary.get("namespace", own) == own
 
     runs = sorted((path for path in (root / "runs").glob("*/anneal_summary.json") if mine(path)),
                   key=lambda path: path.stat().st_mtime)
@@ -431,22 +456,33 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def count(text: str) -> int:
+    """An argument that counts something (towns, ticks, days, rows, cycles): a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="townlet", description="Townlet Pipelines: simulate, capture, train.")
     commands = parser.add_subparsers(dest="command", required=True)
     sim = commands.add_parser("simulate", help="run a policy in the batched world and print its KPIs")
     _add_config(sim)
-    sim.add_argument("--towns", type=int, default=16)
+    sim.add_argument("--towns", type=count, default=16)
     length = sim.add_mutually_exclusive_group()
-    length.add_argument("--ticks", type=int, default=None)
-    length.add_argument("--days", type=int, default=1)
+    length.add_argument("--ticks", type=count, default=None)
+    length.add_argument("--days", type=count, default=1)
     sim.add_argument("--policy", choices=("scripted", "random"), default="scripted")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--variant", choices=("hybrid", "compact", "full"), default=None,
                      help="observation variant (default: the config's)")
     sim.add_argument("--no-observe", action="store_true", help="skip building observations")
     sim.add_argument("--render", action="store_true", help="print town 0 as text frames")
-    sim.add_argument("--render-every", type=int, default=60, help="ticks between rendered frames")
+    sim.add_argument("--render-every", type=count, default=60, help="ticks between rendered frames")
     sim.add_argument("--render-svg", default=None, metavar="FILE",
                      help="also draw town 0 over the run as a strip of pictures (SVG) into FILE")
     sim.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -455,13 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     cap = commands.add_parser("capture", help="record a policy's rollouts as a replay dataset")
     _add_config(cap)
     cap.add_argument("--policy", choices=("scripted", "random"), default="scripted")
-    cap.add_argument("--towns", type=int, default=16)
+    cap.add_argument("--towns", type=count, default=16)
     cap_length = cap.add_mutually_exclusive_group()
-    cap_length.add_argument("--ticks", type=int, default=None)
-    cap_length.add_argument("--days", type=int, default=1)
+    cap_length.add_argument("--ticks", type=count, default=None)
+    cap_length.add_argument("--days", type=count, default=1)
     cap.add_argument("--seed", type=int, default=0)
     cap.add_argument("--out", required=True, help="new directory for the dataset (must not exist)")
-    cap.add_argument("--shard-rows", type=int, default=16384, help="agent-ticks per shard (about)")
+    cap.add_argument("--shard-rows", type=count, default=16384, help="agent-ticks per shard (about)")
     cap.add_argument("--noise", type=float, default=0.0, help="scripted only: share of ticks played at random (DART)")
     cap.add_argument("--json", action="store_true")
     cap.set_defaults(handler=_capture)
@@ -533,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     soak = commands.add_parser("soak", help="alternate replay and rollout PPO for N cycles, printing each")
     _add_config(soak)
-    soak.add_argument("--cycles", type=int, default=4)
+    soak.add_argument("--cycles", type=count, default=4)
     soak.add_argument("--dataset", default=None)
     soak.add_argument("--init", default=None)
     soak.add_argument("--artifacts", default=None)

@@ -12,7 +12,7 @@ import json
 from importlib import resources
 import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -295,7 +295,7 @@ class ExpertConfig(_Strict):
 class ModelConfig(_Strict):
     """The policy network: an encoder of the map, an MLP over the features, policy and value heads."""
 
-    conv_channels: tuple[int, ...] = Field(
+    conv_channels: tuple[Annotated[int, Field(ge=1)], ...] = Field(
         (), description="3x3 conv layers over the map before its linear encoder (the second and later with stride "
         "2); empty: the map is flattened straight into the linear encoder. On the 11x11 map the empty default "
         "trains 8x faster per mini-batch than (16, 32) and its nightly candidate scored higher on the held-out "
@@ -597,7 +597,8 @@ class RuntimeConfig(_Strict):
 class TownletConfig(_Strict):
     """The whole configuration: the world that makes data, and the trainers that learn from it."""
 
-    profile: str = "default"
+    profile: str = Field("default", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", description="the profile's name: "
+                         "its state folder's and asset keys' prefix, so letters, digits, _ . - only")
     world: WorldConfig = WorldConfig()
     rewards: RewardConfig = RewardConfig()
     observations: ObservationConfig = ObservationConfig()
@@ -687,9 +688,12 @@ def load_config(path_or_profile: str | Path | None = None) -> TownletConfig:
         text = path.read_text()
         source = str(path)
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: not valid YAML: {error}") from None
+    if data is None:  # a blank file would quietly train, judge and promote in the default profile's namespace
+        raise ConfigError(f"{source}: the config file is empty; start it from a profile (`profile: default`) and "
+                          "override the sections you change")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     return config_from_mapping(data, source)

@@ -26,10 +26,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import re
 import socket
 import sys
-from datetime import date
 from pathlib import Path
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
@@ -212,27 +210,6 @@ class MonitoredRunLauncher(DefaultRunLauncher):
                                                          "later runs proceed", run_worker_id=pid)
 
 
-def check_night(night: str) -> str:
-    """A partition key `scripts/run.sh` may run: a date (YYYY-MM-DD) of a night that began on or after the first
-    night and has ended; otherwise a ValueError in one sentence (Dagster's own answer is a traceback)."""
-    from townlet_pipelines.pipeline.records import FIRST_NIGHT, NIGHTS, TIMEZONE  # records imports this module
-
-    last = NIGHTS.get_last_partition_key()
-    try:
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", night):
-            raise ValueError
-        date.fromisoformat(night)
-    except ValueError:
-        raise UsageError(f"night {night!r}: not a date; a night is named YYYY-MM-DD (the last that ended: {last})") \
-            from None
-    if night < FIRST_NIGHT:
-        raise UsageError(f"night {night}: before the first night, {FIRST_NIGHT} (TOWNLET_FIRST_NIGHT)")
-    if last is None or night > last:
-        raise UsageError(f"night {night}: it has not ended yet (a night ends at 02:00 {TIMEZONE}; the last that "
-                         f"ended: {last})")
-    return night
-
-
 def prepare(home: str | None = None) -> None:
     """Before `scripts/run.sh` starts a run: make the instance's storage (once, under a lock, so two first runs
     at once do not both create its tables) and sweep what dead runs left behind."""
@@ -250,10 +227,10 @@ def main(argv: list[str]) -> int:
     """`python -m townlet_pipelines.pipeline.launcher [NIGHT]`: check the night (none or empty: the last that
     ended, as the schedule runs it), `prepare`, and print the night: `scripts/run.sh` reads it from here rather
     than paying a second process's Dagster import (about 2 s) to ask."""
-    from townlet_pipelines.pipeline.records import NIGHTS  # records imports this module
+    from townlet_pipelines.training.nights import check_night, last_ended_night  # the core: light, no torch
 
     try:
-        night = check_night(argv[0] if argv and argv[0] else NIGHTS.get_last_partition_key() or "")
+        night = check_night(argv[0] if argv and argv[0] else last_ended_night())
     except UsageError as error:
         print(f"townlet: error: {error}", file=sys.stderr)
         return 2

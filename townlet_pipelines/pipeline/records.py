@@ -24,13 +24,12 @@ from dagster import (
 
 from townlet_pipelines.config import ConfigError
 from townlet_pipelines.data.files import atomic_write_text
+from townlet_pipelines.training.nights import FIRST_NIGHT, NIGHT_ENDS_AT_HOUR, TIMEZONE  # light: config only
 
-# Each night is the day that ends at 02:00: the schedule built from the partitioned job runs night D at
-# 02:00 on D+1, in $TOWNLET_TIMEZONE (default UTC). A night's towns come from its date alone
-# (townlet_pipelines/training/nights.py), so the first night below only bounds what the UI lists.
-TIMEZONE = os.environ.get("TOWNLET_TIMEZONE", "UTC")
-FIRST_NIGHT = os.environ.get("TOWNLET_FIRST_NIGHT", "2026-11-01")
-NIGHTS = DailyPartitionsDefinition(start_date=FIRST_NIGHT, hour_offset=2, timezone=TIMEZONE)
+# Each night is the day that ends at 02:00 in $TOWNLET_TIMEZONE (training/nights.py, which `run.sh` and `townlet
+# train anneal --night` check a night against): the schedule built from the partitioned job runs night D at 02:00
+# on D+1. A night's towns come from its date alone, so the first night below only bounds what the UI lists.
+NIGHTS = DailyPartitionsDefinition(start_date=FIRST_NIGHT, hour_offset=NIGHT_ENDS_AT_HOUR, timezone=TIMEZONE)
 
 
 DEFAULT_PROFILE = "default"  # its assets keep the bare keys they always had

@@ -11,8 +11,44 @@ candidate id its pass streak counts under) does not change from night to night.
 from __future__ import annotations
 
 import datetime
+import os
+import re
+import zoneinfo
 
-from townlet_pipelines.config import NIGHTLY_RANGES, ConfigError, SeedRange, TownletConfig, config_from_mapping
+from townlet_pipelines.config import (
+    NIGHTLY_RANGES, ConfigError, SeedRange, TownletConfig, UsageError, config_from_mapping,
+)
+
+# Each night is the day that ends at 02:00: the schedule runs night D at 02:00 on D+1, in $TOWNLET_TIMEZONE
+# (default UTC). A night's towns come from its date alone, so the first night only bounds what may be run.
+TIMEZONE = os.environ.get("TOWNLET_TIMEZONE", "UTC")
+FIRST_NIGHT = os.environ.get("TOWNLET_FIRST_NIGHT", "2026-11-01")
+NIGHT_ENDS_AT_HOUR = 2
+
+
+def last_ended_night(now: datetime.datetime | None = None) -> str:
+    """The latest night that has ended (its 02:00 has passed in TIMEZONE): the nightly partitions' last key."""
+    now = now or datetime.datetime.now(zoneinfo.ZoneInfo(TIMEZONE))
+    return ((now - datetime.timedelta(hours=NIGHT_ENDS_AT_HOUR)).date() - datetime.timedelta(days=1)).isoformat()
+
+
+def check_night(night: str) -> str:
+    """A night that may be run (`scripts/run.sh`, `townlet train anneal --night`): a date (YYYY-MM-DD) on or
+    after the first night that has ended; otherwise a UsageError in one sentence."""
+    last = last_ended_night()
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", night):
+            raise ValueError
+        datetime.date.fromisoformat(night)
+    except ValueError:
+        raise UsageError(f"night {night!r}: not a date; a night is named YYYY-MM-DD (the last that ended: {last})") \
+            from None
+    if night < FIRST_NIGHT:
+        raise UsageError(f"night {night}: before the first night, {FIRST_NIGHT} (TOWNLET_FIRST_NIGHT)")
+    if night > last:
+        raise UsageError(f"night {night}: it has not ended yet (a night ends at 02:00 {TIMEZONE}; the last that "
+                         f"ended: {last})")
+    return night
 
 
 def night_date(partition_key: str | datetime.date) -> datetime.date:
