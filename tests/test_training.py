@@ -124,6 +124,16 @@ def test_ppo_warns_of_critic_less_replay_rows_only_where_it_trains_on_them(bc_ru
     assert warned == {"rollout": False, "mixed": True, "replay": True}
 
 
+def test_more_mini_batches_than_rows_allow_is_refused_by_field(tmp_path, bc_run):
+    """A mini-batch of one row normalises its advantage by a spread of 0: it used to end as "non-finite loss",
+    naming no setting."""
+    context, bc = bc_run
+    config = tiny(ppo={"minibatches": 200})  # 2 towns x 4 agents x 32 ticks = 256 rows
+    small = orchestrator.make_context(config, orchestrator.new_run_dir(tmp_path), tmp_path)
+    with pytest.raises(TrainingError, match=r"256 rows, too few for ppo.minibatches=200"):
+        orchestrator.run_ppo(small, bc.checkpoint_path, data_mode="rollout")
+
+
 def test_gae_bootstraps_from_the_state_after_the_last_step_and_stops_at_dones():
     rewards = np.array([[1.0], [0.0], [2.0]], dtype=np.float32)
     values = np.array([[0.5], [0.2], [0.1]], dtype=np.float32)

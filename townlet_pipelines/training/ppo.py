@@ -400,7 +400,11 @@ class PPORun:
         data = collected.data
         self.model.train()
         rows = len(data["actions"])
-        minibatch = max(1, rows // self.ppo.minibatches)
+        if rows < 2 * self.ppo.minibatches:  # advantages are normalised per mini-batch: one row has no spread
+            raise TrainingError(f"ppo: update {update} has {rows} rows, too few for ppo.minibatches="
+                                f"{self.ppo.minibatches} mini-batches of at least 2 rows; lower ppo.minibatches or "
+                                "collect more rows a rollout (ppo.rollout_towns, ppo.rollout_ticks)")
+        minibatch = rows // self.ppo.minibatches
         for epoch in range(self.ppo.update_epochs):
             order = np.random.default_rng(self.seed + 31 * update + epoch).permutation(rows)
             for begin in range(0, rows - minibatch + 1, minibatch):
