@@ -56,10 +56,20 @@ def test_bad_seeds_print_no_traceback_from_the_installed_command(smoke_checkpoin
 
 
 def test_a_refusal_below_the_cli_is_one_line_too(capsys, tmp_path):
-    assert main(["simulate", "--towns", "0", "--ticks", "1"]) == 2  # the world refuses it (world/engine.py)
-    assert capsys.readouterr().err == "townlet: error: towns must be at least 1, got 0\n"
-    assert main(["capture", "--towns", "1", "--ticks", "0", "--out", str(tmp_path / "d")]) == 2  # data/capture.py
-    assert capsys.readouterr().err == "townlet: error: towns and ticks must be positive, got towns=1 ticks=0\n"
+    """The command line refuses a count below 1 first (tests/test_cli.py); the layers below refuse it as well,
+    for every caller that is not the CLI, with a UsageError the CLI would tell in one line."""
+    from townlet_pipelines.data.capture import acting_policy, capture
+    from townlet_pipelines.errors import one_line
+    from townlet_pipelines.world.engine import TownWorld
+
+    config = load_config("smoke")
+    with pytest.raises(UsageError) as world:
+        TownWorld(config, 0)
+    assert one_line(world.value) == "towns must be at least 1, got 0"
+    with pytest.raises(UsageError) as captured:
+        capture(config, acting_policy("scripted", config, 0, 0.0), 1, 0, 0, tmp_path / "d")
+    assert one_line(captured.value) == "towns and ticks must be positive, got towns=1 ticks=0"
+    assert not (tmp_path / "d").exists()
 
 
 def test_an_internal_value_error_keeps_its_traceback(monkeypatch, capsys):
