@@ -307,3 +307,27 @@ def test_a_non_finite_loss_stops_ppo_and_bc_and_writes_no_checkpoint(bc_run, exp
     with pytest.raises(TrainingError, match="bc: non-finite loss; no checkpoint was written"):
         bc_module.BCStrategy(expert_dataset, out=tmp_path / "bc", dagger_rounds=0).run(context)
     assert not (tmp_path / "bc").exists()
+
+
+@pytest.mark.parametrize("schedule, missing", [([{"cycle": 0, "mode": "bc", "epochs": 1}], "no PPO stage"),
+                                               ([{"cycle": 0, "mode": "ppo", "epochs": 1}], "no BC stage")])
+def test_an_anneal_without_a_phase_is_refused_before_it_trains(schedule, missing, tmp_path, expert_dataset):
+    """A BC-only schedule used to pass the expert and champion guardrails that never ran, and its clone was
+    released; a PPO-only one died on an IndexError in the nightly's BC step. The CLI, the night and the Dagster
+    steps refuse both by field."""
+    from townlet_pipelines.cli import main
+    from townlet_pipelines.config import ConfigError
+    from townlet_pipelines.nightly.context import NightContext
+    from townlet_pipelines.nightly.night import run_night
+
+    config = tiny(anneal={"schedule": schedule})
+    with pytest.raises(ConfigError, match=f"anneal.schedule: {missing}"):
+        orchestrator.run_anneal(orchestrator.make_context(config, tmp_path / "run", tmp_path), expert_dataset)
+    with pytest.raises(ConfigError, match=f"anneal.schedule: {missing}"):
+        run_night(config, "2026-11-25", tmp_path / "night")
+    with pytest.raises(ConfigError, match=f"anneal.schedule: {missing}"):
+        NightContext(config, "2026-11-25", tmp_path / "steps", "run-1", "tiny").config  # noqa: B018
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(json.loads(config.model_dump_json())))
+    assert main(["train", "anneal", "--config", str(path), "--artifacts", str(tmp_path / "cli")]) == 2
+    assert not (tmp_path / "night").exists() and not (tmp_path / "cli").exists()

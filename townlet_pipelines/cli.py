@@ -18,7 +18,7 @@ from townlet_pipelines.errors import is_user_error, one_line
 from townlet_pipelines.nightly.night import run_night
 from townlet_pipelines.pictures import TownStrip
 from townlet_pipelines.training import distributed, orchestrator, tensorboard
-from townlet_pipelines.training.anneal import check_schedule
+from townlet_pipelines.training.anneal import check_judgeable
 from townlet_pipelines.training.checkpoints import RECORD, load_checkpoint, read_record, verify_checkpoint
 from townlet_pipelines.training.device import device_context
 from townlet_pipelines.training.evaluation import evaluate, reference_scores
@@ -178,7 +178,7 @@ def _check_training_inputs(args: argparse.Namespace) -> None:
     or checkpoint would train a network for the wrong towns)."""
     config = load_config(args.config)
     if getattr(args, "kind", None) == "anneal":
-        check_schedule(config)  # every stage's strategy is known, before the expert data is captured
+        check_judgeable(config)  # every stage's strategy known, both phases there, before the expert data is captured
     if getattr(args, "dataset", None) is not None:
         manifest = ReplayDataset.open(args.dataset, verify="none").manifest  # names a path that is not a dataset
         if manifest.world_config_hash != config.world_hash():

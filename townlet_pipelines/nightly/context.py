@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from townlet_pipelines.config import TownletConfig
+from townlet_pipelines.training.anneal import check_judgeable
 from townlet_pipelines.training.context import TrainingContext
 from townlet_pipelines.training.nights import night_config
 from townlet_pipelines.training.orchestrator import make_context
@@ -25,8 +26,11 @@ class NightContext:
 
     @functools.cached_property
     def config(self) -> TownletConfig:
-        """The night's config: the recipe with the night's own towns."""
-        return night_config(self.recipe, self.night)
+        """The night's config: the recipe with the night's own towns; refused when its schedule lacks a phase the
+        guardrails judge."""
+        config = night_config(self.recipe, self.night)
+        check_judgeable(config)
+        return config
 
     @functools.cached_property
     def run_dir(self) -> Path:

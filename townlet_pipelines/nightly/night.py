@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 from townlet_pipelines.config import TownletConfig
-from townlet_pipelines.training.anneal import AnnealStrategy, bc_verdict, ppo_verdicts, verdict_reason
+from townlet_pipelines.training.anneal import (
+    AnnealStrategy, bc_verdict, check_judgeable, ppo_verdicts, verdict_reason,
+)
 from townlet_pipelines.training.cache import cached_bc_stages, cached_expert_dataset
 from townlet_pipelines.training.nights import night_config
 from townlet_pipelines.training.orchestrator import (
@@ -50,6 +52,7 @@ def run_night(base: TownletConfig, night: str, root: Path, say: Callable[[str], 
     """Run night `night` of recipe `base` against the artifacts root `root` (its state: releases, baselines)."""
     start = time.perf_counter()
     config = night_config(base, night)
+    check_judgeable(config)  # before a run folder or any data is made
     run_dir = new_run_dir(root)
     context = make_context(config, run_dir, root)
     before = context.promotion.status().current_release

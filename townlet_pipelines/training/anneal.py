@@ -133,6 +133,19 @@ def ppo_verdicts(outcome: "StagesOutcome", anneal: AnnealConfig) -> list[Verdict
     return [loss, queue, expert_verdict(outcome.expert, anneal.expert_tolerance), champion_verdict(outcome.champion)]
 
 
+def check_judgeable(config: TownletConfig) -> None:
+    """An anneal that decides a release needs a stage of each phase: BC's accuracy guardrail judges the BC
+    phase, and the loss, queue, expert and champion guardrails judge what the PPO phase trained. Without one,
+    guardrails that never ran would pass (a BC-only schedule was released without meeting the expert)."""
+    check_schedule(config)
+    phases = {registry.strategy(stage.mode).phase for stage in config.anneal.schedule}
+    missing = [phase.upper() for phase in ("bc", "ppo") if phase not in phases]
+    if missing:
+        raise ConfigError(f"anneal.schedule: no {' and no '.join(missing)} stage; an anneal that decides a release "
+                          "needs both phases (BC's accuracy guardrail; PPO's loss, queue, expert and champion "
+                          "guardrails): train one phase alone with `townlet train bc` or `townlet train ppo`")
+
+
 def check_schedule(config: TownletConfig) -> None:
     """Every stage names a registered strategy, and no stage of the BC phase follows one of the PPO phase in
     cycle order (the config checks this for the built-in names when it loads; it cannot see the registry)."""
@@ -395,6 +408,7 @@ class AnnealStrategy:
         )
 
     def run(self, context: TrainingContext) -> AnnealSummary:
+        check_judgeable(context.config)
         start = time.perf_counter()
         bc = self.run_bc_stages(context)
         ppo = self.run_ppo_stages(context, bc)
