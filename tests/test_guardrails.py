@@ -264,3 +264,11 @@ def test_the_anneal_passes_a_bc_stage_exactly_when_the_bc_guardrail_does(monkeyp
     context = SimpleNamespace(config=config, artifacts=tmp_path)
     outcome = anneal.AnnealStrategy(tmp_path / "data").run_bc_stages(context)
     assert [stage.passed for stage in outcome.stages] == [True] and not outcome.failed
+
+
+def test_a_bc_miss_smaller_than_the_shown_digits_reads_as_a_miss():
+    from townlet_pipelines.training.guardrails import bc_accuracy
+
+    assert bc_accuracy(0.8996, 0.9).sentence.startswith("BC validation accuracy 0.8996 < threshold 0.9000:")
+    assert bc_accuracy(0.85, 0.9).sentence.startswith("BC validation accuracy 0.850 < threshold 0.900:")
+    assert bc_accuracy(0.9 - 1e-13, 0.9).sentence == "BC validation accuracy 0.900 >= threshold 0.900"

@@ -14,8 +14,11 @@ SLACK = 1e-12  # a value equal to its limit passes, whatever the float rounding
 
 def bc_accuracy(accuracy: float, threshold: float) -> Verdict:
     passed = accuracy >= threshold - SLACK
-    sentence = (f"BC validation accuracy {accuracy:.3f} {'>=' if passed else '<'} threshold {threshold:.3f}"
-                + ("" if passed else ": the schedule stopped, nothing is promoted"))
+    digits = 3
+    while not passed and digits < 8 and f"{accuracy:.{digits}f}" == f"{threshold:.{digits}f}":
+        digits += 1  # a miss by less than the last shown digit must not read "0.900 < threshold 0.900"
+    sentence = (f"BC validation accuracy {accuracy:.{digits}f} {'>=' if passed else '<'} threshold "
+                f"{threshold:.{digits}f}" + ("" if passed else ": the schedule stopped, nothing is promoted"))
     return Verdict("bc_accuracy_guardrail", passed, sentence,
                    {"measured_val_accuracy": accuracy, "threshold": threshold})
 
