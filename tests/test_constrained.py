@@ -644,7 +644,6 @@ def test_an_evaluation_worker_leaves_when_its_parent_is_killed(tmp_path):
     import subprocess
     import sys
 
-
     script = (
         "import os, signal\n"
         "from townlet_pipelines.training import town_processes\n"

@@ -172,10 +172,10 @@ def _night(args: argparse.Namespace) -> int:
     return ANNEAL_EXIT_CODES[outcome.status]
 
 
-def _check_training_inputs(args: argparse.Namespace) -> None:
-    """What a training run is given, checked before its run folder is made (a refused run leaves none): the
-    schedule's strategies, and a `--dataset` or `--init` made for this config's world (another profile's data
-    or checkpoint would train a network for the wrong towns)."""
+def _checked_config(args: argparse.Namespace):
+    """The run's config, and what the run is given checked against it before its run folder is made (a refused
+    run leaves none): the schedule's strategies, and a `--dataset` or `--init` made for this config's world
+    (another profile's data or checkpoint would train a network for the wrong towns)."""
     config = load_config(args.config)
     if getattr(args, "kind", None) == "anneal":
         check_judgeable(config)  # every stage's strategy known, both phases there, before the expert data is captured
@@ -188,11 +188,13 @@ def _check_training_inputs(args: argparse.Namespace) -> None:
     if getattr(args, "init", None) is not None:
         _trained_for(read_record(args.init), args.init, config, args.config,
                      "start from a checkpoint of this world, or pass the config it was trained with")
+    return config
 
 
 def _training_context(args: argparse.Namespace):
-    """The run's config and context; under torchrun, every rank joins the group and uses rank 0's folder."""
-    config = load_config(args.config)
+    """The run's checked config and context; under torchrun, every rank joins the group and uses rank 0's
+    folder."""
+    config = _checked_config(args)
     ranks = distributed.from_environment(config.runtime.device)
     run_dir = distributed.broadcast(new_run_dir(args.artifacts) if ranks.main else None, ranks)
     if not ranks.main:
@@ -236,7 +238,6 @@ def _train(args: argparse.Namespace) -> int:
         return _resume(args)
     if getattr(args, "night", None):
         return _night(args)
-    _check_training_inputs(args)
     config, context = _training_context(args)
     if not args.json and context.ranks.main:
         print(f"run folder {context.artifacts}  (device {context.device.name})", file=sys.stderr)
@@ -399,7 +400,6 @@ def _promotion(args: argparse.Namespace) -> int:
 
 
 def _soak(args: argparse.Namespace) -> int:
-    _check_training_inputs(args)
     config, context = _training_context(args)
     dataset = args.dataset or orchestrator.capture_expert(config, context.artifacts / "expert").path
     checkpoint = args.init

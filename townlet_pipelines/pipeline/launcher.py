@@ -36,6 +36,7 @@ from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 from townlet_pipelines.config import UsageError
 from townlet_pipelines.data.files import pid_exists
+from townlet_pipelines.training.nights import check_night, last_ended_night  # light: the config alone
 
 STARTED = "Started process for"
 TAG = "townlet/worker"  # run tags townlet/worker.host, .pidns, .boot, .pid, .start
@@ -227,8 +228,6 @@ def main(argv: list[str]) -> int:
     """`python -m townlet_pipelines.pipeline.launcher [NIGHT]`: check the night (none or empty: the last that
     ended, as the schedule runs it), `prepare`, and print the night: `scripts/run.sh` reads it from here rather
     than paying a second process's Dagster import (about 2 s) to ask."""
-    from townlet_pipelines.training.nights import check_night, last_ended_night  # the core: light, no torch
-
     try:
         night = check_night(argv[0] if argv and argv[0] else last_ended_night())
     except UsageError as error:
